@@ -55,13 +55,15 @@ class FlowGenerator(ABC):
         self,
         pipe,
         *,
-        height: int,
-        width: int,
+        height: int | None = None,
+        width: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         eval_batch_size: int = 8,
     ) -> None:
         multiple = self.resolution_multiple(pipe)
+        height = height or self.default_resolution(pipe)
+        width = width or self.default_resolution(pipe)
         if height % multiple or width % multiple or height <= 0 or width <= 0:
             raise ValueError(
                 f"height and width must be positive multiples of {multiple} for this pipeline, got "
@@ -82,6 +84,11 @@ class FlowGenerator(ABC):
     @abstractmethod
     def resolution_multiple(pipe) -> int:
         """Image sizes must be multiples of this."""
+
+    @staticmethod
+    @abstractmethod
+    def default_resolution(pipe) -> int:
+        """Image height and width used when none is given."""
 
     @abstractmethod
     def default_num_inference_steps(self) -> int: ...
@@ -171,6 +178,10 @@ class Flux2KleinGenerator(FlowGenerator):
     @staticmethod
     def resolution_multiple(pipe) -> int:
         return pipe.vae_scale_factor * 2
+
+    @staticmethod
+    def default_resolution(pipe) -> int:
+        return _tiny_defaults(pipe).get("resolution", pipe.default_sample_size * pipe.vae_scale_factor)
 
     @property
     def is_distilled(self) -> bool:

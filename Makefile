@@ -1,0 +1,35 @@
+# `make test` and `make demo` do all set-up on a fresh machine: they create .venv and install the project.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Keep the tiny-model kit and DeepSpeed's JIT builds inside the checkout, not in $HOME.
+export TSCALE_TINY_DIR ?= $(CURDIR)/.tiny_models
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install test demo lint bench clean
+
+$(BIN)/tscale: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[test,deepspeed]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import tscale_train, search, rewards, diffusers, open_clip" 
+	touch $(BIN)/tscale
+
+install: $(BIN)/tscale
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check .
+
+demo: install
+	$(BIN)/tscale ses --model tiny --prompt "sketch, a cat" --budget 20 --seed 1 --save-trace --out runs/demo/cat.png
+
+bench: install
+	$(BIN)/python bench/bench_search.py
+	$(BIN)/python bench/bench_ses.py
+
+clean:
+	rm -rf $(VENV) .tiny_models .torch_extensions runs

@@ -1,0 +1,87 @@
+"""Generation from noise on the tiny FLUX.2-klein, loaded through the real loading code."""
+
+import pytest
+import torch
+
+from tscale_train.generation import generator_for_pipeline
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_pipe):
+    return generator_for_pipeline(tiny_pipe, eval_batch_size=3)
+
+
+def test_noise_shape_is_the_transformer_input_space(generator, tiny_pipe):
+    channels, height, width = generator.noise_shape
+    assert channels == tiny_pipe.transformer.config.in_channels
+    assert (height * 16, width * 16) == (generator.height, generator.width)
+
+
+def test_batched_generation_equals_one_at_a_time(generator):
+    embeds = generator.encode_prompt("a red square")
+    noises = generator.initial_noise(3, batch_size=5)
+    batched = generator.generate(noises, embeds)
+    single = [generator.generate(noises[i : i + 1], embeds) for i in range(5)]
+    torch.testing.assert_close(batched.images, torch.cat([out.images for out in single]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(batched.clean_latents, torch.cat([out.clean_latents for out in single]), atol=1e-4, rtol=0)
+    assert batched.images.shape == (5, 3, generator.height, generator.width)
+    assert 0.0 <= batched.images.min() and batched.images.max() <= 1.0
+
+
+def test_clean_latents_are_the_pipelines_final_latents(generator, tiny_pipe):
+    """Un-normalised and un-patchified, the kept latents are what the pipeline itself ends on."""
+    embeds = generator.encode_prompt("a cat")
+    noises = generator.initial_noise(7, batch_size=2)
+    kept = generator.generate(noises, embeds).clean_latents
+    reference = tiny_pipe(
+        prompt_embeds=torch.cat([embeds.positive[0]] * 2),
+        latents=noises,
+        height=generator.height,
+        width=generator.width,
+        num_inference_steps=generator.num_inference_steps,
+        output_type="latent",
+        max_sequence_length=generator.max_sequence_length,
+        text_encoder_out_layers=generator.text_encoder_out_layers,
+    ).images
+    bn_mean = tiny_pipe.vae.bn.running_mean.view(1, -1, 1, 1)
+    bn_std = torch.sqrt(tiny_pipe.vae.bn.running_var.view(1, -1, 1, 1) + tiny_pipe.vae.config.batch_norm_eps)
+    expected = tiny_pipe._unpatchify_latents(kept * bn_std + bn_mean)
+    torch.testing.assert_close(expected, reference, atol=1e-5, rtol=0)
+
+
+def test_predict_velocity_reproduces_a_one_step_sample(generator, tiny_pipe):
+    """x0 = noise - sigma * v at sigma = 1: one Euler step from pure noise, as the sampler takes it."""
+    embeds = generator.encode_prompt("a dog")
+    noises = generator.initial_noise(11, batch_size=2)
+    one_step = generator.generate(noises, embeds, num_inference_steps=1).clean_latents
+    sigma = generator.sampler_sigmas(1)
+    assert sigma.tolist() == [1.0]
+    with torch.no_grad():
+        velocity = generator.predict_velocity(tiny_pipe.transformer, noises, sigma, [embeds] * 2)
+    torch.testing.assert_close(noises - velocity, one_step, atol=1e-5, rtol=0)
+
+
+def test_sampler_sigmas_of_the_distilled_model(generator):
+    sigmas = generator.sampler_sigmas()
+    assert len(sigmas) == 4 and sigmas[0] == 1.0 and sigmas.min() > 0.5
+    assert torch.all(sigmas[1:] < sigmas[:-1])
+
+
+def test_resolution_must_be_a_multiple_of_16(tiny_pipe):
+    with pytest.raises(ValueError, match="multiples of 16"):
+        generator_for_pipeline(tiny_pipe, height=72, width=64)
+
+
+def test_base_model_uses_cfg(kit_dir):
+    from tscale_train.loading import load_pipeline
+
+    pipe = load_pipeline("tiny-base", dtype="float32", device="cpu")
+    base = generator_for_pipeline(pipe, num_inference_steps=3)
+    assert not base.is_distilled and base.uses_cfg and base.guidance_scale == 4.0
+    embeds = base.encode_prompt("a cat")
+    assert embeds.negative is not None
+    noises = base.initial_noise(0, batch_size=2)
+    cfg = base.generate(noises, embeds).images
+    no_cfg = generator_for_pipeline(pipe, num_inference_steps=3, guidance_scale=1.0)
+    plain = no_cfg.generate(noises, no_cfg.encode_prompt("a cat")).images
+    assert not torch.allclose(cfg, plain)

@@ -1,0 +1,175 @@
+"""Loading pipelines, LoRAs and rewards from hub ids, local paths, or the tiny offline kit.
+
+The same functions load the real models and the tiny ones (`tiny`), so the tests exercise the code
+that users run. Every check that can fail on bad input runs before any weights are loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from .tiny import TINY_MODEL_NAME, default_kit_dir, ensure_tiny_kit, tiny_pipeline_dir
+
+SUPPORTED_PIPELINES = ("Flux2KleinPipeline",)
+DEFAULT_MODEL = "black-forest-labs/FLUX.2-klein-4B"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(set(_DTYPES))}.")
+    return _DTYPES[dtype]
+
+
+# `tiny` is the distilled tiny klein, `tiny-base` the undistilled (CFG) flavour.
+TINY_MODELS = {TINY_MODEL_NAME: True, f"{TINY_MODEL_NAME}-base": False}
+
+
+def is_tiny(model: str) -> bool:
+    return model in TINY_MODELS
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1 or "\\" in name
+
+
+def check_model_source(model: str) -> str:
+    """Validate a `--model` value without loading anything; returns the local path or hub id.
+
+    Accepted: `tiny`, a local pipeline directory (with `model_index.json`), or a hub id `org/name`.
+    """
+    if not model or not model.strip():
+        raise ValueError("--model is empty; pass a hub id (e.g. black-forest-labs/FLUX.2-klein-4B), a local dir, or 'tiny'.")
+    if is_tiny(model):
+        return model
+    if _looks_like_path(model):
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"model path {str(path)!r} does not exist; pass a saved pipeline directory, a hub id, or 'tiny'.")
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise ValueError(f"{str(path)!r} is not a diffusers pipeline directory (no model_index.json); save one with pipe.save_pretrained(dir).")
+        class_name = json.loads(index.read_text()).get("_class_name")
+        if class_name not in SUPPORTED_PIPELINES:
+            raise ValueError(f"{str(path)!r} holds a {class_name}; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}.")
+        return str(path)
+    if not _HUB_ID.match(model):
+        raise ValueError(
+            f"unknown model {model!r}: not 'tiny', not an existing local directory, and not a hub id of the form org/name."
+        )
+    return model
+
+
+def load_pipeline(
+    model: str = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "bfloat16",
+    device: str | torch.device | None = None,
+):
+    """Load a `Flux2KleinPipeline` from a hub id, a local directory, or the tiny kit (`tiny`).
+
+    A real checkpoint says itself whether it is distilled (`is_distilled` in its model_index.json);
+    the tiny kit ships both flavours, `tiny` (distilled) and `tiny-base`.
+    """
+    from diffusers import Flux2KleinPipeline
+
+    source = check_model_source(model)
+    torch_dtype = parse_dtype(dtype)
+    if is_tiny(source):
+        source = str(tiny_pipeline_dir(distilled=TINY_MODELS[source]))
+    try:
+        pipe = Flux2KleinPipeline.from_pretrained(source, dtype=torch_dtype)
+    except OSError as error:
+        raise OSError(
+            f"could not load {source!r}: {error}. If this is a hub id, check the name and your network/HF_TOKEN; "
+            "offline, pass a local directory or 'tiny'."
+        ) from error
+    if device is not None:
+        pipe.to(device)
+    return pipe
+
+
+def check_lora_source(lora: str) -> str:
+    """Validate a `--lora` value: a local dir/file with diffusers LoRA weights, or a hub id."""
+    path = Path(lora).expanduser()
+    if path.is_dir():
+        if not any(path.glob("*.safetensors")):
+            raise FileNotFoundError(
+                f"LoRA directory {str(path)!r} has no .safetensors file; expected pytorch_lora_weights.safetensors "
+                "as written by save_lora_weights / the training recipe."
+            )
+        return str(path)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(f"LoRA file {str(path)!r} is not .safetensors; only safetensors LoRAs are loaded (no pickles).")
+        return str(path)
+    if _looks_like_path(lora) or not _HUB_ID.match(lora):
+        raise FileNotFoundError(f"LoRA {lora!r} not found: pass a directory with pytorch_lora_weights.safetensors or a hub id.")
+    return lora
+
+
+def load_lora(pipe, lora: str, adapter_name: str = "default", scale: float = 1.0) -> None:
+    """`pipe.load_lora_weights(lora)`, then check the adapter really attached to the transformer.
+
+    diffusers only warns when no key of a LoRA matches the model; a LoRA made for another model is
+    an error here, with its cause.
+    """
+    source = check_lora_source(lora)
+    kwargs = {"adapter_name": adapter_name}
+    path = Path(source)
+    if path.is_file():
+        kwargs["weight_name"] = path.name
+        source = str(path.parent)
+    try:
+        pipe.load_lora_weights(source, **kwargs)
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"LoRA {lora!r} does not match this model ({type(pipe.transformer).__name__}): {error}. "
+            "Use a LoRA trained for the same base model."
+        ) from error
+    adapters = pipe.get_list_adapters() if hasattr(pipe, "get_list_adapters") else {}
+    if adapter_name not in adapters.get("transformer", []):
+        raise ValueError(
+            f"LoRA {lora!r} has no weights for this model's transformer; it was made for another model. "
+            "Use a LoRA trained for the same base model."
+        )
+    pipe.set_adapters([adapter_name], adapter_weights=[scale])
+
+
+def reward_kwargs_for(reward: str, model: str, overrides: dict | None = None) -> dict:
+    """Keyword arguments for `rewards.load_reward`: the tiny kit's reward models when `model` is tiny."""
+    kwargs: dict = {}
+    if is_tiny(model):
+        from .tiny.rewards import tiny_reward_kwargs
+
+        kwargs.update(tiny_reward_kwargs(reward, ensure_tiny_kit(default_kit_dir())))
+    kwargs.update(overrides or {})
+    return kwargs
+
+
+def load_reward_for(
+    reward: str,
+    model: str,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    **overrides,
+):
+    """`rewards.load_reward(reward, ...)`, with the tiny reward models when `model` is `tiny`."""
+    from rewards import load_reward
+
+    return load_reward(reward, device=device, dtype=parse_dtype(dtype), **reward_kwargs_for(reward, model, overrides))

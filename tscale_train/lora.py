@@ -1,0 +1,89 @@
+"""LoRA adapters on the transformer: add, save in diffusers format, read back.
+
+The file written by `save_lora` is what `Flux2KleinPipeline.save_lora_weights` writes
+(`pytorch_lora_weights.safetensors`, keys prefixed `transformer.`), so
+`pipe.load_lora_weights(dir)` and `tscale ses --lora dir` load it as they would any diffusers LoRA.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+# peft matches plain `target_modules` names by suffix, and "attn.to_out" would also hit the double
+# blocks' `to_out` ModuleList; a regex over full module names is exact. These are every attention
+# projection of FLUX.2's double blocks and the fused projections of its single blocks.
+FLUX2_ATTENTION_TARGETS = (
+    r".*transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+    r"|.*single_transformer_blocks\.\d+\.attn\.(to_qkv_mlp_proj|to_out)"
+)
+FLUX2_ATTENTION_AND_FF_TARGETS = (
+    FLUX2_ATTENTION_TARGETS
+    + r"|.*transformer_blocks\.\d+\.(ff|ff_context)\.(linear_in|linear_out)"
+)
+
+
+def add_lora(
+    transformer,
+    *,
+    rank: int = 16,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    target_modules: str = FLUX2_ATTENTION_TARGETS,
+    init: str | bool = True,
+    adapter_name: str = "default",
+) -> list[torch.nn.Parameter]:
+    """Add a LoRA adapter to `transformer` (diffusers `PeftAdapterMixin.add_adapter`).
+
+    Returns the trainable LoRA parameters, upcast to float32 so a bf16 model trains fp32 adapters.
+    `init=True` is peft's default (B = 0: the adapted model starts equal to the base), "gaussian"
+    and the other peft init names are passed through.
+    """
+    from peft import LoraConfig
+
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}.")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha if alpha is not None else rank,
+        lora_dropout=dropout,
+        init_lora_weights=init,
+        target_modules=target_modules,
+    )
+    transformer.add_adapter(config, adapter_name=adapter_name)
+    if not any("lora_" in name for name, _ in transformer.named_parameters()):
+        raise ValueError(f"the LoRA target regex {target_modules!r} matched no module of {type(transformer).__name__}.")
+    parameters = []
+    for name, parameter in transformer.named_parameters():
+        is_lora = "lora_" in name
+        parameter.requires_grad_(is_lora)
+        if is_lora:
+            parameter.data = parameter.data.float()
+            parameters.append(parameter)
+    return parameters
+
+
+def lora_state_dict(transformer, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """The adapter's weights in peft naming, as `save_lora_weights` expects them."""
+    from peft.utils import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(transformer, adapter_name=adapter_name)
+
+
+def save_lora(pipeline_class, transformer, out_dir: str | Path, adapter_name: str = "default") -> Path:
+    """Write `out_dir/pytorch_lora_weights.safetensors` through the pipeline class's `save_lora_weights`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pipeline_class.save_lora_weights(
+        out_dir,
+        transformer_lora_layers=lora_state_dict(transformer, adapter_name),
+        weight_name=LORA_WEIGHT_NAME,
+        safe_serialization=True,
+        # Without the config, loaders assume alpha == rank and a LoRA trained with another alpha
+        # would load at the wrong scale.
+        transformer_lora_adapter_metadata=transformer.peft_config[adapter_name].to_dict(),
+    )
+    return out_dir / LORA_WEIGHT_NAME

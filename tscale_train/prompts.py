@@ -1,0 +1,61 @@
+"""Prompt lists: local .txt / .jsonl / .csv files, or a `datasets` dataset and column."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+PROMPT_FILE_SUFFIXES = (".txt", ".jsonl", ".csv")
+
+
+def load_prompts(source: str | Path, column: str = "prompt", split: str = "train") -> list[str]:
+    """Read prompts, stripped, empty lines dropped.
+
+    `source` is a local .txt (one prompt a line), .jsonl (objects with `column`), .csv (a `column`
+    header), or the name of a `datasets` dataset (`split`, `column`).
+    """
+    path = Path(source).expanduser()
+    if path.suffix.lower() in PROMPT_FILE_SUFFIXES:
+        if not path.is_file():
+            raise FileNotFoundError(f"prompts file {str(path)!r} does not exist; pass an existing .txt, .jsonl or .csv file.")
+        prompts = _read_prompt_file(path, column)
+    elif path.exists():
+        raise ValueError(f"prompts file {str(path)!r} must end in one of {', '.join(PROMPT_FILE_SUFFIXES)}.")
+    else:
+        prompts = _read_dataset(str(source), column, split)
+    prompts = [prompt.strip() for prompt in prompts if prompt and prompt.strip()]
+    if not prompts:
+        raise ValueError(f"no prompts in {str(source)!r}; it must hold at least one non-empty prompt.")
+    return prompts
+
+
+def _read_prompt_file(path: Path, column: str) -> list[str]:
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return path.read_text(encoding="utf-8").splitlines()
+    if suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [_field(row, column, path) for row in rows]
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [_field(row, column, path) for row in csv.DictReader(handle)]
+
+
+def _field(row: dict, column: str, path: Path) -> str:
+    if column not in row:
+        raise ValueError(f"{str(path)!r} has a row without a {column!r} field; name the prompt column with --prompt_column.")
+    return str(row[column])
+
+
+def _read_dataset(name: str, column: str, split: str) -> list[str]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(name, split=split)
+    except Exception as error:  # datasets raises many types for a missing dataset
+        raise FileNotFoundError(
+            f"{name!r} is neither a local prompts file (.txt/.jsonl/.csv) nor a loadable dataset: {error}"
+        ) from error
+    if column not in dataset.column_names:
+        raise ValueError(f"dataset {name!r} has no column {column!r}; columns: {dataset.column_names}.")
+    return list(dataset[column])

@@ -1,0 +1,286 @@
+"""Standalone SES inference: search the initial noise of a pipeline for one or many prompts.
+
+`search_prompts` runs one Spectral Evolution Search per (prompt, seed) in lockstep through the
+ask/tell object, so every generation of every search is generated and scored in shared batches.
+Under `accelerate launch` with `split_candidates=True`, each batch of candidates is divided between
+the processes and the scores gathered, so every process keeps the same CEM state and N processes
+search N times faster. `ses_generate` is the one-prompt convenience API.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from search import SearchResult, SESConfig, SpectralEvolutionSearch
+
+from .generation import FlowGenerator, PromptEmbeds, generator_for_pipeline
+
+logger = logging.getLogger(__name__)
+
+Reward = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
+
+
+@dataclass
+class PromptSearch:
+    """One finished search: its prompt, seed, `SearchResult`, and optionally what each candidate made."""
+
+    prompt: str
+    seed: int
+    search: SearchResult
+    clean_latents: torch.Tensor | None = None  # [budget, *noise_shape], CPU, evaluation order
+    previews: torch.Tensor | None = None  # [budget, 3, s, s] uint8 thumbnails, CPU, evaluation order
+
+
+@dataclass
+class SESOutput:
+    prompt: str
+    seed: int
+    image: Image.Image  # the searched noise at full `steps`
+    base_image: Image.Image  # the unsearched noise (the seed's own noise) at full `steps`
+    search: SearchResult
+
+    @property
+    def best_score(self) -> float:
+        return self.search.best_score
+
+    @property
+    def base_score(self) -> float:
+        return float(self.search.scores[0])
+
+
+class _Evaluator:
+    """Generates and scores a batch of candidates, optionally sharing the work across processes."""
+
+    def __init__(
+        self,
+        generator: FlowGenerator,
+        reward: Reward,
+        num_inference_steps: int,
+        split_across=None,
+        keep_latents: bool = False,
+        preview_size: int | None = None,
+    ) -> None:
+        self.generator = generator
+        self.reward = reward
+        self.num_inference_steps = num_inference_steps
+        self.state = split_across if split_across is not None and split_across.num_processes > 1 else None
+        if self.state is not None and (keep_latents or preview_size):
+            raise ValueError("keeping latents or previews needs every candidate on one process; use split_candidates=False.")
+        self.keep_latents = keep_latents
+        self.preview_size = preview_size
+
+    def __call__(self, noises: torch.Tensor, embeds: list[PromptEmbeds]) -> tuple[torch.Tensor, dict]:
+        if self.state is None:
+            return self._evaluate(noises, embeds)
+        from accelerate.utils import gather_object
+
+        # Contiguous chunks keep each process's batch whole; gathering them in rank order restores the order.
+        chunks = torch.tensor_split(torch.arange(noises.shape[0]), self.state.num_processes)
+        local = chunks[self.state.process_index]
+        local_scores = self._evaluate(noises[local], [embeds[i] for i in local.tolist()])[0] if len(local) else torch.empty(0)
+        gathered = gather_object(local_scores.tolist())
+        return torch.tensor(gathered, dtype=torch.float32), {}
+
+    def _evaluate(self, noises, embeds):
+        output = self.generator.generate(noises, embeds, self.num_inference_steps)
+        scores = self.reward(output.images, [item.prompt for item in embeds]).float().cpu()
+        extras = {}
+        if self.keep_latents:
+            extras["clean_latents"] = output.clean_latents.detach().cpu()
+        if self.preview_size:
+            thumbnails = F.interpolate(output.images.float(), size=self.preview_size, mode="area", antialias=False)
+            extras["previews"] = (thumbnails.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        return scores, extras
+
+
+def search_prompts(
+    generator: FlowGenerator,
+    reward: Reward,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    budget: int = 50,
+    config: SESConfig | None = None,
+    preview_steps: int | None = None,
+    embeds: Sequence[PromptEmbeds] | None = None,
+    split_across=None,
+    keep_latents: bool = False,
+    preview_size: int | None = None,
+    progress: bool = True,
+) -> list[PromptSearch]:
+    """Run one SES per (prompt, seed), all in lockstep, sharing generation and scoring batches.
+
+    The base noise of search i is `generator.initial_noise(seeds[i])`, and the search's own random
+    numbers come from a generator seeded with the same seed, so a result depends only on (prompt, seed),
+    not on which other prompts share the batch or how many processes evaluate it.
+    """
+    config = config or SESConfig()
+    if len(prompts) != len(seeds):
+        raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds.")
+    validate_search_args(budget, config)
+    if embeds is None:
+        embeds = [generator.encode_prompt(prompt) for prompt in prompts]
+    searches = [
+        SpectralEvolutionSearch(
+            generator.initial_noise(seed)[0],
+            budget=budget,
+            config=config,
+            generator=torch.Generator().manual_seed(int(seed)),
+        )
+        for seed in seeds
+    ]
+    evaluate = _Evaluator(
+        generator,
+        reward,
+        preview_steps or generator.num_inference_steps,
+        split_across=split_across,
+        keep_latents=keep_latents,
+        preview_size=preview_size,
+    )
+    kept: list[dict[str, list[torch.Tensor]]] = [{} for _ in searches]
+    is_main = split_across is None or split_across.is_main_process
+    bar = tqdm(total=budget * len(searches), desc="SES", unit="cand", disable=not (progress and is_main))
+    nan_count = 0
+    while not all(search.done for search in searches):
+        active = [index for index, search in enumerate(searches) if not search.done]
+        asked = [searches[index].ask() for index in active]
+        sizes = [noises.shape[0] for noises in asked]
+        batch_embeds = [embeds[index] for index, size in zip(active, sizes) for _ in range(size)]
+        scores, extras = evaluate(torch.cat(asked), batch_embeds)
+        nan_count += int(torch.isnan(scores).sum())
+        offset = 0
+        for index, size in zip(active, sizes):
+            searches[index].tell(scores[offset : offset + size])
+            for name, values in extras.items():
+                kept[index].setdefault(name, []).append(values[offset : offset + size])
+            offset += size
+        best = max(search.result().best_score for search in searches)
+        bar.update(sum(sizes))
+        bar.set_postfix(best=f"{best:.4f}")
+    bar.close()
+    if nan_count:
+        warnings.warn(f"the reward returned NaN for {nan_count} candidates; they were never selected.", stacklevel=2)
+    results = []
+    for prompt, seed, search, extra in zip(prompts, seeds, searches, kept):
+        results.append(
+            PromptSearch(
+                prompt=prompt,
+                seed=int(seed),
+                search=search.result(),
+                clean_latents=torch.cat(extra["clean_latents"]) if "clean_latents" in extra else None,
+                previews=torch.cat(extra["previews"]) if "previews" in extra else None,
+            )
+        )
+    return results
+
+
+def validate_search_args(budget: int, config: SESConfig) -> None:
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1 (the base noise alone is budget 1), got {budget}.")
+    if config.popsize > budget:
+        raise ValueError(f"popsize ({config.popsize}) is larger than budget ({budget}); lower --popsize or raise --budget.")
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    array = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(item) for item in array]
+
+
+def ses_generate(
+    pipe,
+    prompt: str,
+    reward: Reward,
+    *,
+    budget: int = 50,
+    seed: int = 0,
+    config: SESConfig | None = None,
+    preview_steps: int | None = None,
+    steps: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    guidance_scale: float | None = None,
+    eval_batch_size: int = 8,
+    split_across=None,
+    progress: bool = True,
+) -> SESOutput:
+    """Search the initial noise of `pipe` for `prompt` and render the best one.
+
+    `pipe` is any supported diffusers pipeline the caller holds, with or without a LoRA loaded.
+    `preview_steps` are the sampler steps used to score candidates (default: the pipeline's default
+    steps), `steps` those of the final image.
+    """
+    if not prompt or not prompt.strip():
+        raise ValueError("the prompt is empty; pass a non-empty prompt.")
+    generator = generator_for_pipeline(
+        pipe,
+        height=height,
+        width=width,
+        guidance_scale=guidance_scale,
+        eval_batch_size=eval_batch_size,
+    )
+    (result,) = search_prompts(
+        generator,
+        reward,
+        [prompt],
+        [seed],
+        budget=budget,
+        config=config,
+        preview_steps=preview_steps,
+        split_across=split_across,
+        progress=progress,
+    )
+    return render_result(generator, result, steps)
+
+
+def render_result(generator: FlowGenerator, result: PromptSearch, steps: int | None = None) -> SESOutput:
+    """Generate the best and the base noise of a finished search at `steps` steps."""
+    embeds = generator.encode_prompt(result.prompt)
+    noises = torch.cat([result.search.best_noise.float().cpu(), generator.initial_noise(result.seed)])
+    images = to_pil(generator.generate(noises, embeds, steps).images)
+    return SESOutput(
+        prompt=result.prompt, seed=result.seed, image=images[0], base_image=images[1], search=result.search
+    )
+
+
+def side_by_side(left: Image.Image, right: Image.Image, labels: tuple[str, str] = ("base", "SES")) -> Image.Image:
+    """Two images next to each other with a caption strip (base vs searched)."""
+    from PIL import ImageDraw
+
+    strip = max(12, left.height // 16)
+    canvas = Image.new("RGB", (left.width + right.width, max(left.height, right.height) + strip), "white")
+    canvas.paste(left, (0, strip))
+    canvas.paste(right, (left.width, strip))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((2, 0), labels[0], fill="black")
+    draw.text((left.width + 2, 0), labels[1], fill="black")
+    return canvas
+
+
+def plot_trace(search: SearchResult, path, title: str = "") -> None:
+    """Best reward versus evaluations for SES, with the base noise's reward as a reference line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best_so_far = torch.cummax(torch.nan_to_num(search.scores, nan=-math.inf), dim=0).values
+    evaluations = torch.arange(1, len(best_so_far) + 1)
+    figure, axis = plt.subplots(figsize=(5, 3.2), dpi=120)
+    axis.plot(evaluations.numpy(), best_so_far.numpy(), label="SES best so far")
+    axis.axhline(float(search.scores[0]), color="gray", linestyle="--", label="base noise")
+    axis.set_xlabel("evaluations")
+    axis.set_ylabel("reward")
+    axis.set_title(title[:60])
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
