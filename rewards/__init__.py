@@ -1,0 +1,30 @@
+"""Reward models: `reward(images, prompts) -> Tensor[N]` (float32 on the CPU, higher is better).
+
+```python
+from rewards import load_reward
+reward = load_reward("pickscore", device="cuda", dtype=torch.float16)
+scores = reward(images, prompts)
+```
+
+`images`: a list of PIL images or a float tensor `[N, 3, H, W]` in [0, 1] on any device;
+`prompts`: one string for all images or a list of N. Built-in names: "pickscore", "hpsv2", "clip";
+any "package.module:callable" string (e.g. "rewards.synthetic:brightness") is imported and used
+with the same call signature. This package never imports `tscale_train`, and the model libraries
+(transformers, open_clip) are imported only when a reward that needs them is loaded.
+"""
+
+from .base import EmbeddingReward, RewardModel, images_to_pixels, normalize_prompts, resize_crop_normalize
+from .registry import BUILTIN_REWARDS, CallableReward, available_rewards, check_reward_name, load_reward
+
+__all__ = [
+    "BUILTIN_REWARDS",
+    "CallableReward",
+    "EmbeddingReward",
+    "RewardModel",
+    "available_rewards",
+    "check_reward_name",
+    "images_to_pixels",
+    "load_reward",
+    "normalize_prompts",
+    "resize_crop_normalize",
+]

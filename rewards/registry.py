@@ -1,0 +1,159 @@
+"""`load_reward(name, ...)`: built-in rewards by name, anything else as "package.module:callable"."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .base import RewardModel
+
+BUILTIN_REWARDS = ("pickscore", "hpsv2", "clip")
+_CALLABLE_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def available_rewards() -> list[str]:
+    """The built-in reward names (any "package.module:callable" string works too)."""
+    return list(BUILTIN_REWARDS)
+
+
+class CallableReward(RewardModel):
+    """Wraps a plain function `fn(images, prompts) -> scores` as a RewardModel.
+
+    The function receives the normalised inputs every reward sees: a float tensor
+    `[N, 3, H, W]` in [0, 1] on the reward's device (in the reward's dtype) and a list of N prompts.
+    Extra keyword arguments given to `load_reward` are passed on each call. Its result (tensor,
+    array or list) must hold N numbers.
+    """
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        *,
+        name: str,
+        call_kwargs: dict[str, Any] | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        batch_size: int | None = None,
+    ) -> None:
+        super().__init__(device=device, dtype=dtype, batch_size=batch_size)
+        self.function = function
+        self.name = name
+        self.call_kwargs = dict(call_kwargs or {})
+        if hasattr(function, "to"):
+            function.to(self.device)
+
+    def _modules(self) -> list[Any]:
+        return [self.function] if hasattr(self.function, "to") else []
+
+    def _score(self, pixels: torch.Tensor | list[torch.Tensor], prompts: list[str]) -> torch.Tensor:
+        if isinstance(pixels, list):
+            raise ValueError(
+                f"reward {self.name!r} takes images of one size; resize the PIL images or pass a tensor"
+            )
+        pixels = pixels.to(self.dtype)
+        scores = []
+        for chunk in self._chunks(len(prompts)):
+            result = self.function(pixels[chunk], prompts[chunk], **self.call_kwargs)
+            scores.append(torch.as_tensor(result, dtype=torch.float32).detach().cpu().reshape(-1))
+        return torch.cat(scores)
+
+
+def _import_callable(name: str) -> Any:
+    module_name, _, attribute_path = name.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"cannot import module {module_name!r} for reward {name!r}: {error}") from error
+    for attribute in attribute_path.split("."):
+        if not hasattr(target, attribute):
+            raise ValueError(f"module {module_name!r} has no attribute {attribute_path!r} (reward {name!r})")
+        target = getattr(target, attribute)
+    if not callable(target):
+        raise ValueError(f"reward {name!r} is not callable (it is a {type(target).__name__})")
+    return target
+
+
+def _unknown_name_error(name: str) -> ValueError:
+    return ValueError(
+        f"unknown reward {name!r}; use one of {', '.join(BUILTIN_REWARDS)} "
+        "or a 'package.module:callable' string such as 'rewards.synthetic:brightness'"
+    )
+
+
+def check_reward_name(name: str) -> None:
+    """Raise the same ValueError as `load_reward` for a bad name, without loading any model.
+
+    A "module:callable" name is imported (cheap) so a typo fails here, not after a pipeline loaded.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise _unknown_name_error(str(name))
+    name = name.strip()
+    if ":" not in name:
+        if name.lower() not in BUILTIN_REWARDS:
+            raise _unknown_name_error(name)
+        return
+    if not _CALLABLE_PATTERN.match(name):
+        raise _unknown_name_error(name)
+    _import_callable(name)
+
+
+def load_reward(
+    name: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    batch_size: int | None = None,
+    **kwargs: Any,
+) -> RewardModel:
+    """Load a reward by name: `reward(images, prompts) -> Tensor[N]` (float32, CPU).
+
+    Built-ins and their keyword arguments (paths may be Hub ids or local directories / files):
+      - "pickscore": `model_name_or_path` (default "yuvalkirstain/PickScore_v1"),
+        `processor_name_or_path` (default "laion/CLIP-ViT-H-14-laion2B-s32B-b79K").
+      - "hpsv2": `checkpoint_path` (.pt or .safetensors; default: HPS v2.1 from the Hub),
+        `model_name` (default "ViT-H-14").
+      - "clip": `model_name` (default "ViT-H-14"), `pretrained` (tag or weights file;
+        default "laion2b_s32b_b79k").
+    "package.module:callable": a function `(images, prompts) -> scores` (kwargs are passed on
+    each call), a RewardModel subclass (constructed with device, dtype, batch_size and kwargs),
+    or another class (constructed with kwargs, then called like a function).
+
+    `device`: where the model runs (default CUDA if available, else CPU); `dtype`: model weights;
+    `batch_size`: images per forward (default: a whole call at once). Unknown names raise
+    ValueError before anything is loaded.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise _unknown_name_error(str(name))
+    name = name.strip()
+    common = {"device": device, "dtype": dtype, "batch_size": batch_size}
+    if ":" not in name:
+        builtin = name.lower()
+        if builtin not in BUILTIN_REWARDS:
+            raise _unknown_name_error(name)
+        # Imported lazily: the heavy model libraries load only for the reward actually used.
+        if builtin == "pickscore":
+            from .pickscore import PickScoreReward
+
+            return PickScoreReward(**kwargs, **common)
+        if builtin == "hpsv2":
+            from .hpsv2 import HPSv2Reward
+
+            return HPSv2Reward(**kwargs, **common)
+        from .clip import ClipScoreReward
+
+        return ClipScoreReward(**kwargs, **common)
+    if not _CALLABLE_PATTERN.match(name):
+        raise _unknown_name_error(name)
+    target = _import_callable(name)
+    if isinstance(target, type) and issubclass(target, RewardModel):
+        return target(**kwargs, **common)
+    if isinstance(target, type):
+        return CallableReward(target(**kwargs), name=name, **common)
+    return CallableReward(target, name=name, call_kwargs=kwargs, **common)
+
+
+__all__ = ["BUILTIN_REWARDS", "CallableReward", "available_rewards", "load_reward"]
