@@ -1,0 +1,138 @@
+"""`tscale ses` end to end on the tiny kit, LoRAs, bad input, and a 2-process search."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tscale_train import cli
+from tscale_train.loading import load_lora, load_pipeline
+from tscale_train.lora import add_lora, save_lora
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> int:
+    return cli.main(["ses", "--model", "tiny", "--no-progress", *args])
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory, kit_dir):
+    """A non-trivial LoRA for the tiny klein, written in diffusers format."""
+    pipe = load_pipeline("tiny", dtype="float32")
+    parameters = add_lora(pipe.transformer, rank=4, init="gaussian")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in parameters:
+            parameter.normal_(std=0.5)
+    out = tmp_path_factory.mktemp("lora")
+    save_lora(type(pipe), pipe.transformer, out)
+    return out
+
+
+def test_ses_end_to_end_with_trace(tmp_path, kit_dir):
+    out = tmp_path / "cat.png"
+    assert run_cli("--prompt", "sketch, a cat", "--budget", "12", "--popsize", "4", "--seed", "1", "--save-trace", "--out", str(out)) == 0
+    assert Image.open(out).size == (64, 64)
+    trace = json.loads((tmp_path / "cat_trace.json").read_text())
+    assert len(trace["scores"]) == 12
+    assert trace["best_score"] == max(trace["scores"]) >= trace["scores"][0] == trace["base_score"]
+    assert Image.open(tmp_path / "cat_base_vs_ses.png").width == 128
+    assert (tmp_path / "cat_reward.png").stat().st_size > 0
+
+
+def test_prompts_file_writes_one_image_per_prompt(tmp_path, kit_dir):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n\na dog\n")
+    out = tmp_path / "out"
+    assert run_cli("--prompts-file", str(prompts), "--budget", "4", "--popsize", "2", "--out", str(out)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [item["prompt"] for item in results] == ["a cat", "a dog"]
+    assert [item["seed"] for item in results] == [0, 1]
+    assert all((out / f"{index:04d}.png").is_file() for index in range(2))
+
+
+def test_lora_changes_the_output(lora_dir, kit_dir):
+    from tscale_train.generation import generator_for_pipeline
+
+    plain = load_pipeline("tiny", dtype="float32")
+    adapted = load_pipeline("tiny", dtype="float32")
+    load_lora(adapted, str(lora_dir))
+    images = []
+    for pipe in (plain, adapted):
+        generator = generator_for_pipeline(pipe)
+        images.append(generator.generate(generator.initial_noise(0), generator.encode_prompt("a cat")).images)
+    assert (images[0] - images[1]).abs().max() > 1e-3
+
+
+def test_ses_with_lora_from_cli(tmp_path, lora_dir, kit_dir):
+    out = tmp_path / "lora.png"
+    assert run_cli("--prompt", "a cat", "--budget", "4", "--popsize", "2", "--lora", str(lora_dir), "--out", str(out)) == 0
+    assert out.is_file()
+
+
+def test_lora_for_another_model_is_refused(tmp_path, lora_dir, kit_dir):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(lora_dir / "pytorch_lora_weights.safetensors"))
+    wrong_shapes = {key: torch.zeros(value.shape[0] * 2, value.shape[1] * 2) for key, value in state.items()}
+    save_file(wrong_shapes, str(tmp_path / "pytorch_lora_weights.safetensors"))
+    pipe = load_pipeline("tiny", dtype="float32")
+    with pytest.raises(ValueError, match="does not match this model|made for another model"):
+        load_lora(pipe, str(tmp_path))
+    other = tmp_path / "other"
+    other.mkdir()
+    save_file({"unet.down.lora_A.weight": torch.zeros(2, 2)}, str(other / "pytorch_lora_weights.safetensors"))
+    with pytest.raises(ValueError, match="another model|does not match"):
+        load_lora(load_pipeline("tiny", dtype="float32"), str(other))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "no-such-model", "--prompt", "a", "--out", "x.png"], "unknown model"),
+        (["--model", "./missing/dir", "--prompt", "a", "--out", "x.png"], "does not exist"),
+        (["--prompt", "a", "--reward", "nonsense", "--out", "x.png"], "unknown reward"),
+        (["--prompt", "a", "--budget", "0", "--out", "x.png"], "budget must be >= 1"),
+        (["--prompt", "a", "--budget", "5", "--popsize", "8", "--out", "x.png"], "popsize"),
+        (["--prompt", "a", "--height", "72", "--out", "x.png"], "multiple of 16"),
+        (["--prompt", "   ", "--out", "x.png"], "empty"),
+        (["--prompt", "a", "--lora", "./no/lora", "--out", "x.png"], "not found"),
+        (["--prompts-file", "missing.txt", "--out", "d"], "does not exist"),
+    ],
+)
+def test_bad_input_fails_before_loading_a_model(args, message, monkeypatch, capsys, tmp_path):
+    def refuse(*_, **__):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr("tscale_train.loading.load_pipeline", refuse)
+    monkeypatch.chdir(tmp_path)
+    if "--model" not in args:
+        args = ["--model", "tiny", *args]
+    assert cli.main(["ses", "--no-progress", *args]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and len(error.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_two_process_search_equals_one_process(tmp_path, kit_dir):
+    """One search's candidates split over 2 gloo processes: same scores, same best noise."""
+    common = ["ses", "--model", "tiny", "--prompt", "a cat", "--budget", "10", "--popsize", "4",
+              "--seed", "3", "--save-trace", "--no-progress", "--device", "cpu"]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    single = subprocess.run([sys.executable, "-m", "tscale_train.cli", *common, "--out", str(tmp_path / "one.png")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu_2proc.yaml"),
+              "-m", "tscale_train.cli", *common, "--out", str(tmp_path / "two.png")]
+    double = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = json.loads((tmp_path / "one_trace.json").read_text())
+    two = json.loads((tmp_path / "two_trace.json").read_text())
+    assert one["best_index"] == two["best_index"]
+    torch.testing.assert_close(torch.tensor(one["scores"]), torch.tensor(two["scores"]), atol=1e-4, rtol=0)
