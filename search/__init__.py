@@ -1,0 +1,28 @@
+"""Search over the initial noise of a generative model. Knows nothing about diffusion.
+
+Public API::
+
+    from search import SESConfig, SpectralEvolutionSearch, ses_search, random_search, SearchResult
+
+- :func:`ses_search` / :class:`SpectralEvolutionSearch`: Spectral Evolution Search (cross-entropy method
+  over the wavelet approximation band, detail bands of the base noise held fixed).
+- :func:`random_search` / :class:`RandomSearch`: best-of-N baseline.
+
+Both score exactly ``budget`` candidates, the base noise first, in whole batches, reproducibly from a CPU
+``torch.Generator``.
+"""
+
+from search.random_search import RandomSearch, random_search
+from search.result import SearchResult
+from search.ses import SESConfig, SpectralEvolutionSearch, ses_search
+from search.wavelets import LowBandCodec
+
+__all__ = [
+    "LowBandCodec",
+    "RandomSearch",
+    "SESConfig",
+    "SearchResult",
+    "SpectralEvolutionSearch",
+    "random_search",
+    "ses_search",
+]
