@@ -48,6 +48,7 @@ class OnlineDPOConfig:
     max_eval_prompts: int = field(default=16, **_help("cap on held-out eval prompts"))
     # search (what `tscale ses` takes)
     reward: str = field(default="pickscore", **_help("pickscore, hpsv2, clip, or package.module:callable"))
+    eval_reward: str | None = field(default=None, **_help("reward of the eval metrics (default: `reward`)"))
     budget: int = field(default=20, **_help("SES candidates per prompt, base noise included"))
     popsize: int = field(default=10, **_help("CEM population per generation"))
     k_elites: int = field(default=5, **_help("elite archive size"))

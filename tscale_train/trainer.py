@@ -30,6 +30,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from rewards import check_reward_name
 from search import SESConfig
 
 from .config import OnlineDPOConfig
@@ -84,6 +85,9 @@ class OnlineDPOTrainer:
         self.output_dir = Path(config.output_dir)
         # Cheap checks first: bad input fails before any model is loaded.
         check_model_source(config.model)
+        for reward_name in (config.reward, config.eval_reward):
+            if reward_name:
+                check_reward_name(reward_name)
         train_prompts = load_prompts(config.prompts or BUNDLED_PROMPTS, column=config.prompt_column)
         self.train_prompts, self.eval_prompts = split_eval_prompts(train_prompts, config)
         self.accelerator = accelerator or self._make_accelerator()
@@ -116,6 +120,7 @@ class OnlineDPOTrainer:
         )
 
     def _setup_models(self) -> None:
+        from accelerate.utils import set_seed
         from diffusers.optimization import get_scheduler
 
         config, accelerator = self.config, self.accelerator
@@ -130,6 +135,13 @@ class OnlineDPOTrainer:
         )
         self.embeds = self._encode_all_prompts()
         self.reward = load_reward_for(config.reward, config.model, device=accelerator.device)
+        self.eval_reward = (
+            load_reward_for(config.eval_reward, config.model, device=accelerator.device)
+            if config.eval_reward and config.eval_reward != config.reward
+            else self.reward
+        )
+        # LoRA A matrices are drawn from the global RNG: seed it so every run (and process) starts alike.
+        set_seed(config.seed)
         self.lora_parameters = add_lora(
             self.pipe.transformer,
             rank=config.lora_rank,
@@ -455,11 +467,12 @@ class OnlineDPOTrainer:
                     self.optimizer.zero_grad(set_to_none=True)
                 if accelerator.sync_gradients:
                     self.global_step += 1
-                for name, value in {"loss": loss.detach(), **stats}.items():
+                loss = loss.detach()
+                for name, value in {"loss": loss, **stats}.items():
                     totals[name] = totals.get(name, 0.0) + float(value)
                 steps += 1
                 bar.update()
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                bar.set_postfix(loss=f"{loss.item():.4f}")
         bar.close()
         self.model.eval()
         means = {f"train/{name}": self._global_mean([total / steps]) for name, total in totals.items()}
@@ -478,11 +491,11 @@ class OnlineDPOTrainer:
         prompts = [prompt for _, prompt in local]
         seeds = [derive_seed(config.seed, "eval", slot) % (2**31) for slot, _ in local]
         self.model.eval()
-        self.reward.to(accelerator.device)
+        self.eval_reward.to(accelerator.device)
         noises = torch.cat([self.generator.initial_noise(seed) for seed in seeds])
         embeds = [self.embeds[prompt] for prompt in prompts]
         images = self.generator.generate(noises, embeds).images
-        budget0 = self.reward(images, prompts).float().cpu()
+        budget0 = self.eval_reward(images, prompts).float().cpu()
         # Padding repeats slots; gather (slot, score) and keep each slot once.
         scored = self._gather_by_slot([slot for slot, _ in local], budget0.tolist())
         metrics = {
@@ -492,7 +505,7 @@ class OnlineDPOTrainer:
         if with_search:
             results = search_prompts(
                 self.generator,
-                self.reward,
+                self.eval_reward,
                 prompts,
                 seeds,
                 budget=config.eval_budget or config.budget,
@@ -508,7 +521,7 @@ class OnlineDPOTrainer:
                 ses_images = self.generator.generate(best, embeds).images
                 self._save_eval_grid(round_index, images, ses_images)
         if config.offload_reward:
-            self.reward.to("cpu")
+            self.eval_reward.to("cpu")
         return metrics
 
     def _gather_by_slot(self, slots: list[int], values: list[float]) -> list[float]:
