@@ -51,7 +51,7 @@ def main() -> None:
     print(f"beta={args.beta} lr={args.lr} epochs={args.epochs} budget={args.budget} prompts/round={args.prompts}")
     print("| run | round | eval brightness (budget 0) | shift (eval sd) | implicit_acc_new | s/round |")
     print("|---|---|---|---|---|---|")
-    for reward, (rows, seconds) in table.items():
+    for reward, (rows, _seconds) in table.items():
         evals = [row for row in rows if "eval/reward_budget0" in row]
         base, spread = evals[0]["eval/reward_budget0"], evals[0]["eval/reward_budget0_std"]
         for row in evals:

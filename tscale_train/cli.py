@@ -109,10 +109,10 @@ def run_ses(args: argparse.Namespace) -> list[dict]:
     import torch
     from accelerate import PartialState
 
+    from .generation import generator_for_pipeline
     from .io_utils import atomic_save_image, atomic_write_json
     from .loading import load_lora, load_pipeline, load_reward_for, parse_dtype
     from .ses import plot_trace, render_result, search_prompts, side_by_side
-    from .generation import generator_for_pipeline
 
     prompts, extra = _validate_ses_args(args)
     state = PartialState()

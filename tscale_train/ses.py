@@ -154,11 +154,11 @@ def search_prompts(
         active = [index for index, search in enumerate(searches) if not search.done]
         asked = [searches[index].ask() for index in active]
         sizes = [noises.shape[0] for noises in asked]
-        batch_embeds = [embeds[index] for index, size in zip(active, sizes) for _ in range(size)]
+        batch_embeds = [embeds[index] for index, size in zip(active, sizes, strict=False) for _ in range(size)]
         scores, extras = evaluate(torch.cat(asked), batch_embeds)
         nan_count += int(torch.isnan(scores).sum())
         offset = 0
-        for index, size in zip(active, sizes):
+        for index, size in zip(active, sizes, strict=False):
             searches[index].tell(scores[offset : offset + size])
             for name, values in extras.items():
                 kept[index].setdefault(name, []).append(values[offset : offset + size])
@@ -170,7 +170,7 @@ def search_prompts(
     if nan_count:
         warnings.warn(f"the reward returned NaN for {nan_count} candidates; they were never selected.", stacklevel=2)
     results = []
-    for prompt, seed, search, extra in zip(prompts, seeds, searches, kept):
+    for prompt, seed, search, extra in zip(prompts, seeds, searches, kept, strict=False):
         results.append(
             PromptSearch(
                 prompt=prompt,

@@ -527,7 +527,7 @@ class OnlineDPOTrainer:
     def _gather_by_slot(self, slots: list[int], values: list[float]) -> list[float]:
         from accelerate.utils import gather_object
 
-        pairs = list(zip(slots, values))
+        pairs = list(zip(slots, values, strict=False))
         if self.accelerator.num_processes > 1:
             pairs = gather_object(pairs)
         return [value for _, value in sorted(dict(pairs).items())]
