@@ -185,3 +185,30 @@ def test_deepspeed_zero2_runs(tmp_path, kit_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     lora = load_file(str(out / "pytorch_lora_weights.safetensors"))
     assert any(value.abs().max() > 0 for key, value in lora.items() if "lora_B" in key)
+
+
+@pytest.mark.slow
+def test_the_loop_learns_a_reward_the_tiny_model_can_move(tmp_path, kit_dir):
+    """Brightness reward vs a coin-flip control, both evaluated on held-out brightness at budget 0.
+
+    The random VAE makes brightness nearly flat, so shifts are in units of the eval set's spread.
+    Measured here (bench/learning.py, same settings): after 3 rounds about +8.8 sd for brightness
+    against +2.4 sd for the control.
+    """
+    from tscale_train.lora import FLUX2_ALL_LINEAR_TARGETS
+
+    shifts = {}
+    for reward in ("rewards.synthetic:brightness", "rewards.synthetic:coin_flip"):
+        config = tiny_config(
+            tmp_path / reward.split(":")[-1], reward=reward, eval_reward="rewards.synthetic:brightness",
+            budget=16, eval_budget=8, popsize=8, k_elites=2, rounds=3, prompts_per_round=16, epochs_per_round=30,
+            train_batch_size=4, beta=1.0, learning_rate=1e-3, lora_rank=8, lora_target_modules=FLUX2_ALL_LINEAR_TARGETS,
+            eval_every=1, max_eval_prompts=16, eval_fraction=0.2, checkpoint_every=0, checkpoints_total_limit=1,
+        )
+        out = OnlineDPOTrainer(config).train()
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        baseline, spread = rows[0]["eval/reward_budget0"], rows[0]["eval/reward_budget0_std"]
+        shifts[reward] = [(row["eval/reward_budget0"] - baseline) / spread for row in rows[1:]]
+    learned, control = shifts["rewards.synthetic:brightness"], shifts["rewards.synthetic:coin_flip"]
+    assert learned[-1] > 4.0, shifts
+    assert learned[-1] - control[-1] > 3.0, shifts

@@ -25,6 +25,10 @@ FLUX2_ATTENTION_AND_FF_TARGETS = (
     + r"|.*transformer_blocks\.\d+\.(ff|ff_context)\.(linear_in|linear_out)"
 )
 
+# Every linear that shapes the output, including the input/output projections and the final
+# modulation: needed where attention alone is too weak a lever (the tiny random model).
+FLUX2_ALL_LINEAR_TARGETS = FLUX2_ATTENTION_AND_FF_TARGETS + r"|x_embedder|proj_out|.*norm_out\.linear"
+
 
 def add_lora(
     transformer,
