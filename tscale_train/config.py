@@ -31,8 +31,11 @@ class OnlineDPOConfig:
     height: int | None = field(default=None, **_help("image height (default: 1024, 64 for tiny)"))
     width: int | None = field(default=None, **_help("image width (default: 1024, 64 for tiny)"))
     guidance_scale: float | None = field(default=None, **_help("CFG scale; default 1 (distilled) or 4 (base)"))
-    gradient_checkpointing: bool = field(default=False, **_help("recompute activations in the DPO backward"))
-    offload_text_encoder: bool = field(default=True, **_help("move the text encoder to CPU once prompts are encoded"))
+    gradient_checkpointing: bool = field(default=True, **_help("recompute activations in the DPO backward (needed at 1024px)"))
+    offload_text_encoder: bool = field(
+        default=True,
+        **_help("keep the text encoder on the CPU and move it to the GPU only to encode a round's prompts"),
+    )
     offload_reward: bool = field(default=True, **_help("move the reward model to CPU while DPO trains"))
     # LoRA
     lora_rank: int = field(default=16, **_help("LoRA rank"))
@@ -55,19 +58,25 @@ class OnlineDPOConfig:
     wavelet: str = field(default="db1", **_help("wavelet of the spectral decomposition"))
     level: int = field(default=4, **_help("wavelet level (lowered automatically for small latents)"))
     preview_steps: int | None = field(default=None, **_help("sampler steps while searching (default: the model's)"))
-    eval_batch_size: int = field(default=8, **_help("candidates generated per batch"))
+    eval_batch_size: int = field(default=4, **_help("candidates generated (and decoded) per batch"))
+    reward_batch_size: int | None = field(default=None, **_help("images per reward forward (default: eval_batch_size)"))
+    search_group_size: int = field(default=8, **_help("prompts searched in lockstep at once; bounds a generation's size"))
+    max_cached_prompts: int = field(default=64, **_help("prompt embeddings kept in CPU memory per process (LRU)"))
     # pairing
     pairing: str = field(default="best_vs_worst", **_help("best_vs_worst, best_vs_base or top_k_vs_bottom_k"))
     pairs_per_prompt: int = field(default=1, **_help("k of top_k_vs_bottom_k"))
     min_margin: float = field(default=0.0, **_help("drop pairs whose reward margin is below this"))
     preview_size: int = field(default=64, **_help("side of the preview images kept with each pair"))
     # DPO
-    beta: float = field(default=5.0, **_help("DPO beta; a per-model setting (1-10 on the tiny model)"))
+    beta: float = field(
+        default=100.0,
+        **_help("DPO beta; 100 as flow_grpo / Flow-Factory on SD3.5; 1-10 on the tiny model. Watch train/inside_abs"),
+    )
     learning_rate: float = field(default=5e-4, **_help("AdamW learning rate"))
     adam_weight_decay: float = field(default=0.0, **_help("AdamW weight decay"))
     lr_scheduler: str = field(default="constant_with_warmup", **_help("diffusers.optimization scheduler name"))
     lr_warmup_steps: int = field(default=0, **_help("warmup optimizer steps"))
-    train_batch_size: int = field(default=4, **_help("pairs per process per micro-step"))
+    train_batch_size: int = field(default=1, **_help("pairs per process per micro-step (2 latents each)"))
     gradient_accumulation_steps: int = field(default=1, **_help("micro-steps per optimizer step"))
     max_grad_norm: float = field(default=1.0, **_help("gradient clipping norm"))
     epochs_per_round: int = field(default=5, **_help("passes over a round's pairs"))
@@ -93,20 +102,23 @@ class OnlineDPOConfig:
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}; try 1-10 for FLUX.2 LoRAs.")
+            raise ValueError(f"beta must be > 0, got {self.beta}; about 100 for FLUX.2-klein-4B, 1-10 for the tiny model.")
         if self.sigma_sampling not in SIGMA_SAMPLING:
             raise ValueError(f"sigma_sampling {self.sigma_sampling!r} is not one of {SIGMA_SAMPLING}.")
         if self.report_to not in REPORT_TO:
             raise ValueError(f"report_to {self.report_to!r} is not one of {REPORT_TO}.")
         positive = (
             "rounds", "prompts_per_round", "budget", "popsize", "train_batch_size",
-            "gradient_accumulation_steps", "epochs_per_round", "lora_rank", "k_elites",
+            "gradient_accumulation_steps", "epochs_per_round", "lora_rank", "k_elites", "eval_batch_size",
+            "search_group_size", "max_cached_prompts",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.popsize > self.budget:
             raise ValueError(f"popsize ({self.popsize}) is larger than budget ({self.budget}); lower popsize or raise budget.")
+        if self.reward_batch_size is not None and self.reward_batch_size < 1:
+            raise ValueError(f"reward_batch_size must be >= 1 (or unset), got {self.reward_batch_size}.")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
 
