@@ -27,7 +27,7 @@ lint: install
 # The online loop on 2 CPU processes and the tiny models, then SES with the LoRA it trained.
 demo: install
 	rm -rf runs/demo
-	OMP_NUM_THREADS=1 $(BIN)/accelerate launch --config_file accelerate_configs/cpu_2proc.yaml \
+	OMP_NUM_THREADS=1 $(BIN)/accelerate launch --config_file accelerate_configs/cpu/demo.yaml \
 		recipes/flux2_klein_dpo.py --config recipes/configs/tiny.yaml --output_dir runs/demo
 	$(BIN)/tscale ses --model tiny --lora runs/demo --prompt "sketch, a cat" --budget 20 --seed 1 \
 		--save-trace --out runs/demo/ses/cat.png

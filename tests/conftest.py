@@ -21,3 +21,11 @@ def tiny_pipe(kit_dir):
     from tscale_train.loading import load_pipeline
 
     return load_pipeline("tiny", dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def shapes_kit_dir(kit_dir) -> Path:
+    """The saved real-shape pipeline (`shapes-klein-4b`, 1.1 GB), built on first use, reused afterwards."""
+    from tscale_train.tiny import ensure_shapes_kit
+
+    return ensure_shapes_kit(kit_dir)

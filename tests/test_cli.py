@@ -128,7 +128,7 @@ def test_two_process_search_equals_one_process(tmp_path, kit_dir):
     single = subprocess.run([sys.executable, "-m", "tscale_train.cli", *common, "--out", str(tmp_path / "one.png")],
                             env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu_2proc.yaml"),
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu/demo.yaml"),
               "-m", "tscale_train.cli", *common, "--out", str(tmp_path / "two.png")]
     double = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
     assert double.returncode == 0, double.stderr[-3000:]

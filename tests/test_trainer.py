@@ -46,7 +46,7 @@ def test_reference_pass_runs_with_adapters_disabled(tmp_path, kit_dir):
     prompt = trainer.train_prompts[0]
     noisy = generator.initial_noise(1, batch_size=2)
     sigmas = torch.tensor([0.9, 0.7])
-    embeds = [trainer.embeds[prompt]] * 2
+    embeds = trainer.prompt_cache.get([prompt] * 2)
     reference = trainer.reference_velocity(noisy, sigmas, embeds)
     plain = load_pipeline("tiny", dtype="float32")
     with torch.no_grad():
@@ -163,7 +163,7 @@ def _launch(config_file: str, args: list[str], tmp_path: Path, timeout: int = 90
 @pytest.mark.slow
 def test_two_process_launch_writes_a_loadable_lora(tmp_path, kit_dir):
     out = tmp_path / "run"
-    result = _launch("accelerate_configs/cpu_2proc.yaml",
+    result = _launch("accelerate_configs/cpu/demo.yaml",
                      ["--rounds", "2", "--epochs_per_round", "2", "--output_dir", str(out)], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -39,7 +39,10 @@ def _add_ses_arguments(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--wavelet", default="db1")
     search.add_argument("--level", type=int, default=4)
     search.add_argument("--preview-steps", type=int, default=None, help="sampler steps while searching (default: model default)")
-    search.add_argument("--eval-batch-size", type=int, default=8, help="candidates generated per batch")
+    search.add_argument("--eval-batch-size", type=int, default=8, help="candidates generated (and decoded) per batch")
+    search.add_argument("--reward-batch-size", type=int, default=None, help="images per reward forward (default: eval batch size)")
+    search.add_argument("--search-group-size", type=int, default=8,
+                        help="prompts of a --prompts-file searched in lockstep at once (bounds memory)")
     render = parser.add_argument_group("image")
     render.add_argument("--steps", type=int, default=None, help="sampler steps of the final image (default: model default)")
     render.add_argument("--guidance-scale", type=float, default=None, help="CFG scale (undistilled models only)")
@@ -91,7 +94,7 @@ def _validate_ses_args(args: argparse.Namespace) -> tuple[list[str], dict]:
         value = getattr(args, name)
         if value is not None and (value <= 0 or value % 16):
             raise ValueError(f"--{name} {value} is not a positive multiple of 16; use e.g. --{name} {max(16, value // 16 * 16)}.")
-    for name in ("steps", "preview_steps"):
+    for name in ("steps", "preview_steps", "eval_batch_size", "reward_batch_size", "search_group_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
@@ -109,19 +112,22 @@ def run_ses(args: argparse.Namespace) -> list[dict]:
     import torch
     from accelerate import PartialState
 
+    from .distributed import run_on_cpu
     from .generation import generator_for_pipeline
     from .io_utils import atomic_save_image, atomic_write_json
     from .loading import load_lora, load_pipeline, load_reward_for, parse_dtype
     from .ses import plot_trace, render_result, search_prompts, side_by_side
 
     prompts, extra = _validate_ses_args(args)
-    state = PartialState()
+    # cpu=True where there is no CUDA: otherwise 2 CPU processes each think they are rank 0 of 1.
+    state = PartialState(cpu=run_on_cpu())
     device = torch.device(args.device) if args.device else state.device
     dtype = parse_dtype(args.dtype) if args.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     pipe = load_pipeline(args.model, dtype=dtype, device=device)
     if args.lora:
         load_lora(pipe, args.lora, scale=args.lora_scale)
-    reward = load_reward_for(args.reward, args.model, device=device, **extra["reward_overrides"])
+    reward_batch_size = args.reward_batch_size or args.eval_batch_size
+    reward = load_reward_for(args.reward, args.model, device=device, batch_size=reward_batch_size, **extra["reward_overrides"])
     generator = generator_for_pipeline(
         pipe, height=args.height, width=args.width, guidance_scale=args.guidance_scale, eval_batch_size=args.eval_batch_size
     )
@@ -135,12 +141,12 @@ def run_ses(args: argparse.Namespace) -> list[dict]:
         config=extra["config"],
         preview_steps=args.preview_steps,
         split_across=state,
+        group_size=args.search_group_size,
         progress=not args.no_progress,
     )
     summaries = []
     out = Path(args.out)
     for index, result in enumerate(results):
-        rendered = render_result(generator, result, args.steps)
         summary = {
             "prompt": result.prompt,
             "seed": result.seed,
@@ -151,7 +157,8 @@ def run_ses(args: argparse.Namespace) -> list[dict]:
         }
         summaries.append(summary)
         if not state.is_main_process:
-            continue
+            continue  # every process holds the same results; only the main one renders and writes
+        rendered = render_result(generator, result, args.steps)
         image_path = out if args.prompt is not None else out / f"{index:04d}.png"
         atomic_save_image(rendered.image, image_path)
         summary["image"] = str(image_path)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .lora import FLUX2_ATTENTION_TARGETS
+from .lora import LORA_TARGET_PRESETS
 
 SIGMA_SAMPLING = ("sampler", "logit_normal", "uniform")
 REPORT_TO = ("none", "tensorboard", "wandb", "all")
@@ -41,7 +41,10 @@ class OnlineDPOConfig:
     lora_rank: int = field(default=16, **_help("LoRA rank"))
     lora_alpha: float | None = field(default=None, **_help("LoRA alpha (default: rank)"))
     lora_dropout: float = field(default=0.0, **_help("LoRA dropout"))
-    lora_target_modules: str = field(default=FLUX2_ATTENTION_TARGETS, **_help("regex over full module names"))
+    lora_target_modules: str = field(
+        default="attention",
+        **_help(f"regex over full module names, or a preset: {', '.join(LORA_TARGET_PRESETS)}"),
+    )
     lora_init: str = field(default="default", **_help("'default' (B = 0) or a peft init name such as 'gaussian'"))
     # prompts
     prompts: str | None = field(default=None, **_help("a .txt/.jsonl/.csv file or a datasets name (default: the bundled set)"))

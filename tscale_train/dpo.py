@@ -77,6 +77,8 @@ def flow_dpo_loss(
           sample more than the reference does). Ties count as wrong, so with a freshly initialised
           LoRA (B matrices at zero, theta == ref, ``inside`` exactly 0) it is 0, not 0.5.
         - ``inside``: mean of ``inside``.
+        - ``inside_abs``: mean of ``|inside|``, the scale of the DPO logit. Far below 1 the loss is
+          flat (beta too small to matter), far above ~5 the sigmoid saturates (beta too large).
         - ``mse_w``, ``mse_l``: mean of ``m_theta(w)``, ``m_theta(l)``.
         - ``ref_mse_w``, ``ref_mse_l``: mean of ``m_ref(w)``, ``m_ref(l)``.
         - ``chosen_improvement``: mean of ``m_ref(w) - m_theta(w)`` (positive: the trained model
@@ -132,6 +134,7 @@ def flow_dpo_loss(
         stats = {
             "implicit_acc": (inside > 0).to(compute_dtype).mean(),
             "inside": inside.mean(),
+            "inside_abs": inside.abs().mean(),
             "mse_w": mse_theta_w.mean(),
             "mse_l": mse_theta_l.mean(),
             "ref_mse_w": mse_ref_w.mean(),

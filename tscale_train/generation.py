@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,16 +135,17 @@ class FlowGenerator(ABC):
         return torch.randn((batch_size, *self.noise_shape), generator=generator, dtype=torch.float32)
 
     @torch.no_grad()
-    def generate(
+    def iter_batches(
         self,
         noises: torch.Tensor,
         embeds: PromptEmbeds | list[PromptEmbeds],
         num_inference_steps: int | None = None,
-    ) -> GenerationOutput:
-        """Generate one image per noise, `eval_batch_size` at a time.
+    ) -> Iterator[tuple[slice, GenerationOutput]]:
+        """Generate one image per noise, `eval_batch_size` at a time, yielding each batch as it is decoded.
 
         `embeds` is one prompt for all noises or a list with one per noise (many prompts' searches
-        share a batch this way).
+        share a batch this way). A caller that scores and drops each batch before asking for the
+        next never holds more than one batch of full-size images (a 1024px float32 image is 12.6 MB).
         """
         if noises.ndim != 1 + len(self.noise_shape) or tuple(noises.shape[1:]) != tuple(self.noise_shape):
             raise ValueError(f"noises must be [N, {', '.join(map(str, self.noise_shape))}], got {list(noises.shape)}.")
@@ -153,10 +155,20 @@ class FlowGenerator(ABC):
         if len(embeds) != count:
             raise ValueError(f"got {count} noises but {len(embeds)} prompt embeddings.")
         steps = num_inference_steps or self.num_inference_steps
-        images, latents = [], []
         for start in range(0, count, self.eval_batch_size):
             stop = min(start + self.eval_batch_size, count)
-            output = self._generate_batch(noises[start:stop], embeds[start:stop], steps)
+            yield slice(start, stop), self._generate_batch(noises[start:stop], embeds[start:stop], steps)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        noises: torch.Tensor,
+        embeds: PromptEmbeds | list[PromptEmbeds],
+        num_inference_steps: int | None = None,
+    ) -> GenerationOutput:
+        """All images of `iter_batches` at once: for a handful of final images, not for a search."""
+        images, latents = [], []
+        for _, output in self.iter_batches(noises, embeds, num_inference_steps):
             images.append(output.images.float())
             latents.append(output.clean_latents)
         return GenerationOutput(images=torch.cat(images), clean_latents=torch.cat(latents))
@@ -174,6 +186,7 @@ class Flux2KleinGenerator(FlowGenerator):
         defaults = _tiny_defaults(pipe)
         self.max_sequence_length = max_sequence_length or defaults.get("max_sequence_length", 512)
         self.text_encoder_out_layers = tuple(defaults.get("text_encoder_out_layers", (9, 18, 27)))
+        self._negative: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
     def resolution_multiple(pipe) -> int:
@@ -213,19 +226,29 @@ class Flux2KleinGenerator(FlowGenerator):
             )
 
         positive = encode(prompt)
-        # The pipeline's own negative prompt for CFG is the empty string.
-        negative = encode("") if self.uses_cfg else None
+        negative = None
+        if self.uses_cfg:
+            # The pipeline's own negative prompt for CFG is the empty string: encode it once and
+            # share it between all prompts (one 512 x 7680 embedding, not one per prompt).
+            if self._negative is None:
+                self._negative = encode("")
+            negative = self._negative
         return PromptEmbeds(prompt=prompt, positive=positive, negative=negative)
 
     def _generate_batch(self, noises, embeds, num_inference_steps):
         final_latents: dict[str, torch.Tensor] = {}
 
-        def keep_last_latents(pipe, step_index, timestep, callback_kwargs):
-            if step_index == pipe.num_timesteps - 1:
-                final_latents["packed"] = callback_kwargs["latents"]
-            return callback_kwargs
-
         transformer_dtype = self.pipe.transformer.dtype
+
+        def keep_last_latents(pipe, step_index, timestep, callback_kwargs):
+            latents = callback_kwargs["latents"]
+            if step_index == pipe.num_timesteps - 1:
+                final_latents["packed"] = latents
+            # Under accelerate's mixed precision the prepared transformer returns float32, and the
+            # scheduler step turns the latents float32 with it; a bf16 VAE then fails to decode them.
+            # Hand the pipeline back latents in the dtype it started with.
+            return {"latents": latents.to(transformer_dtype)}
+
         call_kwargs = dict(
             prompt_embeds=torch.cat([item.positive[0] for item in embeds]).to(self.device, transformer_dtype),
             latents=noises.to(self.device, transformer_dtype),
@@ -245,7 +268,8 @@ class Flux2KleinGenerator(FlowGenerator):
             )
         self.pipe.set_progress_bar_config(disable=True)
         images = self.pipe(**call_kwargs).images
-        return GenerationOutput(images=images.clamp(0, 1), clean_latents=self._unpack(final_latents["packed"]))
+        # float32 whatever the model dtype: rewards resize on the CPU too, where bf16 interpolation is missing.
+        return GenerationOutput(images=images.float().clamp(0, 1), clean_latents=self._unpack(final_latents["packed"]))
 
     def _unpack(self, packed: torch.Tensor) -> torch.Tensor:
         """[B, h*w, C] (the sampler's token layout) -> [B, C, h, w] (the `latents=` layout)."""

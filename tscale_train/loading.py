@@ -12,7 +12,14 @@ from pathlib import Path
 
 import torch
 
-from .tiny import TINY_MODEL_NAME, default_kit_dir, ensure_tiny_kit, tiny_pipeline_dir
+from .tiny import (
+    SHAPES_MODEL_NAME,
+    TINY_MODEL_NAME,
+    default_kit_dir,
+    ensure_tiny_kit,
+    shapes_pipeline_dir,
+    tiny_pipeline_dir,
+)
 
 SUPPORTED_PIPELINES = ("Flux2KleinPipeline",)
 DEFAULT_MODEL = "black-forest-labs/FLUX.2-klein-4B"
@@ -37,10 +44,20 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 # `tiny` is the distilled tiny klein, `tiny-base` the undistilled (CFG) flavour.
 TINY_MODELS = {TINY_MODEL_NAME: True, f"{TINY_MODEL_NAME}-base": False}
+# Offline random-weight kits beyond `tiny`: name -> function returning the saved pipeline directory
+# (built on first use). `shapes-klein-4b` has FLUX.2-klein-4B's real widths with one block of each kind.
+KIT_MODELS = {SHAPES_MODEL_NAME: shapes_pipeline_dir}
 
 
 def is_tiny(model: str) -> bool:
-    return model in TINY_MODELS
+    """A model of the offline kit (`tiny`, `tiny-base`, `shapes-klein-4b`): uses the kit's reward models."""
+    return model in TINY_MODELS or model in KIT_MODELS
+
+
+def _kit_pipeline_dir(model: str) -> Path:
+    if model in TINY_MODELS:
+        return tiny_pipeline_dir(distilled=TINY_MODELS[model])
+    return KIT_MODELS[model]()
 
 
 def _looks_like_path(name: str) -> bool:
@@ -50,7 +67,8 @@ def _looks_like_path(name: str) -> bool:
 def check_model_source(model: str) -> str:
     """Validate a `--model` value without loading anything; returns the local path or hub id.
 
-    Accepted: `tiny`, a local pipeline directory (with `model_index.json`), or a hub id `org/name`.
+    Accepted: a kit model (`tiny`, `tiny-base`, `shapes-klein-4b`), a local pipeline directory (with
+    `model_index.json`), or a hub id `org/name`.
     """
     if not model or not model.strip():
         raise ValueError("--model is empty; pass a hub id (e.g. black-forest-labs/FLUX.2-klein-4B), a local dir, or 'tiny'.")
@@ -90,7 +108,7 @@ def load_pipeline(
     source = check_model_source(model)
     torch_dtype = parse_dtype(dtype)
     if is_tiny(source):
-        source = str(tiny_pipeline_dir(distilled=TINY_MODELS[source]))
+        source = str(_kit_pipeline_dir(source))
     try:
         pipe = Flux2KleinPipeline.from_pretrained(source, dtype=torch_dtype)
     except OSError as error:

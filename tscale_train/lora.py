@@ -30,19 +30,33 @@ FLUX2_ATTENTION_AND_FF_TARGETS = (
 FLUX2_ALL_LINEAR_TARGETS = FLUX2_ATTENTION_AND_FF_TARGETS + r"|x_embedder|proj_out|.*norm_out\.linear"
 
 
+# Names accepted wherever a target regex is (`--lora_target_modules all_linear`).
+LORA_TARGET_PRESETS = {
+    "attention": FLUX2_ATTENTION_TARGETS,
+    "attention_ff": FLUX2_ATTENTION_AND_FF_TARGETS,
+    "all_linear": FLUX2_ALL_LINEAR_TARGETS,
+}
+
+
+def resolve_lora_targets(target_modules: str) -> str:
+    """A preset name from `LORA_TARGET_PRESETS` -> its regex; anything else is taken as a regex."""
+    return LORA_TARGET_PRESETS.get(target_modules, target_modules)
+
+
 def add_lora(
     transformer,
     *,
     rank: int = 16,
     alpha: float | None = None,
     dropout: float = 0.0,
-    target_modules: str = FLUX2_ATTENTION_TARGETS,
+    target_modules: str = "attention",
     init: str | bool = True,
     adapter_name: str = "default",
 ) -> list[torch.nn.Parameter]:
     """Add a LoRA adapter to `transformer` (diffusers `PeftAdapterMixin.add_adapter`).
 
     Returns the trainable LoRA parameters, upcast to float32 so a bf16 model trains fp32 adapters.
+    `target_modules` is a regex over full module names or a `LORA_TARGET_PRESETS` name.
     `init=True` is peft's default (B = 0: the adapted model starts equal to the base), "gaussian"
     and the other peft init names are passed through.
     """
@@ -55,7 +69,7 @@ def add_lora(
         lora_alpha=alpha if alpha is not None else rank,
         lora_dropout=dropout,
         init_lora_weights=init,
-        target_modules=target_modules,
+        target_modules=resolve_lora_targets(target_modules),
     )
     transformer.add_adapter(config, adapter_name=adapter_name)
     if not any("lora_" in name for name, _ in transformer.named_parameters()):

@@ -27,6 +27,8 @@ from .generation import FlowGenerator, PromptEmbeds, generator_for_pipeline
 logger = logging.getLogger(__name__)
 
 Reward = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
+# Prompts searched in lockstep: one generation is popsize x this many candidates, scored batch by batch.
+DEFAULT_SEARCH_GROUP_SIZE = 8
 
 
 @dataclass
@@ -91,15 +93,23 @@ class _Evaluator:
         return torch.tensor(gathered, dtype=torch.float32), {}
 
     def _evaluate(self, noises, embeds):
-        output = self.generator.generate(noises, embeds, self.num_inference_steps)
-        scores = self.reward(output.images, [item.prompt for item in embeds]).float().cpu()
-        extras = {}
-        if self.keep_latents:
-            extras["clean_latents"] = output.clean_latents.detach().cpu()
-        if self.preview_size:
-            thumbnails = F.interpolate(output.images.float(), size=self.preview_size, mode="area", antialias=False)
-            extras["previews"] = (thumbnails.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-        return scores, extras
+        """Score each decoded batch at once and keep only what was asked for, off the accelerator.
+
+        A whole generation's images are never held together: at 1024px one float32 candidate is
+        12.6 MB plus the reward's copy, and a generation of a prompt group is popsize x group size.
+        """
+        prompts = [item.prompt for item in embeds]
+        scores: list[torch.Tensor] = []
+        extras: dict[str, list[torch.Tensor]] = {}
+        for batch, output in self.generator.iter_batches(noises, embeds, self.num_inference_steps):
+            scores.append(self.reward(output.images, prompts[batch]).float().cpu())
+            if self.keep_latents:
+                extras.setdefault("clean_latents", []).append(output.clean_latents.detach().cpu())
+            if self.preview_size:
+                thumbnails = F.interpolate(output.images.float(), size=self.preview_size, mode="area", antialias=False)
+                extras.setdefault("previews", []).append((thumbnails.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
+            del output
+        return torch.cat(scores), {name: torch.cat(values) for name, values in extras.items()}
 
 
 def search_prompts(
@@ -111,24 +121,75 @@ def search_prompts(
     budget: int = 50,
     config: SESConfig | None = None,
     preview_steps: int | None = None,
-    embeds: Sequence[PromptEmbeds] | None = None,
+    embeds: Sequence[PromptEmbeds] | Callable[[Sequence[str]], list[PromptEmbeds]] | None = None,
     split_across=None,
     keep_latents: bool = False,
     preview_size: int | None = None,
+    group_size: int | None = DEFAULT_SEARCH_GROUP_SIZE,
     progress: bool = True,
 ) -> list[PromptSearch]:
-    """Run one SES per (prompt, seed), all in lockstep, sharing generation and scoring batches.
+    """Run one SES per (prompt, seed), in lockstep groups of `group_size` prompts sharing batches.
 
     The base noise of search i is `generator.initial_noise(seeds[i])`, and the search's own random
     numbers come from a generator seeded with the same seed, so a result depends only on (prompt, seed),
-    not on which other prompts share the batch or how many processes evaluate it.
+    not on which other prompts share the batch, the group size, or how many processes evaluate it.
+
+    `embeds`: one `PromptEmbeds` per prompt, or a function that encodes a list of prompts (called one
+    group at a time, so a long prompt file is never encoded all at once); default: encode each
+    group with `generator.encode_prompt`. `group_size` bounds the candidates of one generation to
+    `popsize x group_size` (None: every prompt in one group).
     """
     config = config or SESConfig()
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds.")
     validate_search_args(budget, config)
+    if group_size is not None and group_size < 1:
+        raise ValueError(f"group_size must be >= 1 (or None for one group), got {group_size}.")
     if embeds is None:
-        embeds = [generator.encode_prompt(prompt) for prompt in prompts]
+
+        def embeds(group: Sequence[str]) -> list[PromptEmbeds]:
+            return [generator.encode_prompt(prompt) for prompt in group]
+
+    elif not callable(embeds) and len(embeds) != len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts but {len(embeds)} prompt embeddings.")
+    evaluate = _Evaluator(
+        generator,
+        reward,
+        preview_steps or generator.num_inference_steps,
+        split_across=split_across,
+        keep_latents=keep_latents,
+        preview_size=preview_size,
+    )
+    is_main = split_across is None or split_across.is_main_process
+    bar = tqdm(total=budget * len(prompts), desc="SES", unit="cand", disable=not (progress and is_main))
+    step = group_size or max(1, len(prompts))
+    results: list[PromptSearch] = []
+    nan_count = 0
+    for start in range(0, len(prompts), step):
+        group = slice(start, start + step)
+        group_embeds = embeds(prompts[group]) if callable(embeds) else list(embeds[group])
+        group_results, group_nans = _search_group(
+            generator, evaluate, prompts[group], seeds[group], group_embeds, budget, config, bar
+        )
+        results += group_results
+        nan_count += group_nans
+    bar.close()
+    if nan_count:
+        warnings.warn(f"the reward returned NaN for {nan_count} candidates; they were never selected.", stacklevel=2)
+    return results
+
+
+def _search_group(
+    generator: FlowGenerator,
+    evaluate: _Evaluator,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    embeds: list[PromptEmbeds],
+    budget: int,
+    config: SESConfig,
+    bar,
+) -> tuple[list[PromptSearch], int]:
+    """The searches of one group, in lockstep; returns their results and the count of NaN scores."""
     searches = [
         SpectralEvolutionSearch(
             generator.initial_noise(seed)[0],
@@ -138,27 +199,17 @@ def search_prompts(
         )
         for seed in seeds
     ]
-    evaluate = _Evaluator(
-        generator,
-        reward,
-        preview_steps or generator.num_inference_steps,
-        split_across=split_across,
-        keep_latents=keep_latents,
-        preview_size=preview_size,
-    )
     kept: list[dict[str, list[torch.Tensor]]] = [{} for _ in searches]
-    is_main = split_across is None or split_across.is_main_process
-    bar = tqdm(total=budget * len(searches), desc="SES", unit="cand", disable=not (progress and is_main))
     nan_count = 0
     while not all(search.done for search in searches):
         active = [index for index, search in enumerate(searches) if not search.done]
         asked = [searches[index].ask() for index in active]
         sizes = [noises.shape[0] for noises in asked]
-        batch_embeds = [embeds[index] for index, size in zip(active, sizes, strict=False) for _ in range(size)]
+        batch_embeds = [embeds[index] for index, size in zip(active, sizes, strict=True) for _ in range(size)]
         scores, extras = evaluate(torch.cat(asked), batch_embeds)
         nan_count += int(torch.isnan(scores).sum())
         offset = 0
-        for index, size in zip(active, sizes, strict=False):
+        for index, size in zip(active, sizes, strict=True):
             searches[index].tell(scores[offset : offset + size])
             for name, values in extras.items():
                 kept[index].setdefault(name, []).append(values[offset : offset + size])
@@ -166,21 +217,17 @@ def search_prompts(
         best = max(search.result().best_score for search in searches)
         bar.update(sum(sizes))
         bar.set_postfix(best=f"{best:.4f}")
-    bar.close()
-    if nan_count:
-        warnings.warn(f"the reward returned NaN for {nan_count} candidates; they were never selected.", stacklevel=2)
-    results = []
-    for prompt, seed, search, extra in zip(prompts, seeds, searches, kept, strict=False):
-        results.append(
-            PromptSearch(
-                prompt=prompt,
-                seed=int(seed),
-                search=search.result(),
-                clean_latents=torch.cat(extra["clean_latents"]) if "clean_latents" in extra else None,
-                previews=torch.cat(extra["previews"]) if "previews" in extra else None,
-            )
+    results = [
+        PromptSearch(
+            prompt=prompt,
+            seed=int(seed),
+            search=search.result(),
+            clean_latents=torch.cat(extra["clean_latents"]) if "clean_latents" in extra else None,
+            previews=torch.cat(extra["previews"]) if "previews" in extra else None,
         )
-    return results
+        for prompt, seed, search, extra in zip(prompts, seeds, searches, kept, strict=True)
+    ]
+    return results, nan_count
 
 
 def validate_search_args(budget: int, config: SESConfig) -> None:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 import warnings
@@ -34,12 +33,19 @@ from rewards import check_reward_name
 from search import SESConfig
 
 from .config import OnlineDPOConfig
+from .distributed import (
+    check_gradient_accumulation,
+    pin_gradient_accumulation,
+    process_group_kwargs,
+    run_on_cpu,
+)
 from .dpo import flow_dpo_loss, interpolate_flow, sample_sigmas
 from .generation import FlowGenerator, PromptEmbeds, generator_for_pipeline
 from .io_utils import atomic_save_image, atomic_write_json, atomic_write_text
 from .loading import check_model_source, load_pipeline, load_reward_for, parse_dtype
 from .lora import LORA_WEIGHT_NAME, add_lora, save_lora
 from .pairs import PairStore, select_pairs
+from .prompt_cache import PromptEmbeddingCache
 from .prompts import load_prompts
 from .ses import search_prompts, to_pil
 
@@ -77,6 +83,34 @@ def shard_evenly(items: list, num_processes: int, process_index: int) -> list:
     return padded[process_index * per_process : (process_index + 1) * per_process]
 
 
+def learning_summary(metrics_path: Path) -> str | None:
+    """One line: budget-0 eval reward before -> after training, and what the search gained before training.
+
+    Shifts are in units of the eval prompts' spread before training (round -1), so rewards of any
+    scale read alike. None when the run has no eval before and after training.
+    """
+    if not metrics_path.is_file():
+        return None
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    evals = [row for row in rows if "eval/reward_budget0" in row]
+    before = next((row for row in evals if row["round"] == -1), None)
+    if before is None or len(evals) < 2:
+        return None
+    after = evals[-1]
+    spread = before.get("eval/reward_budget0_std") or float("nan")
+
+    def shift(value: float) -> str:
+        return f"{(value - before['eval/reward_budget0']) / spread:+.1f} sd"
+
+    line = (
+        f"learning: eval reward at budget 0 {before['eval/reward_budget0']:.4f} -> {after['eval/reward_budget0']:.4f} "
+        f"({shift(after['eval/reward_budget0'])}) after {after['round'] + 1} rounds"
+    )
+    if "eval/reward_ses" in before:
+        line += f"; before training, SES reached {before['eval/reward_ses']:.4f} ({shift(before['eval/reward_ses'])})"
+    return line
+
+
 class OnlineDPOTrainer:
     """Owns the loop; `train()` runs it. Use from `accelerate launch` or a plain Python process."""
 
@@ -91,10 +125,18 @@ class OnlineDPOTrainer:
         train_prompts = load_prompts(config.prompts or BUNDLED_PROMPTS, column=config.prompt_column)
         self.train_prompts, self.eval_prompts = split_eval_prompts(train_prompts, config)
         self.accelerator = accelerator or self._make_accelerator()
-        if len(self.train_prompts) < self.accelerator.num_processes:
+        num_processes = self.accelerator.num_processes
+        if len(self.train_prompts) < num_processes:
             raise ValueError(
-                f"{len(self.train_prompts)} training prompts for {self.accelerator.num_processes} processes; "
+                f"{len(self.train_prompts)} training prompts for {num_processes} processes; "
                 "give at least one prompt per process."
+            )
+        if config.prompts_per_round < num_processes:
+            # Shards are padded by repetition: with fewer prompts than processes, ranks would search
+            # and train on identical pairs, wasting the extra processes and double-counting the pairs.
+            raise ValueError(
+                f"prompts_per_round={config.prompts_per_round} is smaller than the {num_processes} processes; "
+                f"set --prompts_per_round to at least {num_processes} (a multiple of it is best)."
             )
         self.weight_dtype = parse_dtype(config.dtype)
         self.store = PairStore(self.output_dir / "pairs")
@@ -105,26 +147,30 @@ class OnlineDPOTrainer:
     # ---- set-up ------------------------------------------------------------------------------
     def _make_accelerator(self):
         from accelerate import Accelerator
-        from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+        from accelerate.utils import ProjectConfiguration
 
-        handlers = []
-        if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # DeepSpeed defaults to NCCL; on CPU-only machines the process group must be gloo.
-            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        steps = self.config.gradient_accumulation_steps
+        pin_gradient_accumulation(steps)
         report_to = None if self.config.report_to == "none" else self.config.report_to
-        return Accelerator(
-            gradient_accumulation_steps=self.config.gradient_accumulation_steps,
+        accelerator = Accelerator(
+            cpu=run_on_cpu(),
+            gradient_accumulation_steps=steps,
             log_with=report_to,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
-            kwargs_handlers=handlers,
+            kwargs_handlers=process_group_kwargs(),
         )
+        check_gradient_accumulation(accelerator, steps)
+        return accelerator
 
     def _setup_models(self) -> None:
         from accelerate.utils import set_seed
         from diffusers.optimization import get_scheduler
 
         config, accelerator = self.config, self.accelerator
-        self.pipe = load_pipeline(config.model, dtype=self.weight_dtype, device=accelerator.device)
+        self.pipe = load_pipeline(config.model, dtype=self.weight_dtype)
+        # The text encoder (8 GB for klein-4B) goes to the GPU only to encode, when offloaded.
+        for name in ("transformer", "vae") if config.offload_text_encoder else ("transformer", "vae", "text_encoder"):
+            getattr(self.pipe, name).to(accelerator.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.generator: FlowGenerator = generator_for_pipeline(
             self.pipe,
@@ -133,10 +179,15 @@ class OnlineDPOTrainer:
             guidance_scale=config.guidance_scale,
             eval_batch_size=config.eval_batch_size,
         )
-        self.embeds = self._encode_all_prompts()
-        self.reward = load_reward_for(config.reward, config.model, device=accelerator.device)
+        self.prompt_cache = PromptEmbeddingCache(
+            self.generator, config.max_cached_prompts, device=accelerator.device, offload=config.offload_text_encoder
+        )
+        # Eval prompts are used every eval: encode them once and keep them (max_eval_prompts of them).
+        self.prompt_cache.pin(self.eval_prompts)
+        reward_batch_size = config.reward_batch_size or config.eval_batch_size
+        self.reward = load_reward_for(config.reward, config.model, device=accelerator.device, batch_size=reward_batch_size)
         self.eval_reward = (
-            load_reward_for(config.eval_reward, config.model, device=accelerator.device)
+            load_reward_for(config.eval_reward, config.model, device=accelerator.device, batch_size=reward_batch_size)
             if config.eval_reward and config.eval_reward != config.reward
             else self.reward
         )
@@ -171,19 +222,15 @@ class OnlineDPOTrainer:
         self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(self.pipe.transformer, optimizer, scheduler)
         self._register_checkpoint_hooks()
 
-    @torch.no_grad()
-    def _encode_all_prompts(self) -> dict[str, PromptEmbeds]:
-        """Every prompt is encoded once; the text encoder then leaves the GPU if `offload_text_encoder`."""
-        prompts = list(dict.fromkeys(self.train_prompts + self.eval_prompts))
-        bar = tqdm(prompts, desc="encode prompts", disable=not self._show_progress)
-        embeds = {prompt: self.generator.encode_prompt(prompt).to("cpu") for prompt in bar}
-        if self.config.offload_text_encoder:
-            self.pipe.text_encoder.to("cpu")
-        return embeds
-
     @property
     def _show_progress(self) -> bool:
         return self.config.progress and self.accelerator.is_main_process
+
+    @property
+    def _uses_deepspeed(self) -> bool:
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type == DistributedType.DEEPSPEED
 
     @property
     def unwrapped_transformer(self):
@@ -192,12 +239,11 @@ class OnlineDPOTrainer:
     # ---- checkpoints ---------------------------------------------------------------------------
     def _register_checkpoint_hooks(self) -> None:
         """accelerate's save/load_state keep only the LoRA (diffusers format), not the frozen base model."""
-        from accelerate.utils import DistributedType
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            return  # DeepSpeed writes its own engine checkpoint (module + partitioned optimizer).
+        if self._uses_deepspeed:
+            return  # DeepSpeed writes its own engine checkpoint (trainable parameters + partitioned optimizer).
         pipeline_class = type(self.pipe)
 
         def save_hook(models, weights, output_dir):
@@ -226,7 +272,11 @@ class OnlineDPOTrainer:
     def save_checkpoint(self, round_index: int) -> Path:
         path = self.output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{round_index:05d}"
         self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(path))
+        if self._uses_deepspeed:
+            # Only the LoRA and its optimizer state: the frozen 7.2 GB transformer is the base model's.
+            self.accelerator.save_state(str(path), exclude_frozen_parameters=True)
+        else:
+            self.accelerator.save_state(str(path))
         if self.accelerator.is_main_process:
             identity = {name: getattr(self.config, name) for name in _CHECKPOINT_IDENTITY}
             # Written last: a checkpoint without it is incomplete and never resumed from.
@@ -259,7 +309,11 @@ class OnlineDPOTrainer:
         if mismatched:
             detail = ", ".join(f"{name}: checkpoint {old!r} vs config {new!r}" for name, (old, new) in mismatched.items())
             raise ValueError(f"checkpoint {str(path)!r} was made with another model or LoRA config ({detail}); resume with the same settings.")
-        self.accelerator.load_state(str(path))
+        if self._uses_deepspeed:
+            # The checkpoint holds the trainable (LoRA) parameters only; the frozen ones come from the base model.
+            self.accelerator.load_state(str(path), load_module_strict=False)
+        else:
+            self.accelerator.load_state(str(path))
         self.start_round = state["round"] + 1
         self.global_step = state["global_step"]
         if self.accelerator.is_main_process:
@@ -301,9 +355,10 @@ class OnlineDPOTrainer:
             budget=config.budget,
             config=self.search_config(),
             preview_steps=config.preview_steps,
-            embeds=[self.embeds[prompt] for prompt in prompts],
+            embeds=self.prompt_cache.get,
             keep_latents=True,
             preview_size=config.preview_size,
+            group_size=config.search_group_size,
             progress=self._show_progress,
         )
         if config.offload_reward:
@@ -354,7 +409,7 @@ class OnlineDPOTrainer:
     def _pair_tensors(self, records: list[dict]) -> tuple[torch.Tensor, torch.Tensor, list[PromptEmbeds]]:
         chosen = torch.stack([torch.as_tensor(record["chosen_latents"]).float() for record in records])
         rejected = torch.stack([torch.as_tensor(record["rejected_latents"]).float() for record in records])
-        return chosen, rejected, [self.embeds[record["prompt"]] for record in records]
+        return chosen, rejected, self.prompt_cache.get([record["prompt"] for record in records])
 
     def _dpo_forward(self, chosen, rejected, embeds, generator: torch.Generator):
         """Loss and stats for one micro-batch: one noise and sigma shared by each pair."""
@@ -416,21 +471,28 @@ class OnlineDPOTrainer:
         return self._global_mean(hits)
 
     def _training_records(self, records: list[dict], round_index: int) -> list[dict]:
-        """This round's pairs plus, with `replay_rounds`, this process's pairs of the last K rounds."""
+        """This round's pairs plus, with `replay_rounds`, this process's pairs of the last K rounds.
+
+        Replayed shards are read in numpy format and only the columns training needs: no Python
+        lists of floats, and the preview PNGs are never decoded.
+        """
         if self.config.replay_rounds <= 0:
             return records
         import datasets
 
-        suffix = f"process_{self.accelerator.process_index:05d}"
-        rounds = range(max(0, round_index - self.config.replay_rounds), round_index)
-        replay = []
-        for path in self.store.shard_paths(rounds):
-            if path.name == suffix:
-                replay += [dict(row) for row in datasets.load_from_disk(str(path))]
         from .pairs import record_latents
 
-        for row in replay:
-            row["chosen_latents"], row["rejected_latents"] = record_latents(row)
+        suffix = f"process_{self.accelerator.process_index:05d}"
+        rounds = range(max(0, round_index - self.config.replay_rounds), round_index)
+        columns = ["prompt", "latent_shape", "chosen_latents", "rejected_latents"]
+        replay = []
+        for path in self.store.shard_paths(rounds):
+            if path.name != suffix:
+                continue
+            shard = datasets.load_from_disk(str(path)).select_columns(columns).with_format("numpy")
+            for row in shard:
+                chosen, rejected = record_latents(row)
+                replay.append({"prompt": str(row["prompt"]), "chosen_latents": chosen, "rejected_latents": rejected})
         return records + replay
 
     def train_on_pairs(self, records: list[dict], round_index: int) -> dict[str, float]:
@@ -482,7 +544,11 @@ class OnlineDPOTrainer:
     # ---- eval ----------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, round_index: int, with_search: bool) -> dict[str, float]:
-        """Mean reward on held-out prompts with fixed seeds: at budget 0 (the LoRA alone) and after SES."""
+        """Mean reward on held-out prompts with fixed seeds: at budget 0 (the LoRA alone) and after SES.
+
+        Both are scored at the search's preview steps, so `eval/reward_ses - eval/reward_budget0` is
+        what the search adds (for a base model, 12-step previews against 50-step images would not be).
+        """
         if not self.eval_prompts:
             return {}
         config, accelerator = self.config, self.accelerator
@@ -490,12 +556,12 @@ class OnlineDPOTrainer:
         local = shard_evenly(slots, accelerator.num_processes, accelerator.process_index)
         prompts = [prompt for _, prompt in local]
         seeds = [derive_seed(config.seed, "eval", slot) % (2**31) for slot, _ in local]
+        steps = config.preview_steps or self.generator.num_inference_steps
         self.model.eval()
         self.eval_reward.to(accelerator.device)
         noises = torch.cat([self.generator.initial_noise(seed) for seed in seeds])
-        embeds = [self.embeds[prompt] for prompt in prompts]
-        images = self.generator.generate(noises, embeds).images
-        budget0 = self.eval_reward(images, prompts).float().cpu()
+        embeds = self.prompt_cache.get(prompts)
+        budget0, grid_images = self._score_and_keep_grid(noises, embeds, prompts, steps)
         # Padding repeats slots; gather (slot, score) and keep each slot once.
         scored = self._gather_by_slot([slot for slot, _ in local], budget0.tolist())
         metrics = {
@@ -512,17 +578,30 @@ class OnlineDPOTrainer:
                 config=self.search_config(),
                 preview_steps=config.preview_steps,
                 embeds=embeds,
+                group_size=config.search_group_size,
                 progress=False,
             )
             searched = self._gather_by_slot([slot for slot, _ in local], [result.search.best_score for result in results])
             metrics["eval/reward_ses"] = float(torch.tensor(searched).mean())
             if accelerator.is_main_process:
-                best = torch.cat([result.search.best_noise.float().cpu() for result in results])
-                ses_images = self.generator.generate(best, embeds).images
-                self._save_eval_grid(round_index, images, ses_images)
+                count = grid_images.shape[0]
+                best = torch.cat([result.search.best_noise.float().cpu() for result in results[:count]])
+                _, ses_images = self._score_and_keep_grid(best, embeds[:count], None, steps)
+                self._save_eval_grid(round_index, grid_images, ses_images)
         if config.offload_reward:
             self.eval_reward.to("cpu")
         return metrics
+
+    def _score_and_keep_grid(self, noises, embeds, prompts, steps, grid_count: int = 8):
+        """Scores (when `prompts` is given) batch by batch, and the first `grid_count` images on the CPU."""
+        scores, kept = [], []
+        for batch, output in self.generator.iter_batches(noises, embeds, steps):
+            if prompts is not None:
+                scores.append(self.eval_reward(output.images, prompts[batch]).float().cpu())
+            if sum(len(images) for images in kept) < grid_count:
+                kept.append(output.images.float().cpu())
+        grid = torch.cat(kept)[:grid_count]
+        return (torch.cat(scores) if scores else torch.empty(0)), grid
 
     def _gather_by_slot(self, slots: list[int], values: list[float]) -> list[float]:
         from accelerate.utils import gather_object
@@ -535,7 +614,7 @@ class OnlineDPOTrainer:
     def _save_eval_grid(self, round_index: int, budget0_images: torch.Tensor, ses_images: torch.Tensor) -> None:
         from torchvision.utils import make_grid
 
-        count = min(8, budget0_images.shape[0])
+        count = min(budget0_images.shape[0], ses_images.shape[0])
         grid = make_grid(torch.cat([budget0_images[:count], ses_images[:count]]).float(), nrow=count, padding=2)
         image = to_pil(grid[None])[0]
         atomic_save_image(image, self.output_dir / "eval" / f"round_{round_index:05d}.png")
@@ -594,6 +673,9 @@ class OnlineDPOTrainer:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process and last_round == config.rounds:
             save_lora(type(self.pipe), self.unwrapped_transformer, self.output_dir)
+            summary = learning_summary(self.output_dir / "metrics.jsonl")
+            if summary:
+                tqdm.write(summary)
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return self.output_dir

@@ -74,3 +74,60 @@ def tiny_pipeline_dir(distilled: bool = True, kit_dir: str | Path | None = None)
     """The saved tiny `Flux2KleinPipeline` directory (building the kit if needed)."""
     kit = ensure_tiny_kit(kit_dir)
     return kit / (FLUX2_DISTILLED_SUBDIR if distilled else FLUX2_BASE_SUBDIR)
+
+
+# The real-shape kit (`--model shapes-klein-4b`): ~550 M parameters, 1.1 GB, built only on request.
+SHAPES_MODEL_NAME = "shapes-klein-4b"
+SHAPES_SUBDIR = SHAPES_MODEL_NAME
+
+
+def shapes_kit_dir(kit_dir: str | Path | None = None) -> Path:
+    """Where the real-shape pipeline lives: `<tiny kit dir>/shapes-klein-4b`."""
+    kit = Path(kit_dir) if kit_dir is not None else default_kit_dir()
+    return kit / SHAPES_SUBDIR
+
+
+def _shapes_stamp(seed: int) -> str:
+    from .shapes import SHAPES_KIT_VERSION
+
+    return f"version={SHAPES_KIT_VERSION} seed={seed}\n"
+
+
+def ensure_shapes_kit(kit_dir: str | Path | None = None, seed: int = 0) -> Path:
+    """Return the real-shape `Flux2KleinPipeline` directory, building it once if needed.
+
+    It lives inside the tiny kit directory, which is made complete first (so that a tiny-kit build never
+    replaces a directory holding it, and its reward models are there for `--reward pickscore`). Built
+    like the tiny kit: under a file lock, into a temporary sibling renamed into place; a kit from
+    another version or seed is rebuilt.
+    """
+    kit = ensure_tiny_kit(kit_dir)
+    target = shapes_kit_dir(kit)
+    stamp = _shapes_stamp(seed)
+    marker = target / _COMPLETE_MARKER
+
+    def complete() -> bool:
+        return marker.is_file() and marker.read_text() == stamp
+
+    if complete():
+        return target
+    with FileLock(str(target) + ".lock"):
+        if complete():
+            return target
+        from .shapes import build_shapes_flux2_klein
+
+        staging = Path(tempfile.mkdtemp(prefix="." + target.name + ".", dir=target.parent))
+        try:
+            build_shapes_flux2_klein(staging, seed=seed)
+            (staging / _COMPLETE_MARKER).write_text(stamp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def shapes_pipeline_dir(kit_dir: str | Path | None = None) -> Path:
+    """The saved real-shape `Flux2KleinPipeline` directory (building it if needed)."""
+    return ensure_shapes_kit(kit_dir)
