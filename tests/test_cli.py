@@ -136,3 +136,23 @@ def test_two_process_search_equals_one_process(tmp_path, kit_dir):
     two = json.loads((tmp_path / "two_trace.json").read_text())
     assert one["best_index"] == two["best_index"]
     torch.testing.assert_close(torch.tensor(one["scores"]), torch.tensor(two["scores"]), atol=1e-4, rtol=0)
+
+
+def test_only_the_main_process_renders_final_images(tmp_path, monkeypatch, kit_dir):
+    """Under `accelerate launch` every process holds the same results; rendering them N times wastes N-1 GPUs' time."""
+    import accelerate
+
+    class NotMainProcess:
+        num_processes, process_index, is_main_process = 1, 1, False
+        device = torch.device("cpu")
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+    renders = []
+    monkeypatch.setattr(accelerate, "PartialState", NotMainProcess)
+    monkeypatch.setattr("tscale_train.ses.render_result", lambda *a, **k: renders.append(a) or pytest.fail("rendered"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\n")
+    assert run_cli("--prompts-file", str(prompts), "--budget", "4", "--popsize", "2", "--out", str(tmp_path / "out")) == 0
+    assert renders == [] and not (tmp_path / "out").exists()

@@ -48,6 +48,7 @@ def test_loss_matches_independent_computation(beta):
     assert loss.ndim == 0
     assert loss.item() == pytest.approx(expected_loss, rel=1e-5, abs=1e-6)
     assert stats["inside"].item() == pytest.approx(expected_inside.mean(), rel=1e-4, abs=1e-5)
+    assert stats["inside_abs"].item() == pytest.approx(np.abs(expected_inside).mean(), rel=1e-4, abs=1e-5)
     assert stats["implicit_acc"].item() == pytest.approx(float(np.mean(expected_inside > 0)))
 
     p_w, p_l, r_w, r_l, t_w, t_l = (t.double().numpy() for t in inputs)

@@ -85,3 +85,48 @@ def test_base_model_uses_cfg(kit_dir):
     no_cfg = generator_for_pipeline(pipe, num_inference_steps=3, guidance_scale=1.0)
     plain = no_cfg.generate(noises, no_cfg.encode_prompt("a cat")).images
     assert not torch.allclose(cfg, plain)
+
+
+def test_search_scores_batch_by_batch_in_bounded_groups(tiny_pipe):
+    """A generation's images are never held or scored all at once, and groups bound a generation's size.
+
+    At 1024px one float32 candidate is 12.6 MB (plus the reward's copy): scoring a whole lockstep
+    generation of 200 prompts x popsize 10 at once would fill an 80 GB card.
+    """
+    from search import SESConfig
+    from tscale_train.ses import search_prompts
+
+    generator = generator_for_pipeline(tiny_pipe, eval_batch_size=3)
+    reward_batches, evaluated = [], []
+
+    def reward(images, prompts):
+        reward_batches.append(images.shape[0])
+        return images.mean(dim=(1, 2, 3))
+
+    original = generator.iter_batches
+
+    def spy(noises, embeds, steps=None):
+        evaluated.append(noises.shape[0])
+        return original(noises, embeds, steps)
+
+    generator.iter_batches = spy
+    prompts = [f"prompt {index}" for index in range(5)]
+    seeds = list(range(5))
+    config = SESConfig(popsize=4, k_elites=2)
+    grouped = search_prompts(generator, reward, prompts, seeds, budget=8, config=config, group_size=2, progress=False)
+    assert max(reward_batches) <= 3, reward_batches  # the eval batch, never a whole generation
+    assert max(evaluated) <= 4 * 2, evaluated  # popsize x group size
+    assert sum(reward_batches) == 5 * 8
+    # The grouping changes nothing about the results.
+    together = search_prompts(generator, reward, prompts, seeds, budget=8, config=config, group_size=None, progress=False)
+    for one, other in zip(grouped, together, strict=True):
+        torch.testing.assert_close(one.search.scores, other.search.scores, atol=1e-5, rtol=0)
+        torch.testing.assert_close(one.search.best_noise, other.search.best_noise)
+
+
+def test_cfg_negative_embedding_is_encoded_once_and_shared(kit_dir):
+    from tscale_train.loading import load_pipeline
+
+    generator = generator_for_pipeline(load_pipeline("tiny-base", dtype="float32"))
+    first, second = generator.encode_prompt("a cat"), generator.encode_prompt("a dog")
+    assert first.negative is not None and first.negative is second.negative

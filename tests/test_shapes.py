@@ -201,3 +201,35 @@ def test_build_is_deterministic_from_the_seed(shapes_kit_dir, tmp_path):
             assert digests[0] == digests[1], component
     finally:
         shutil.rmtree(rebuilt, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_one_training_round_in_bf16_under_bf16_mixed_precision(shapes_kit_dir, tmp_path):
+    """The recipe on klein-4B's real widths, through the single-GPU config's CPU twin (bf16 mixed precision)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "accelerate_configs/cpu/single_gpu.yaml"),
+        str(repo / "recipes/flux2_klein_dpo.py"), "--model", "shapes-klein-4b", "--dtype", "bfloat16",
+        "--height", "256", "--width", "256", "--reward", "rewards.synthetic:brightness", "--budget", "4", "--popsize", "2",
+        "--k_elites", "2", "--prompts_per_round", "2", "--rounds", "1", "--epochs_per_round", "1", "--lora_rank", "4",
+        "--eval_every", "0", "--checkpoint_every", "0", "--output_dir", str(out), "--no_progress",
+    ]
+    result = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="2"), capture_output=True, text=True,
+                            timeout=900, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert row["train/num_pairs"] == 2 and row["global_step"] == 2
+    for name in ("train/loss", "train/inside_abs", "search/best_reward"):
+        assert torch.isfinite(torch.tensor(row[name])), (name, row)
+    from safetensors.torch import load_file
+
+    lora = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    assert len([key for key in lora if "lora_A" in key]) == 10  # the 10 attention linears of 1 + 1 blocks
+    from tscale_train.loading import load_lora, load_pipeline
+
+    load_lora(load_pipeline("shapes-klein-4b", dtype="bfloat16"), str(out))

@@ -142,6 +142,7 @@ class OnlineDPOTrainer:
         self.store = PairStore(self.output_dir / "pairs")
         self.start_round = 0
         self.global_step = 0
+        self._round_embeds: dict[str, PromptEmbeds] = {}
         self._setup_models()
 
     # ---- set-up ------------------------------------------------------------------------------
@@ -355,7 +356,7 @@ class OnlineDPOTrainer:
             budget=config.budget,
             config=self.search_config(),
             preview_steps=config.preview_steps,
-            embeds=self.prompt_cache.get,
+            embeds=self._encode_round(prompts),
             keep_latents=True,
             preview_size=config.preview_size,
             group_size=config.search_group_size,
@@ -409,7 +410,20 @@ class OnlineDPOTrainer:
     def _pair_tensors(self, records: list[dict]) -> tuple[torch.Tensor, torch.Tensor, list[PromptEmbeds]]:
         chosen = torch.stack([torch.as_tensor(record["chosen_latents"]).float() for record in records])
         rejected = torch.stack([torch.as_tensor(record["rejected_latents"]).float() for record in records])
-        return chosen, rejected, self.prompt_cache.get([record["prompt"] for record in records])
+        prompts = [record["prompt"] for record in records]
+        if all(prompt in self._round_embeds for prompt in prompts):
+            return chosen, rejected, [self._round_embeds[prompt] for prompt in prompts]
+        return chosen, rejected, self.prompt_cache.get(prompts)
+
+    def _encode_round(self, prompts: list[str]) -> list[PromptEmbeds]:
+        """This round's shard, encoded in one visit of the text encoder and held until the next round.
+
+        Held apart from the LRU cache so a shard larger than `max_cached_prompts` is not encoded
+        twice in a round (search, then DPO); the cache serves replayed and eval prompts.
+        """
+        embeds = self.prompt_cache.get(prompts)
+        self._round_embeds = dict(zip(prompts, embeds, strict=True))
+        return embeds
 
     def _dpo_forward(self, chosen, rejected, embeds, generator: torch.Generator):
         """Loss and stats for one micro-batch: one noise and sigma shared by each pair."""
