@@ -2,6 +2,7 @@
 
     tscale ses --model black-forest-labs/FLUX.2-klein-4B --prompt "sketch, a cat" --budget 50 --out cat.png
     tscale ses --model tiny --prompt "sketch, a cat" --budget 20 --out cat.png      # offline, CPU
+    tscale plan --config recipes/configs/flux2_klein_4b.yaml --gpu-memory 80          # memory, no weights loaded
     tscale tiny --out DIR                                                            # build the tiny kit
 
 Under `accelerate launch`, `tscale ses` splits each search's candidates across the processes.
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(dest="command", required=True)
     ses = subcommands.add_parser("ses", help="search the initial noise for a prompt and save the best image")
     _add_ses_arguments(ses)
+    from .plan import add_plan_parser
+
+    add_plan_parser(subcommands)
     tiny = subcommands.add_parser("tiny", help="build the tiny offline model kit")
     tiny.add_argument("--out", default=None, help="default: $TSCALE_TINY_DIR or ~/.cache/tscale_train/tiny-v1")
     tiny.add_argument("--seed", type=int, default=0)
@@ -183,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "ses":
             run_ses(args)
+        elif args.command == "plan":
+            from .plan import run_plan
+
+            return run_plan(args)
         elif args.command == "tiny":
             from .tiny import default_kit_dir, ensure_tiny_kit
 
