@@ -217,7 +217,8 @@ def test_one_training_round_in_bf16_under_bf16_mixed_precision(shapes_kit_dir, t
         str(repo / "recipes/flux2_klein_dpo.py"), "--model", "shapes-klein-4b", "--dtype", "bfloat16",
         "--height", "256", "--width", "256", "--reward", "rewards.synthetic:brightness", "--budget", "4", "--popsize", "2",
         "--k_elites", "2", "--prompts_per_round", "2", "--rounds", "1", "--epochs_per_round", "1", "--lora_rank", "4",
-        "--eval_every", "0", "--checkpoint_every", "0", "--output_dir", str(out), "--no_progress",
+        "--eval_every", "0", "--max_eval_prompts", "1", "--eval_budget", "2", "--checkpoint_every", "0",
+        "--output_dir", str(out), "--no_progress",
     ]
     result = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="2"), capture_output=True, text=True,
                             timeout=900, cwd=tmp_path)

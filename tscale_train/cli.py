@@ -22,7 +22,7 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 def _add_ses_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default=DEFAULT_MODEL, help="hub id, local pipeline dir, or 'tiny' / 'tiny-base' (offline)")
+    model.add_argument("--model", default=DEFAULT_MODEL, help="hub id, local pipeline dir, or offline 'tiny' / 'tiny-base' / 'shapes-klein-4b' (real widths)")
     model.add_argument("--lora", default=None, help="LoRA dir/file (diffusers format) or hub id, loaded with load_lora_weights")
     model.add_argument("--lora-scale", type=float, default=1.0)
     model.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")

@@ -26,7 +26,7 @@ def _help(text: str) -> dict:
 @dataclass
 class OnlineDPOConfig:
     # model
-    model: str = field(default="black-forest-labs/FLUX.2-klein-4B", **_help("hub id, local pipeline dir, 'tiny' or 'tiny-base'"))
+    model: str = field(default="black-forest-labs/FLUX.2-klein-4B", **_help("hub id, local pipeline dir, or offline 'tiny', 'tiny-base', 'shapes-klein-4b'"))
     dtype: str = field(default="bfloat16", **_help("weights dtype of the frozen model (LoRA parameters stay float32)"))
     height: int | None = field(default=None, **_help("image height (default: 1024, 64 for tiny)"))
     width: int | None = field(default=None, **_help("image width (default: 1024, 64 for tiny)"))

@@ -186,9 +186,11 @@ class OnlineDPOTrainer:
         # Eval prompts are used every eval: encode them once and keep them (max_eval_prompts of them).
         self.prompt_cache.pin(self.eval_prompts)
         reward_batch_size = config.reward_batch_size or config.eval_batch_size
-        self.reward = load_reward_for(config.reward, config.model, device=accelerator.device, batch_size=reward_batch_size)
+        # Offloaded rewards wait on the CPU; search and eval move them to the GPU while they score.
+        reward_device = "cpu" if config.offload_reward else accelerator.device
+        self.reward = load_reward_for(config.reward, config.model, device=reward_device, batch_size=reward_batch_size)
         self.eval_reward = (
-            load_reward_for(config.eval_reward, config.model, device=accelerator.device, batch_size=reward_batch_size)
+            load_reward_for(config.eval_reward, config.model, device=reward_device, batch_size=reward_batch_size)
             if config.eval_reward and config.eval_reward != config.reward
             else self.reward
         )
@@ -347,6 +349,8 @@ class OnlineDPOTrainer:
         config = self.config
         prompts, seeds = self.round_prompts(round_index)
         self.model.eval()
+        # Encode first: the text encoder visits the GPU while the reward model is still off it.
+        embeds = self._encode_round(prompts)
         self.reward.to(self.accelerator.device)
         results = search_prompts(
             self.generator,
@@ -356,7 +360,7 @@ class OnlineDPOTrainer:
             budget=config.budget,
             config=self.search_config(),
             preview_steps=config.preview_steps,
-            embeds=self._encode_round(prompts),
+            embeds=embeds,
             keep_latents=True,
             preview_size=config.preview_size,
             group_size=config.search_group_size,

@@ -1,0 +1,439 @@
+"""The plan: GPU phases and CPU memory per process of a training run or `tscale ses`, and settings that fit."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .components import (
+    LoraSpec,
+    PipelineSpec,
+    component_bytes,
+    resolve_pipeline_spec,
+    reward_bytes,
+    reward_clip_config_json,
+)
+from .measure import _search_transient, measure_dpo, measure_encode
+
+GIB = 1024**3
+# CUDA context (~0.5 GiB on an H100), cuBLAS/cuDNN workspaces and caching-allocator rounding: real
+# memory that no tensor owns, so fake tensors cannot see it.
+CUDA_OVERHEAD_GIB = 1.0
+# A Python process with torch, CUDA libraries, diffusers and transformers imported (resident set).
+PROCESS_CPU_OVERHEAD_GIB = 2.5
+DEFAULT_GPU_MEMORY_GIB = 80.0
+
+
+@dataclass
+class MemoryPlan:
+    """Per-process memory estimate of a run: phases -> GPU GiB, CPU GiB, whether it fits, and how to fit.
+
+    `breakdown[phase]` names what the GiB of each phase are made of (largest first in
+    `dominant[phase]`); `suggestions` are config overrides (flags) that make a non-fitting run fit,
+    `suggested_peak_gib` the peak they give.
+    """
+
+    kind: str  # "train" or "ses"
+    model: str
+    model_source: str
+    height: int
+    width: int
+    dtype: str
+    num_processes: int
+    gpu_memory_gib: float
+    phases: dict[str, float]
+    breakdown: dict[str, dict[str, float]]
+    cpu_gib: float
+    cpu_breakdown: dict[str, float]
+    fits: bool
+    settings: dict[str, Any] = field(default_factory=dict)
+    suggestions: list[str] = field(default_factory=list)
+    suggested_peak_gib: float | None = None
+    suggestion_fits: bool | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def peak_gib(self) -> float:
+        return max(self.phases.values())
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=self.phases.get)
+
+    def dominant(self, phase: str, top: int = 2) -> str:
+        parts = sorted(self.breakdown[phase].items(), key=lambda item: -item[1])[:top]
+        return ", ".join(f"{name} {_show(value)}" for name, value in parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["peak_gib"] = self.peak_gib
+        data["peak_phase"] = self.peak_phase
+        return data
+
+
+def _gib(value: int | float) -> float:
+    return round(value / GIB, 4)
+
+
+def _show(value: float) -> str:
+    """GiB for the table: one decimal from 10 GiB, two below, "<0.01" for the tiny models' parts."""
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}" if value >= 0.01 else "<0.01"
+
+
+def _phase(parts: dict[str, int | float]) -> tuple[float, dict[str, float]]:
+    parts = {name: value for name, value in parts.items() if value}
+    parts["CUDA context + allocator"] = CUDA_OVERHEAD_GIB * GIB
+    return _gib(sum(parts.values())), {name: _gib(value) for name, value in parts.items()}
+
+
+def _resolution(spec: PipelineSpec, height: int | None, width: int | None) -> tuple[int, int]:
+    height = height or spec.default_resolution
+    width = width or spec.default_resolution
+    multiple = spec.resolution_multiple
+    for name, value in (("height", height), ("width", width)):
+        if value <= 0 or value % multiple:
+            raise ValueError(f"{name} {value} is not a positive multiple of {multiple}; use e.g. {max(multiple, value // multiple * multiple)}.")
+    return height, width
+
+
+def _largest(parts: dict[str, int]) -> dict[str, int]:
+    name = max(parts, key=parts.get)
+    return {name: parts[name]}
+
+
+def plan_training(config, num_processes: int = 1, gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB, suggest: bool = True) -> MemoryPlan:
+    """The memory plan of an online SES -> DPO run (`OnlineDPOConfig`), per process.
+
+    Phases: encode prompts (the text encoder on the GPU next to the resident transformer and VAE:
+    with `offload_text_encoder` it stays on the CPU and visits the GPU only to encode a round's
+    prompts), search and eval (sampling -> decode -> reward, one eval batch at a time), DPO step.
+    """
+    from ..loading import parse_dtype
+
+    started = time.perf_counter()
+    if num_processes < 1:
+        raise ValueError(f"--num-processes must be >= 1, got {num_processes}.")
+    if gpu_memory_gib <= 0:
+        raise ValueError(f"--gpu-memory must be > 0 GiB, got {gpu_memory_gib}.")
+    spec = resolve_pipeline_spec(config.model)
+    height, width = _resolution(spec, config.height, config.width)
+    dtype = parse_dtype(config.dtype)
+    # The GPU accelerate configs run bf16 mixed precision: the trainer's forwards run under autocast.
+    autocast = dtype != torch.float32
+    guidance = config.guidance_scale if config.guidance_scale is not None else (1.0 if spec.is_distilled else 4.0)
+    cfg = guidance > 1.0 and not spec.is_distilled
+    lora = LoraSpec(config.lora_rank, config.lora_target_modules)
+    sizes = component_bytes(spec, dtype, lora)
+    reward_clip = reward_clip_config_json(config.reward, spec)
+    eval_name = config.eval_reward or config.reward
+    eval_clip = reward_clip_config_json(eval_name, spec)
+    reward_gpu = reward_bytes(reward_clip)
+    eval_gpu = reward_bytes(eval_clip) if eval_name != config.reward else 0
+    reward_batch = config.reward_batch_size or config.eval_batch_size
+    text_encoder_resident = 0 if config.offload_text_encoder else sizes["text_encoder"]
+    base = {
+        "transformer": sizes["transformer"],
+        "LoRA": sizes["lora"],
+        "VAE": sizes["vae"],
+        "text encoder (not offloaded)": text_encoder_resident,
+        # From the second round on, the optimizer's states stay on the GPU through search and eval.
+        "AdamW states": 2 * sizes["lora"],
+    }
+    phases: dict[str, float] = {}
+    breakdown: dict[str, dict[str, float]] = {}
+
+    # Both reward models are loaded onto the GPU at set-up unless offloaded, so a distinct eval reward is there too.
+    rewards_on_gpu = {"reward model": reward_gpu, "eval reward model": eval_gpu}
+    # The trainer encodes a round's prompts before its reward model moves to the GPU.
+    rewards_resident = {} if config.offload_reward else rewards_on_gpu
+    phases["encode"], breakdown["encode"] = _phase(
+        {
+            **{name: size for name, size in base.items() if name != "text encoder (not offloaded)"},
+            **rewards_resident,
+            "text encoder": sizes["text_encoder"],
+            f"text encoder forward ({spec.max_sequence_length} tokens)": measure_encode(spec, dtype),
+        }
+    )
+    search = _search_transient(
+        spec, dtype, lora, reward_clip, config.eval_batch_size, reward_batch, height, width, cfg, autocast
+    )
+    phases["search"], breakdown["search"] = _phase({**base, **rewards_on_gpu, **_largest(search)})
+    pairs = config.train_batch_size
+    dpo_peak, grads = measure_dpo(spec, dtype, lora, pairs, height, width, config.gradient_checkpointing, autocast)
+    dpo = {
+        **base,
+        f"activations + grads ({2 * pairs} samples{', checkpointed' if config.gradient_checkpointing else ''})": dpo_peak,
+    }
+    if num_processes > 1:
+        dpo["DDP gradient buckets"] = sizes["lora"]
+    if not config.offload_reward:
+        dpo.update(rewards_on_gpu)
+    phases["dpo"], breakdown["dpo"] = _phase(dpo)
+    evaluation = _search_transient(
+        spec, dtype, lora, eval_clip, config.eval_batch_size, reward_batch, height, width, cfg, autocast
+    )
+    if eval_name == config.reward:
+        eval_resident = {"reward model": reward_gpu}
+    else:
+        eval_resident = {"eval reward model": eval_gpu, "reward model": 0 if config.offload_reward else reward_gpu}
+    phases["eval"], breakdown["eval"] = _phase({**base, **eval_resident, **_largest(evaluation)})
+
+    cpu_gib, cpu_breakdown = _training_cpu(config, spec, dtype, sizes, reward_gpu + eval_gpu, height, width, cfg, num_processes)
+    plan = MemoryPlan(
+        kind="train",
+        model=config.model,
+        model_source=spec.source,
+        height=height,
+        width=width,
+        dtype=str(dtype).removeprefix("torch."),
+        num_processes=num_processes,
+        gpu_memory_gib=gpu_memory_gib,
+        phases=phases,
+        breakdown=breakdown,
+        cpu_gib=cpu_gib,
+        cpu_breakdown=cpu_breakdown,
+        fits=max(phases.values()) <= gpu_memory_gib,
+        settings={
+            name: getattr(config, name)
+            for name in (
+                "gradient_checkpointing", "train_batch_size", "eval_batch_size", "reward_batch_size",
+                "offload_text_encoder", "offload_reward", "lora_rank", "reward", "guidance_scale",
+            )
+        },
+        notes=_notes(spec, autocast),
+    )
+    if suggest and not plan.fits:
+        _suggest_training(plan, config, num_processes, gpu_memory_gib)
+    plan.seconds = round(time.perf_counter() - started, 2)
+    return plan
+
+
+def _notes(spec: PipelineSpec, autocast: bool) -> list[str]:
+    notes = [
+        f"component configs: {spec.source}; estimated from fake tensors, no weights loaded",
+        f"includes {CUDA_OVERHEAD_GIB:.1f} GiB for the CUDA context and allocator; leave headroom for fragmentation",
+    ]
+    if autocast:
+        notes.append("forwards measured under bf16 autocast (the GPU accelerate configs use mixed_precision bf16)")
+    return notes
+
+
+def _training_cpu(
+    config, spec: PipelineSpec, dtype: torch.dtype, sizes: dict[str, int], rewards: int,
+    height: int, width: int, cfg: bool, num_processes: int,
+) -> tuple[float, dict[str, float]]:
+    """CPU memory per process: offloaded models, the prompt embeddings (the LRU cache and the round's),
+    a round's latents and pairs."""
+    item = torch.empty((), dtype=dtype).element_size()
+    multiple = spec.resolution_multiple
+    latent = spec.transformer["in_channels"] * (height // multiple) * (width // multiple)
+    prompts_here = math.ceil(config.prompts_per_round / num_processes)
+    embedding = spec.max_sequence_length * spec.transformer["joint_attention_dim"] * item
+    parts = {
+        "Python + CUDA libraries": PROCESS_CPU_OVERHEAD_GIB * GIB,
+        "text encoder (offloaded)": sizes["text_encoder"] if config.offload_text_encoder else 0,
+        "reward model(s) (offloaded)": rewards if config.offload_reward else 0,
+        f"prompt-embedding cache ({config.max_cached_prompts} prompts{' + negative' if cfg else ''})": (
+            (config.max_cached_prompts + (1 if cfg else 0)) * embedding
+        ),
+        # The trainer holds this round's shard of embeddings apart from the LRU cache until the next round.
+        f"prompt embeddings of the round ({prompts_here} prompts)": prompts_here * embedding,
+        # search_prompts keeps every candidate's clean latents of the round until pairs are chosen.
+        f"candidate latents of a round ({prompts_here} prompts x budget {config.budget})": (
+            prompts_here * config.budget * latent * item
+        ),
+        f"pairs ({prompts_here} prompts x {config.pairs_per_prompt} x (1 + {config.replay_rounds} replay))": (
+            prompts_here * config.pairs_per_prompt * 2 * latent * 4 * (1 + config.replay_rounds)
+        ),
+        "previews": prompts_here * config.budget * 3 * config.preview_size**2,
+    }
+    parts = {name: value for name, value in parts.items() if value}
+    return _gib(sum(parts.values())), {name: _gib(value) for name, value in parts.items()}
+
+
+# ---- suggestions -------------------------------------------------------------------------------------
+def _flag(name: str, value: Any) -> str:
+    if isinstance(value, bool):
+        value = str(value).lower()
+    return f"--{name} {value}"
+
+
+# Which phases each lever lowers; prompt encoding (text encoder + transformer together) has none.
+_LEVER_PHASES = {
+    "gradient_checkpointing": {"dpo"},
+    "train_batch_size": {"dpo"},
+    "eval_batch_size": {"search", "eval"},
+    "offload_text_encoder": {"search", "dpo", "eval"},
+    "offload_reward": {"dpo"},
+    "reward_batch_size": {"search", "eval"},
+    "height": {"search", "dpo", "eval"},
+}
+
+
+def _training_levers(config, plan: MemoryPlan) -> Iterator[dict[str, Any]]:
+    """The usual levers, cheapest in quality first; each yields one change to try."""
+    if not config.gradient_checkpointing:
+        yield {"gradient_checkpointing": True}
+    if config.train_batch_size > 1:
+        yield {"train_batch_size": 1}
+    batch = config.eval_batch_size
+    while batch > 1:
+        batch //= 2
+        yield {"eval_batch_size": batch}
+    if not config.offload_text_encoder:
+        yield {"offload_text_encoder": True}
+    if not config.offload_reward:
+        yield {"offload_reward": True}
+    reward_batch = config.reward_batch_size or config.eval_batch_size
+    while reward_batch > 1:
+        reward_batch //= 2
+        yield {"reward_batch_size": reward_batch}
+    for side in (768, 512):
+        if side < min(plan.height, plan.width):
+            yield {"height": side, "width": side}
+
+
+def _over(plan: MemoryPlan) -> set[str]:
+    return {phase for phase, value in plan.phases.items() if value > plan.gpu_memory_gib}
+
+
+def _suggest_training(plan: MemoryPlan, config, num_processes: int, gpu_memory_gib: float) -> None:
+    """Apply the levers in order while a phase does not fit (a lever is kept when it lowers a phase
+    that does not fit), then drop any kept lever the fitting set does not need."""
+
+    def replan(overrides: dict[str, Any]) -> MemoryPlan:
+        return plan_training(dataclasses.replace(config, **overrides), num_processes, gpu_memory_gib, suggest=False)
+
+    overrides: dict[str, Any] = {}
+    current = plan
+    for change in _training_levers(config, plan):
+        over = _over(current)
+        if not over or "encode" in over:
+            break  # fits, or prompt encoding does not fit, which no setting changes
+        targets = _LEVER_PHASES[next(iter(change))] & over
+        if not targets:
+            continue
+        candidate = replan({**overrides, **change})
+        if any(candidate.phases[phase] < current.phases[phase] - 1e-6 for phase in targets):
+            overrides.update(change)
+            current = candidate
+    if current.fits:
+        for name in [key for key in overrides if key != "width"]:
+            trial = {key: value for key, value in overrides.items() if key != name and not (name == "height" and key == "width")}
+            candidate = replan(trial)
+            if candidate.fits:
+                overrides, current = trial, candidate
+    elif "encode" in _over(current):
+        plan.notes.append(
+            "prompt encoding needs the text encoder and the transformer on the GPU together; no setting lowers it"
+        )
+    plan.suggestions = [_flag(name, value) for name, value in overrides.items()]
+    plan.suggested_peak_gib = current.peak_gib
+    plan.suggestion_fits = current.fits
+
+
+# ---- standalone SES ---------------------------------------------------------------------------------------
+def plan_ses(
+    model: str,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    eval_batch_size: int = 8,
+    guidance_scale: float | None = None,
+    reward: str = "pickscore",
+    reward_batch_size: int | None = None,
+    dtype: str = "auto",
+    lora: str | None = None,
+    num_processes: int = 1,
+    gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
+    suggest: bool = True,
+) -> MemoryPlan:
+    """The memory plan of `tscale ses`: the whole pipeline stays on the GPU (no offloading), the
+    reward model too, and each batch of `eval_batch_size` candidates is sampled, decoded and scored.
+    `num_processes` does not change the per-process peak (each process holds a full pipeline)."""
+    from ..loading import parse_dtype
+
+    started = time.perf_counter()
+    if gpu_memory_gib <= 0:
+        raise ValueError(f"--gpu-memory must be > 0 GiB, got {gpu_memory_gib}.")
+    if eval_batch_size < 1:
+        raise ValueError(f"--eval-batch-size must be >= 1, got {eval_batch_size}.")
+    spec = resolve_pipeline_spec(model)
+    height, width = _resolution(spec, height, width)
+    torch_dtype = torch.bfloat16 if dtype == "auto" else parse_dtype(dtype)
+    guidance = guidance_scale if guidance_scale is not None else (1.0 if spec.is_distilled else 4.0)
+    cfg = guidance > 1.0 and not spec.is_distilled
+    sizes = component_bytes(spec, torch_dtype, None)
+    clip_json = reward_clip_config_json(reward, spec)
+    lora_bytes = 0
+    if lora is not None and Path(lora).expanduser().exists():
+        path = Path(lora).expanduser()
+        files = [path] if path.is_file() else list(path.glob("*.safetensors"))
+        lora_bytes = sum(item.stat().st_size for item in files)
+    resident = {
+        "transformer": sizes["transformer"],
+        "text encoder": sizes["text_encoder"],
+        "VAE": sizes["vae"],
+        "reward model": reward_bytes(clip_json),
+        "LoRA file": lora_bytes,
+    }
+    phases: dict[str, float] = {}
+    breakdown: dict[str, dict[str, float]] = {}
+    phases["encode"], breakdown["encode"] = _phase(
+        {**resident, f"text encoder forward ({spec.max_sequence_length} tokens)": measure_encode(spec, torch_dtype)}
+    )
+    search = _search_transient(
+        spec, torch_dtype, None, clip_json, eval_batch_size, reward_batch_size or eval_batch_size, height, width, cfg, False
+    )
+    phases["search"], breakdown["search"] = _phase({**resident, **_largest(search)})
+    cpu_parts = {"Python + CUDA libraries": PROCESS_CPU_OVERHEAD_GIB * GIB}
+    plan = MemoryPlan(
+        kind="ses",
+        model=model,
+        model_source=spec.source,
+        height=height,
+        width=width,
+        dtype=str(torch_dtype).removeprefix("torch."),
+        num_processes=num_processes,
+        gpu_memory_gib=gpu_memory_gib,
+        phases=phases,
+        breakdown=breakdown,
+        cpu_gib=_gib(sum(cpu_parts.values())),
+        cpu_breakdown={name: _gib(value) for name, value in cpu_parts.items()},
+        fits=max(phases.values()) <= gpu_memory_gib,
+        settings={"eval_batch_size": eval_batch_size, "reward": reward, "guidance_scale": guidance},
+        notes=_notes(spec, False),
+    )
+    if suggest and not plan.fits:
+        arguments = dict(
+            model=model, height=height, width=width, eval_batch_size=eval_batch_size, guidance_scale=guidance_scale,
+            reward=reward, reward_batch_size=reward_batch_size, dtype=dtype, lora=lora, num_processes=num_processes,
+            gpu_memory_gib=gpu_memory_gib, suggest=False,
+        )
+        changes: list[dict[str, Any]] = []
+        batch = eval_batch_size
+        while batch > 1:
+            batch //= 2
+            changes.append({"eval_batch_size": batch})
+        changes += [{"height": side, "width": side} for side in (768, 512) if side < min(height, width)]
+        current, overrides = plan, {}
+        for change in changes:
+            if current.fits:
+                break
+            overrides.update(change)
+            current = plan_ses(**{**arguments, **overrides})
+        plan.suggestions = [f"--{name.replace('_', '-')} {value}" for name, value in overrides.items()]
+        plan.suggested_peak_gib = current.peak_gib
+        plan.suggestion_fits = current.fits
+    plan.seconds = round(time.perf_counter() - started, 2)
+    return plan
