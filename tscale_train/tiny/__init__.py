@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
@@ -53,21 +54,36 @@ def ensure_tiny_kit(kit_dir: str | Path | None = None, seed: int = 0) -> Path:
     interrupted build never leaves a half kit behind.
     """
     kit_dir = Path(kit_dir) if kit_dir is not None else default_kit_dir()
-    if (kit_dir / _COMPLETE_MARKER).exists():
-        return kit_dir
-    kit_dir.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(kit_dir) + ".lock"):
-        if (kit_dir / _COMPLETE_MARKER).exists():
-            return kit_dir
-        staging = Path(tempfile.mkdtemp(prefix=kit_dir.name + ".", dir=kit_dir.parent))
+    return _build_once(kit_dir, lambda staging: build_tiny_kit(staging, seed=seed), f"seed={seed}\n", exact=False)
+
+
+def _build_once(target: Path, build: Callable[[Path], object], stamp: str, *, exact: bool = True) -> Path:
+    """Build `target` once: under a file lock, into a temporary sibling renamed into place.
+
+    Complete means `target/.complete` exists (and, with `exact`, holds `stamp`); other processes wait
+    on the lock and reuse what the first one built, and an interrupted build leaves nothing behind.
+    """
+    marker = target / _COMPLETE_MARKER
+
+    def complete() -> bool:
+        return marker.is_file() and (not exact or marker.read_text() == stamp)
+
+    if complete():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if complete():
+            return target
+        staging = Path(tempfile.mkdtemp(prefix="." + target.name + ".", dir=target.parent))
         try:
-            build_tiny_kit(staging, seed=seed)
-            if kit_dir.exists():
-                shutil.rmtree(kit_dir)
-            os.replace(staging, kit_dir)
+            build(staging)
+            (staging / _COMPLETE_MARKER).write_text(stamp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return kit_dir
+    return target
 
 
 def tiny_pipeline_dir(distilled: bool = True, kit_dir: str | Path | None = None) -> Path:
@@ -101,31 +117,10 @@ def ensure_shapes_kit(kit_dir: str | Path | None = None, seed: int = 0) -> Path:
     like the tiny kit: under a file lock, into a temporary sibling renamed into place; a kit from
     another version or seed is rebuilt.
     """
-    kit = ensure_tiny_kit(kit_dir)
-    target = shapes_kit_dir(kit)
-    stamp = _shapes_stamp(seed)
-    marker = target / _COMPLETE_MARKER
+    from .shapes import build_shapes_flux2_klein
 
-    def complete() -> bool:
-        return marker.is_file() and marker.read_text() == stamp
-
-    if complete():
-        return target
-    with FileLock(str(target) + ".lock"):
-        if complete():
-            return target
-        from .shapes import build_shapes_flux2_klein
-
-        staging = Path(tempfile.mkdtemp(prefix="." + target.name + ".", dir=target.parent))
-        try:
-            build_shapes_flux2_klein(staging, seed=seed)
-            (staging / _COMPLETE_MARKER).write_text(stamp)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    target = shapes_kit_dir(ensure_tiny_kit(kit_dir))
+    return _build_once(target, lambda staging: build_shapes_flux2_klein(staging, seed=seed), _shapes_stamp(seed))
 
 
 def shapes_pipeline_dir(kit_dir: str | Path | None = None) -> Path:

@@ -58,8 +58,6 @@ def build_tiny_flux2_klein(out_dir: str | Path, *, distilled: bool = True, seed:
     """
     from diffusers import (
         AutoencoderKLFlux2,
-        FlowMatchEulerDiscreteScheduler,
-        Flux2KleinPipeline,
         Flux2Transformer2DModel,
     )
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -104,6 +102,26 @@ def build_tiny_flux2_klein(out_dir: str | Path, *, distilled: bool = True, seed:
         norm_num_groups=8,
         sample_size=64,
     )
+    marker = {
+        "seed": seed,
+        "text_encoder_out_layers": list(TINY_TEXT_ENCODER_OUT_LAYERS),
+        "max_sequence_length": TINY_MAX_SEQUENCE_LENGTH,
+        "resolution": TINY_RESOLUTION,
+    }
+    return save_klein_pipeline(
+        out_dir, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
+        distilled=distilled, marker=marker,
+    )
+
+
+def save_klein_pipeline(
+    out_dir: str | Path, *, vae, text_encoder, tokenizer, transformer, distilled: bool, marker: dict
+) -> Path:
+    """Assemble a `Flux2KleinPipeline` with the real FLUX.2 scheduler, `save_pretrained` it, and write
+    the `tscale_tiny.json` marker (the settings `generation.py` reads next to a kit pipeline)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+
+    out_dir = Path(out_dir)
     # Real FLUX.2 scheduler settings; the pipeline passes its own empirical `mu`.
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
@@ -125,16 +143,6 @@ def build_tiny_flux2_klein(out_dir: str | Path, *, distilled: bool = True, seed:
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
     (out_dir / "tscale_tiny.json").write_text(
-        json.dumps(
-            {
-                "kind": "flux2-klein",
-                "distilled": distilled,
-                "seed": seed,
-                "text_encoder_out_layers": list(TINY_TEXT_ENCODER_OUT_LAYERS),
-                "max_sequence_length": TINY_MAX_SEQUENCE_LENGTH,
-                "resolution": TINY_RESOLUTION,
-            },
-            indent=2,
-        )
+        json.dumps({"kind": "flux2-klein", "distilled": distilled, **marker}, indent=2)
     )
     return out_dir

@@ -13,7 +13,6 @@ real configs. About 550 M parameters, saved in bfloat16 (about 1.1 GB), so it is
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +85,11 @@ def build_shapes_flux2_klein(out_dir: str | Path, *, seed: int = 0) -> Path:
     """
     from diffusers import (
         AutoencoderKLFlux2,
-        FlowMatchEulerDiscreteScheduler,
-        Flux2KleinPipeline,
         Flux2Transformer2DModel,
     )
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from .flux2 import _byte_level_tokenizer
+    from .flux2 import _byte_level_tokenizer, save_klein_pipeline
 
     out_dir = Path(out_dir)
     configs = shapes_component_configs()
@@ -123,40 +120,18 @@ def build_shapes_flux2_klein(out_dir: str | Path, *, seed: int = 0) -> Path:
                 if "norm" in name and parameter.ndim == 1 and "linear" not in name:
                     parameter.fill_(1.0)  # RMSNorm scales (q/k norms): identity.
         vae = AutoencoderKLFlux2(**configs["vae"])
-    # Real FLUX.2 scheduler settings; the pipeline passes its own empirical `mu`.
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-        time_shift_type="exponential",
-    )
-    pipe = Flux2KleinPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder.to(torch.bfloat16),
-        tokenizer=tokenizer,
-        transformer=transformer,
-        is_distilled=True,
-    )
-    torch.nn.Module.to(pipe.vae, torch.bfloat16)
-    pipe.save_pretrained(out_dir, safe_serialization=True)
-    (out_dir / "tscale_tiny.json").write_text(
-        json.dumps(
-            {
-                "kind": "flux2-klein",
-                "shapes_of": "black-forest-labs/FLUX.2-klein-4B",
-                "version": SHAPES_KIT_VERSION,
-                "distilled": True,
-                "seed": seed,
-                "text_encoder_out_layers": list(FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS),
-                "max_sequence_length": SHAPES_MAX_SEQUENCE_LENGTH,
-                "resolution": SHAPES_RESOLUTION,
-            },
-            indent=2,
-        )
+    # The VAE in bf16 like the rest: `torch.nn.Module.to`, not diffusers' override (nothing stays float32).
+    torch.nn.Module.to(vae, torch.bfloat16)
+    marker = {
+        "shapes_of": "black-forest-labs/FLUX.2-klein-4B",
+        "version": SHAPES_KIT_VERSION,
+        "seed": seed,
+        "text_encoder_out_layers": list(FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS),
+        "max_sequence_length": SHAPES_MAX_SEQUENCE_LENGTH,
+        "resolution": SHAPES_RESOLUTION,
+    }
+    save_klein_pipeline(
+        out_dir, vae=vae, text_encoder=text_encoder.to(torch.bfloat16), tokenizer=tokenizer,
+        transformer=transformer, distilled=True, marker=marker,
     )
     return out_dir
