@@ -17,12 +17,10 @@ import torch
 from tscale_train.config import OnlineDPOConfig, parse_config
 from tscale_train.plan import (
     LiveMemoryTracker,
-    add_plan_parser,
     fake_gpu,
     format_plan_table,
     plan_ses,
     plan_training,
-    run_plan,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,11 +30,9 @@ TINY_RECIPE = ROOT / "recipes" / "configs" / "tiny.yaml"
 
 
 def _cli(argv: list[str]) -> int:
-    import argparse
+    from tscale_train.cli import main
 
-    parser = argparse.ArgumentParser(prog="tscale")
-    add_plan_parser(parser.add_subparsers(dest="command", required=True))
-    return run_plan(parser.parse_args(["plan", *argv]))
+    return main(["plan", *argv])
 
 
 # ---- the tracker ----------------------------------------------------------------------------------
@@ -193,7 +189,7 @@ def test_cli_ses(capsys, kit_dir):
     "argv, message",
     [
         (["--config", "no/such.yaml"], "does not exist"),
-        (["--config", str(RECIPE), "--", "--no_such_field", "1"], "unknown OnlineDPOConfig field"),
+        (["--config", str(RECIPE), "--", "--no_such_field", "1"], "unknown setting"),
         (["--config", str(RECIPE), "--gpu-memory", "0"], "--gpu-memory must be > 0"),
         (["--config", str(RECIPE), "--num-processes", "0"], "--num-processes must be >= 1"),
         (["--model", "not a model"], "unknown model"),

@@ -1,70 +1,217 @@
-"""`OnlineDPOConfig`: every setting of the online SES -> Diffusion-DPO loop.
+"""One settings vocabulary for `tscale ses`, `tscale train` and the recipe.
 
-TRL style: one dataclass, parsed by `HfArgumentParser` from a YAML file (`--config file.yaml`)
-with command-line overrides (`--beta 5 --rounds 10`). `parse_config()` does both.
+TRL's split: small dataclasses, each validated once in `__post_init__`, before any model loads:
+
+- `ModelConfig`: which pipeline, in which dtype, at which image size and guidance;
+- `SearchConfig`: the reward and the Spectral Evolution Search (shared by inference and training);
+- `SESArguments`: what only `tscale ses` takes (prompts, output files, a LoRA to load);
+- `OnlineDPOConfig`: `ModelConfig` + `SearchConfig` + the LoRA, pairs, DPO and loop settings.
+
+`make_parser(*types)` builds the one `HfArgumentParser` for any of them, with a YAML file
+(`--config file.yaml`) supplying values that flags then override (TRL's TrlParser pattern);
+`parse_args(types, args)` does both, `parse_config(args)` for the training config alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from .dpo import SIGMA_SAMPLING_MODES
 from .lora import LORA_TARGET_PRESETS
 
-SIGMA_SAMPLING = ("sampler", "logit_normal", "uniform")
 REPORT_TO = ("none", "tensorboard", "wandb", "all")
+DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# peft's `init_lora_weights` values that need no extra data; "default" is peft's True (B = 0).
+LORA_INITS = ("default", "gaussian", "orthogonal", "pissa", "olora")
+# FLUX.2: the VAE downsamples by 8 and the transformer packs 2x2 patches.
+RESOLUTION_MULTIPLE = 16
+DEFAULT_POPSIZE = 10
 
 
-def _help(text: str) -> dict:
-    return {"metadata": {"help": text}}
+def _help(text: str, **extra: Any) -> dict:
+    return {"metadata": {"help": text, **extra}}
+
+
+def _check_at_least(config: object, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}; set --{name} to {minimum} or more.")
 
 
 @dataclass
-class OnlineDPOConfig:
-    # model
-    model: str = field(default="black-forest-labs/FLUX.2-klein-4B", **_help("hub id, local pipeline dir, or offline 'tiny', 'tiny-base', 'shapes-klein-4b'"))
-    dtype: str = field(default="bfloat16", **_help("weights dtype of the frozen model (LoRA parameters stay float32)"))
-    height: int | None = field(default=None, **_help("image height (default: 1024, 64 for tiny)"))
-    width: int | None = field(default=None, **_help("image width (default: 1024, 64 for tiny)"))
+class ModelConfig:
+    """The pipeline: where it comes from, its dtype, and the images it makes."""
+
+    model: str = field(
+        default="black-forest-labs/FLUX.2-klein-4B",
+        **_help("hub id, local pipeline dir, or offline 'tiny', 'tiny-base', 'shapes-klein-4b'"),
+    )
+    dtype: str = field(default="auto", **_help("auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16"))
+    height: int | None = field(default=None, **_help("image height (default: the model's, 1024 for klein)"))
+    width: int | None = field(default=None, **_help("image width (default: the model's, 1024 for klein)"))
     guidance_scale: float | None = field(default=None, **_help("CFG scale; default 1 (distilled) or 4 (base)"))
+
+    def __post_init__(self) -> None:
+        from .loading import check_model_source
+
+        check_model_source(self.model)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}.")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (value <= 0 or value % RESOLUTION_MULTIPLE):
+                fixed = max(RESOLUTION_MULTIPLE, value // RESOLUTION_MULTIPLE * RESOLUTION_MULTIPLE)
+                raise ValueError(f"{name} {value} is not a positive multiple of {RESOLUTION_MULTIPLE}; use e.g. --{name} {fixed}.")
+        if self.guidance_scale is not None and self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}.")
+
+    def torch_dtype(self, device):
+        """The weights' dtype on `device`: `auto` is bfloat16 on a GPU and float32 on a CPU."""
+        import torch
+
+        from .loading import parse_dtype
+
+        if self.dtype == "auto":
+            return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        return parse_dtype(self.dtype)
+
+
+@dataclass
+class SearchConfig:
+    """The reward and the search: what `tscale ses` runs, and what each training round runs."""
+
+    reward: str = field(default="pickscore", **_help("pickscore, hpsv2, clip, or package.module:callable"))
+    reward_batch_size: int | None = field(default=None, **_help("images per reward forward (default: eval_batch_size)"))
+    budget: int = field(default=20, **_help("candidates scored per prompt, the unsearched base noise included"))
+    popsize: int | None = field(
+        default=None, **_help(f"CEM population per generation (default: {DEFAULT_POPSIZE}, or the budget if smaller)")
+    )
+    k_elites: int = field(default=5, **_help("elite archive size"))
+    wavelet: str = field(default="db1", **_help("wavelet of the spectral decomposition"))
+    level: int = field(default=4, **_help("wavelet level (lowered automatically for small latents)"))
+    preview_steps: int | None = field(default=None, **_help("sampler steps while searching (default: the model's)"))
+    eval_batch_size: int = field(default=4, **_help("candidates generated (and decoded) per batch"))
+    search_group_size: int = field(default=8, **_help("prompts searched in lockstep at once; bounds a generation's size"))
+
+    def __post_init__(self) -> None:
+        from rewards import check_reward_name
+
+        check_reward_name(self.reward)
+        _check_at_least(self, 1, "budget", "k_elites", "level", "preview_steps", "eval_batch_size",
+                        "reward_batch_size", "search_group_size", "popsize")
+        if self.popsize is None:
+            # A budget below the default population is one generation, not an error.
+            self.popsize = min(DEFAULT_POPSIZE, self.budget)
+        check_search_budget(self.budget, self.popsize)
+        self.ses_config()  # the wavelet and level checks live with the search
+
+    def ses_config(self):
+        """The `search.SESConfig` of these settings."""
+        from search import SESConfig
+
+        return SESConfig(wavelet=self.wavelet, level=self.level, popsize=self.popsize, k_elites=self.k_elites)
+
+
+def check_search_budget(budget: int, popsize: int) -> None:
+    """The one budget rule: at least the base noise, and a full first generation."""
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1 (the base noise alone is budget 1), got {budget}.")
+    if popsize > budget:
+        raise ValueError(f"popsize ({popsize}) is larger than budget ({budget}); lower --popsize or raise --budget.")
+
+
+@dataclass
+class SESArguments:
+    """What only `tscale ses` takes: prompts, a LoRA to load, the final image and the output files."""
+
+    prompt: str | None = field(default=None, **_help("one prompt"))
+    prompts_file: str | None = field(default=None, **_help(".txt (one per line), .jsonl or .csv with a 'prompt' field"))
+    out: str | None = field(default=None, **_help("image path for --prompt; a directory for --prompts-file"))
+    lora: str | None = field(default=None, **_help("LoRA dir/file (diffusers format) or hub id, loaded with load_lora_weights"))
+    lora_scale: float = field(default=1.0, **_help("LoRA weight"))
+    reward_arg: list[str] = field(
+        default_factory=list,
+        **_help("override a reward loading argument, e.g. model_name_or_path=DIR (repeatable)", action="append"),
+    )
+    steps: int | None = field(default=None, **_help("sampler steps of the final image (default: the model's)"))
+    seed: int = field(default=0, **_help("seed of the base noise (prompt i of a file uses seed + i)"))
+    device: str | None = field(default=None, **_help("default: the accelerate process's device (cuda if available)"))
+    save_trace: bool = field(default=False, **_help("also write scores JSON, a reward plot and base-vs-SES image"))
+    progress: bool = field(default=True, **_help("progress bar (--no-progress to hide it)"))
+
+    def __post_init__(self) -> None:
+        # `action="append"` with a list field gives one list per flag.
+        self.reward_arg = [item for group in self.reward_arg for item in ([group] if isinstance(group, str) else group)]
+        if (self.prompt is None) == (self.prompts_file is None):
+            raise ValueError("pass exactly one of --prompt or --prompts-file.")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ValueError("the prompt is empty; pass non-empty text with --prompt.")
+        if not self.out:
+            raise ValueError("--out is required: an image path for --prompt, a directory for --prompts-file.")
+        if self.prompt is not None and Path(self.out).suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"--out {self.out!r} should be an image path ending in one of {', '.join(IMAGE_SUFFIXES)}.")
+        _check_at_least(self, 1, "steps")
+        self.reward_overrides()
+        if self.lora:
+            from .loading import check_lora_source
+
+            check_lora_source(self.lora)
+
+    def reward_overrides(self) -> dict[str, str]:
+        """`--reward-arg KEY=VALUE` pairs as keyword arguments of the reward's loader."""
+        overrides = {}
+        for pair in self.reward_arg:
+            key, separator, value = pair.partition("=")
+            if not separator or not key:
+                raise ValueError(
+                    f"--reward-arg {pair!r} is not KEY=VALUE, e.g. --reward-arg model_name_or_path=/models/pickscore."
+                )
+            overrides[key] = value
+        return overrides
+
+    def load_prompts(self) -> list[str]:
+        from .prompts import load_prompts
+
+        prompts = [self.prompt] if self.prompt is not None else load_prompts(self.prompts_file)
+        if any(not prompt.strip() for prompt in prompts):
+            raise ValueError("a prompt is empty; remove empty lines from --prompts-file.")
+        return prompts
+
+
+@dataclass
+class OnlineDPOConfig(ModelConfig, SearchConfig):
+    """Every setting of the online SES -> Diffusion-DPO loop: the model and search settings plus these."""
+
     gradient_checkpointing: bool = field(default=True, **_help("recompute activations in the DPO backward (needed at 1024px)"))
     offload_text_encoder: bool = field(
-        default=True,
-        **_help("keep the text encoder on the CPU and move it to the GPU only to encode a round's prompts"),
+        default=True, **_help("keep the text encoder on the CPU and move it to the GPU only to encode a round's prompts")
     )
     offload_reward: bool = field(default=True, **_help("move the reward model to CPU while DPO trains"))
+    max_cached_prompts: int = field(default=64, **_help("prompt embeddings kept in CPU memory per process (LRU)"))
     # LoRA
     lora_rank: int = field(default=16, **_help("LoRA rank"))
     lora_alpha: float | None = field(default=None, **_help("LoRA alpha (default: rank)"))
     lora_dropout: float = field(default=0.0, **_help("LoRA dropout"))
     lora_target_modules: str = field(
-        default="attention",
-        **_help(f"regex over full module names, or a preset: {', '.join(LORA_TARGET_PRESETS)}"),
+        default="attention", **_help(f"regex over full module names, or a preset: {', '.join(LORA_TARGET_PRESETS)}")
     )
-    lora_init: str = field(default="default", **_help("'default' (B = 0) or a peft init name such as 'gaussian'"))
+    lora_init: str = field(default="default", **_help(f"one of {', '.join(LORA_INITS)} ('default': B = 0)"))
     # prompts
     prompts: str | None = field(default=None, **_help("a .txt/.jsonl/.csv file or a datasets name (default: the bundled set)"))
     prompt_column: str = field(default="prompt", **_help("column of a .jsonl/.csv/dataset holding the prompt"))
     eval_prompts: str | None = field(default=None, **_help("held-out prompts; default: split off `eval_fraction` of `prompts`"))
     eval_fraction: float = field(default=0.1, **_help("share of prompts held out for eval when eval_prompts is unset"))
     max_eval_prompts: int = field(default=16, **_help("cap on held-out eval prompts"))
-    # search (what `tscale ses` takes)
-    reward: str = field(default="pickscore", **_help("pickscore, hpsv2, clip, or package.module:callable"))
     eval_reward: str | None = field(default=None, **_help("reward of the eval metrics (default: `reward`)"))
-    budget: int = field(default=20, **_help("SES candidates per prompt, base noise included"))
-    popsize: int = field(default=10, **_help("CEM population per generation"))
-    k_elites: int = field(default=5, **_help("elite archive size"))
-    wavelet: str = field(default="db1", **_help("wavelet of the spectral decomposition"))
-    level: int = field(default=4, **_help("wavelet level (lowered automatically for small latents)"))
-    preview_steps: int | None = field(default=None, **_help("sampler steps while searching (default: the model's)"))
-    eval_batch_size: int = field(default=4, **_help("candidates generated (and decoded) per batch"))
-    reward_batch_size: int | None = field(default=None, **_help("images per reward forward (default: eval_batch_size)"))
-    search_group_size: int = field(default=8, **_help("prompts searched in lockstep at once; bounds a generation's size"))
-    max_cached_prompts: int = field(default=64, **_help("prompt embeddings kept in CPU memory per process (LRU)"))
     # pairing
     pairing: str = field(default="best_vs_worst", **_help("best_vs_worst, best_vs_base or top_k_vs_bottom_k"))
     pairs_per_prompt: int = field(default=1, **_help("k of top_k_vs_bottom_k"))
@@ -84,7 +231,7 @@ class OnlineDPOConfig:
     max_grad_norm: float = field(default=1.0, **_help("gradient clipping norm"))
     epochs_per_round: int = field(default=5, **_help("passes over a round's pairs"))
     replay_rounds: int = field(default=0, **_help("also train on the pairs of the last K rounds"))
-    sigma_sampling: str = field(default="sampler", **_help("sampler, logit_normal or uniform"))
+    sigma_sampling: str = field(default="sampler", **_help(f"one of {', '.join(SIGMA_SAMPLING_MODES)}"))
     logit_mean: float = field(default=0.0, **_help("logit-normal mean"))
     logit_std: float = field(default=1.0, **_help("logit-normal std"))
     # loop
@@ -104,46 +251,79 @@ class OnlineDPOConfig:
     progress: bool = field(default=True, **_help("progress bars on the main process"))
 
     def __post_init__(self) -> None:
+        ModelConfig.__post_init__(self)
+        SearchConfig.__post_init__(self)
+        from diffusers.optimization import SchedulerType
+
+        from .pairs import PAIRING_STRATEGIES
+
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}; about 100 for FLUX.2-klein-4B, 1-10 for the tiny model.")
-        if self.sigma_sampling not in SIGMA_SAMPLING:
-            raise ValueError(f"sigma_sampling {self.sigma_sampling!r} is not one of {SIGMA_SAMPLING}.")
-        if self.report_to not in REPORT_TO:
-            raise ValueError(f"report_to {self.report_to!r} is not one of {REPORT_TO}.")
-        positive = (
-            "rounds", "prompts_per_round", "budget", "popsize", "train_batch_size",
-            "gradient_accumulation_steps", "epochs_per_round", "lora_rank", "k_elites", "eval_batch_size",
-            "search_group_size", "max_cached_prompts",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.popsize > self.budget:
-            raise ValueError(f"popsize ({self.popsize}) is larger than budget ({self.budget}); lower popsize or raise budget.")
-        if self.reward_batch_size is not None and self.reward_batch_size < 1:
-            raise ValueError(f"reward_batch_size must be >= 1 (or unset), got {self.reward_batch_size}.")
+        choices = {
+            "sigma_sampling": SIGMA_SAMPLING_MODES,
+            "report_to": REPORT_TO,
+            "pairing": PAIRING_STRATEGIES,
+            "lr_scheduler": tuple(kind.value for kind in SchedulerType),
+            "lora_init": LORA_INITS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}.")
+        _check_at_least(self, 1, "rounds", "prompts_per_round", "train_batch_size", "gradient_accumulation_steps",
+                        "epochs_per_round", "lora_rank", "max_cached_prompts", "pairs_per_prompt", "eval_budget",
+                        "preview_size", "checkpoints_total_limit")
+        _check_at_least(self, 0, "replay_rounds", "eval_every", "eval_ses_every", "checkpoint_every", "lr_warmup_steps",
+                        "max_eval_prompts")
+        if self.eval_reward:
+            from rewards import check_reward_name
+
+            check_reward_name(self.eval_reward)
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
+        if self.min_margin < 0:
+            raise ValueError(f"min_margin must be >= 0, got {self.min_margin}.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def parse_config(args: list[str] | None = None) -> OnlineDPOConfig:
-    """`--config file.yaml` supplies defaults; every other flag overrides them (TRL's TrlParser pattern)."""
+def make_parser(*dataclass_types: type):
+    """One `HfArgumentParser` for the given settings dataclasses, plus `--config file.yaml`."""
     from transformers import HfArgumentParser
 
+    parser = HfArgumentParser(dataclass_types)
+    parser.add_argument("--config", default=None, help="YAML file of settings; flags override its values")
+    return parser
+
+
+def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | None = None, prog: str | None = None) -> tuple:
+    """Parse `args` into one instance of each type: YAML values from `--config` first, flags over them."""
     args = list(sys.argv[1:] if args is None else args)
-    parser = HfArgumentParser(OnlineDPOConfig)
-    parser.add_argument("--config", default=None, help="YAML file of OnlineDPOConfig fields")
+    parser = make_parser(*dataclass_types)
+    if prog:
+        parser.prog = prog
     if "--config" in args:
         position = args.index("--config")
+        if position + 1 >= len(args):
+            raise ValueError("--config needs a YAML file path.")
         path = Path(args[position + 1])
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist.")
         values = yaml.safe_load(path.read_text()) or {}
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(OnlineDPOConfig)})
+        known = {item.name for kind in dataclass_types for item in dataclasses.fields(kind)}
+        unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{str(path)!r} has unknown fields {unknown}; see OnlineDPOConfig for the valid ones.")
+            names = ", ".join(kind.__name__ for kind in dataclass_types)
+            raise ValueError(f"{str(path)!r} has unknown fields {unknown}; see {names} for the valid ones.")
         parser.set_defaults(**values)
-    return parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)[0]
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=args, look_for_args_file=False, return_remaining_strings=True)
+    if remaining:
+        names = ", ".join(kind.__name__ for kind in dataclass_types)
+        raise ValueError(f"unknown setting(s) {' '.join(remaining)!r}; see {names} for the valid ones.")
+    # The extra namespace HfArgumentParser returns holds only `--config`, already read.
+    return tuple(parsed[: len(dataclass_types)])
+
+
+def parse_config(args: Sequence[str] | None = None) -> OnlineDPOConfig:
+    """The training config from `--config file.yaml` and flag overrides (the recipe's and `tscale train`'s)."""
+    return parse_args([OnlineDPOConfig], args)[0]

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-from pathlib import Path
 
 from .estimate import DEFAULT_GPU_MEMORY_GIB, MemoryPlan, _show, plan_ses, plan_training
 
@@ -55,98 +53,62 @@ def format_plan_table(plan: MemoryPlan) -> str:
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------------
-def add_plan_parser(subparsers) -> argparse.ArgumentParser:
-    """Add `tscale plan` to an argparse subparsers object; `run_plan(args)` runs it."""
-    from ..loading import DEFAULT_MODEL
+def add_plan_parser(subparsers) -> None:
+    """List `tscale plan` among the commands; `run_plan(argv)` parses and runs it."""
+    subparsers.add_parser("plan", help=PLAN_HELP, add_help=False)
 
-    parser = subparsers.add_parser(
-        "plan",
-        help="estimate the peak GPU/CPU memory of a training run or a ses command, without loading weights",
-        description=(
-            "tscale plan --config recipes/configs/flux2_klein_4b.yaml [--gpu-memory 80] [--num-processes N] [--json] "
-            "[-- --train_batch_size 2 ...]   or   tscale plan --ses --model ... --eval-batch-size 8"
+
+PLAN_HELP = "estimate the peak GPU/CPU memory of a training run or a ses command, without loading weights"
+
+
+def plan_option_parser() -> argparse.ArgumentParser:
+    """The options of the plan itself; every other flag is a setting of the planned run."""
+    parser = argparse.ArgumentParser(
+        prog="tscale plan",
+        description=PLAN_HELP,
+        epilog=(
+            "Every other flag is a setting of the planned run, in the vocabulary of `tscale train` "
+            "(e.g. --config recipes/configs/flux2_klein_4b.yaml --train_batch_size 2), or with --ses of "
+            "`tscale ses` (e.g. --model black-forest-labs/FLUX.2-klein-4B --eval-batch-size 8)."
         ),
     )
-    parser.add_argument("--config", default=None, help="OnlineDPOConfig YAML (default: the OnlineDPOConfig defaults)")
     parser.add_argument("--gpu-memory", type=float, default=DEFAULT_GPU_MEMORY_GIB, help="GiB of the card (default 80)")
     parser.add_argument("--num-processes", type=int, default=1, help="processes (GPUs) of the run")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--no-suggest", action="store_true", help="do not search for settings that fit")
-    ses = parser.add_argument_group("a tscale ses command (with --ses)")
-    ses.add_argument("--ses", action="store_true", help="plan `tscale ses` instead of a training run")
-    ses.add_argument("--model", default=None, help=f"hub id, local pipeline dir or 'tiny' (default {DEFAULT_MODEL})")
-    ses.add_argument("--height", type=int, default=None)
-    ses.add_argument("--width", type=int, default=None)
-    ses.add_argument("--eval-batch-size", type=int, default=8)
-    ses.add_argument("--reward-batch-size", type=int, default=None)
-    ses.add_argument("--guidance-scale", type=float, default=None)
-    ses.add_argument("--reward", default="pickscore")
-    ses.add_argument("--dtype", default="auto")
-    ses.add_argument("--lora", default=None)
-    parser.add_argument(
-        "overrides", nargs="*", metavar="-- --field VALUE",
-        help="OnlineDPOConfig overrides after `--`, e.g. -- --train_batch_size 2",
-    )
+    parser.add_argument("--ses", action="store_true", help="plan `tscale ses` instead of a training run")
     return parser
 
 
-def _training_config(args: argparse.Namespace):
-    from ..config import OnlineDPOConfig, parse_config
-
-    overrides = [item for item in args.overrides if item != "--"]
-    fields = {f.name for f in dataclasses.fields(OnlineDPOConfig)}
-    for item in overrides:
-        if item.startswith("--"):
-            name = item[2:].split("=", 1)[0]
-            if name not in fields:
-                raise ValueError(f"unknown OnlineDPOConfig field {item!r}; see `tscale_train.config.OnlineDPOConfig`.")
-    if args.config is not None and not Path(args.config).is_file():
-        raise FileNotFoundError(f"config file {args.config!r} does not exist.")
-    if args.model is not None:
-        overrides = ["--model", args.model, *overrides]
-    try:
-        return parse_config((["--config", args.config] if args.config else []) + overrides)
-    except SystemExit as exit_:
-        raise ValueError(f"bad config overrides {' '.join(overrides)!r}") from exit_
-
-
-def run_plan(args: argparse.Namespace) -> int:
+def run_plan(argv: list[str]) -> int:
     """`tscale plan`: print the table (or `--json`); 0 if it fits, 1 if not, 2 on bad input."""
+    from ..config import ModelConfig, SearchConfig, parse_args, parse_config
+
+    options, settings = plan_option_parser().parse_known_args(argv)
+    settings = [item for item in settings if item != "--"]  # `tscale plan -- --flag` still reads
     try:
-        if args.gpu_memory <= 0:
-            raise ValueError(f"--gpu-memory must be > 0 GiB, got {args.gpu_memory:g}.")
-        if args.num_processes < 1:
-            raise ValueError(f"--num-processes must be >= 1, got {args.num_processes}.")
-        if args.ses:
-            from rewards import check_reward_name
-
-            from ..loading import DEFAULT_MODEL
-
-            if args.config is not None or [item for item in args.overrides if item != "--"]:
-                raise ValueError("--ses plans a ses command from its flags; drop --config and the config overrides.")
-            check_reward_name(args.reward)
-            for name in ("height", "width"):
-                value = getattr(args, name)
-                if value is not None and (value <= 0 or value % 16):
-                    raise ValueError(f"--{name} {value} is not a positive multiple of 16.")
+        if options.gpu_memory <= 0:
+            raise ValueError(f"--gpu-memory must be > 0 GiB, got {options.gpu_memory:g}.")
+        if options.num_processes < 1:
+            raise ValueError(f"--num-processes must be >= 1, got {options.num_processes}.")
+        if options.ses:
+            model, search = parse_args([ModelConfig, SearchConfig], settings, prog="tscale plan --ses")
             plan = plan_ses(
-                args.model or DEFAULT_MODEL, height=args.height, width=args.width, eval_batch_size=args.eval_batch_size,
-                guidance_scale=args.guidance_scale, reward=args.reward, reward_batch_size=args.reward_batch_size,
-                dtype=args.dtype, lora=args.lora, num_processes=args.num_processes, gpu_memory_gib=args.gpu_memory,
-                suggest=not args.no_suggest,
+                model.model, height=model.height, width=model.width, eval_batch_size=search.eval_batch_size,
+                guidance_scale=model.guidance_scale, reward=search.reward, reward_batch_size=search.reward_batch_size,
+                dtype=model.dtype, num_processes=options.num_processes, gpu_memory_gib=options.gpu_memory,
+                suggest=not options.no_suggest,
             )
         else:
-            config = _training_config(args)
-            plan = plan_training(config, args.num_processes, args.gpu_memory, suggest=not args.no_suggest)
+            config = parse_config(settings)
+            plan = plan_training(config, options.num_processes, options.gpu_memory, suggest=not options.no_suggest)
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"tscale plan: error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan_table(plan))
+    print(json.dumps(plan.to_dict(), indent=2) if options.json else format_plan_table(plan))
     return 0 if plan.fits else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m tscale_train.plan ...`: the same as `tscale plan ...`."""
-    parser = argparse.ArgumentParser(prog="tscale")
-    add_plan_parser(parser.add_subparsers(dest="command", required=True))
-    return run_plan(parser.parse_args(argv))
+    return run_plan(list(sys.argv[1:] if argv is None else argv))

@@ -118,7 +118,6 @@ def plan_training(config, num_processes: int = 1, gpu_memory_gib: float = DEFAUL
     with `offload_text_encoder` it stays on the CPU and visits the GPU only to encode a round's
     prompts), search and eval (sampling -> decode -> reward, one eval batch at a time), DPO step.
     """
-    from ..loading import parse_dtype
 
     started = time.perf_counter()
     if num_processes < 1:
@@ -127,7 +126,7 @@ def plan_training(config, num_processes: int = 1, gpu_memory_gib: float = DEFAUL
         raise ValueError(f"--gpu-memory must be > 0 GiB, got {gpu_memory_gib}.")
     spec = resolve_pipeline_spec(config.model)
     height, width = _resolution(spec, config.height, config.width)
-    dtype = parse_dtype(config.dtype)
+    dtype = config.torch_dtype("cuda")  # planned for the GPU: "auto" is bfloat16 there
     # The GPU accelerate configs run bf16 mixed precision: the trainer's forwards run under autocast.
     autocast = dtype != torch.float32
     guidance = config.guidance_scale if config.guidance_scale is not None else (1.0 if spec.is_distilled else 4.0)

@@ -1,0 +1,93 @@
+"""One settings vocabulary: `tscale ses`, `tscale train` and the recipe share the same validated dataclasses."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from tscale_train import cli
+from tscale_train.config import (
+    ModelConfig,
+    OnlineDPOConfig,
+    SearchConfig,
+    SESArguments,
+    parse_args,
+    parse_config,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_ses_and_training_share_one_vocabulary_with_one_set_of_defaults():
+    training = {item.name: item for item in dataclasses.fields(OnlineDPOConfig)}
+    for kind in (ModelConfig, SearchConfig):
+        for item in dataclasses.fields(kind):
+            assert item.name in training, item.name
+            assert training[item.name].default == item.default, item.name
+    assert issubclass(OnlineDPOConfig, ModelConfig) and issubclass(OnlineDPOConfig, SearchConfig)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"pairing": "nonsense"}, "pairing 'nonsense' is not one of"),
+        ({"height": 72}, "height 72 is not a positive multiple of 16"),
+        ({"lr_scheduler": "nope"}, "lr_scheduler 'nope' is not one of"),
+        ({"pairs_per_prompt": 0}, "pairs_per_prompt must be >= 1"),
+        ({"lora_init": "bogus"}, "lora_init 'bogus' is not one of"),
+        ({"sigma_sampling": "sometimes"}, "sigma_sampling 'sometimes' is not one of"),
+        ({"dtype": "int8"}, "dtype 'int8' is not one of"),
+        ({"wavelet": "nope"}, "wavelet"),
+        ({"eval_reward": "nonsense"}, "unknown reward"),
+        ({"budget": 4, "popsize": 8}, r"popsize \(8\) is larger than budget \(4\)"),
+    ],
+)
+def test_bad_training_settings_fail_when_parsed(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        OnlineDPOConfig(model="tiny", **overrides)
+
+
+def test_a_small_budget_without_a_popsize_is_one_generation():
+    assert OnlineDPOConfig(model="tiny", budget=4).popsize == 4
+    assert OnlineDPOConfig(model="tiny", budget=40).popsize == 10
+    (_, search, _) = parse_args([ModelConfig, SearchConfig, SESArguments], ["--prompt", "a", "--out", "a.png", "--budget", "3"])
+    assert search.popsize == 3 and search.ses_config().popsize == 3
+
+
+def test_the_same_flag_means_the_same_in_ses_and_train():
+    args = ["--model", "tiny", "--budget", "6", "--eval-batch-size", "3", "--k_elites", "2", "--reward", "rewards.synthetic:brightness"]
+    model, search, _ = cli.parse_ses_args([*args, "--prompt", "a cat", "--out", "cat.png"])
+    training = parse_config(args)
+    for kind, parsed in ((ModelConfig, model), (SearchConfig, search)):
+        for item in dataclasses.fields(kind):
+            assert getattr(parsed, item.name) == getattr(training, item.name), item.name
+
+
+def test_ses_reads_a_yaml_config_too(tmp_path):
+    config = tmp_path / "ses.yaml"
+    config.write_text("model: tiny\nbudget: 6\nreward: rewards.synthetic:brightness\n")
+    model, search, ses = cli.parse_ses_args(["--config", str(config), "--prompt", "a", "--out", "a.png", "--budget", "8"])
+    assert model.model == "tiny" and search.budget == 8 and search.reward == "rewards.synthetic:brightness"
+    config.write_text("model: tiny\nbudgett: 6\n")
+    with pytest.raises(ValueError, match="unknown fields"):
+        cli.parse_ses_args(["--config", str(config), "--prompt", "a", "--out", "a.png"])
+
+
+def test_tscale_train_runs_the_recipe_loop(tmp_path, kit_dir):
+    out = tmp_path / "run"
+    code = cli.main([
+        "train", "--config", str(REPO / "recipes/configs/tiny.yaml"), "--rounds", "1", "--budget", "4", "--popsize", "2",
+        "--prompts_per_round", "2", "--epochs_per_round", "1", "--max_eval_prompts", "2", "--eval_budget", "2",
+        "--output_dir", str(out), "--no_progress",
+    ])
+    assert code == 0
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["round"] == 0 and rows[-1]["train/num_pairs"] == 2
+
+
+def test_tscale_train_bad_setting_is_a_one_line_error(capsys):
+    assert cli.main(["train", "--model", "tiny", "--pairing", "nonsense"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "pairing 'nonsense'" in error and len(error.splitlines()) == 1
