@@ -41,6 +41,7 @@ def test_ses_and_training_share_one_vocabulary_with_one_set_of_defaults():
         ({"wavelet": "nope"}, "wavelet"),
         ({"eval_reward": "nonsense"}, "unknown reward"),
         ({"budget": 4, "popsize": 8}, r"popsize \(8\) is larger than budget \(4\)"),
+        ({"budget": 8, "popsize": 4, "eval_budget": 2}, "eval_budget: popsize"),
     ],
 )
 def test_bad_training_settings_fail_when_parsed(overrides, message):

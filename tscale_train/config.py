@@ -274,6 +274,12 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
                         "preview_size", "checkpoints_total_limit")
         _check_at_least(self, 0, "replay_rounds", "eval_every", "eval_ses_every", "checkpoint_every", "lr_warmup_steps",
                         "max_eval_prompts")
+        if self.eval_budget is not None:
+            # The final round always evaluates with search: fail now, not after the last round.
+            try:
+                check_search_budget(self.eval_budget, self.popsize)
+            except ValueError as error:
+                raise ValueError(f"eval_budget: {error} Set --eval_budget to at least {self.popsize}.") from error
         if self.eval_reward:
             from rewards import check_reward_name
 
