@@ -14,25 +14,13 @@ from typing import Any
 import torch
 
 from .base import EmbeddingReward, resize_crop_normalize
+from .paths import check_local_path
 
 DEFAULT_PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 DEFAULT_PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 # PIL resample codes used by transformers image processors -> torch interpolate modes.
 _RESAMPLE_TO_MODE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
-
-
-def check_local_path(name_or_path: str | Path, what: str) -> str:
-    """Fail early, with a clear message, on a local path that does not exist.
-
-    Hub ids ("org/name") are passed through; anything that is clearly meant as a local path
-    (absolute, `./`, `../`, `~`, or a Path object) must exist.
-    """
-    text = str(name_or_path)
-    looks_local = isinstance(name_or_path, Path) or text.startswith(("/", "./", "../", "~", "."))
-    if looks_local and not Path(text).expanduser().exists():
-        raise FileNotFoundError(f"{what} {text!r} does not exist; pass an existing path or a Hub id")
-    return str(Path(text).expanduser()) if looks_local else text
 
 
 def _size_field(size: Any, key: str) -> int | None:

@@ -13,7 +13,7 @@ Both score exactly ``budget`` candidates, the base noise first, in whole batches
 """
 
 from search.random_search import RandomSearch, random_search
-from search.result import SearchResult
+from search.result import SearchResult, rank_best_first
 from search.ses import SESConfig, SpectralEvolutionSearch, ses_search
 from search.wavelets import LowBandCodec
 
@@ -24,5 +24,6 @@ __all__ = [
     "SearchResult",
     "SpectralEvolutionSearch",
     "random_search",
+    "rank_best_first",
     "ses_search",
 ]

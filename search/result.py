@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -57,6 +57,20 @@ class SearchResult:
 def ranking_scores(scores: Tensor) -> Tensor:
     """Scores used for ranking: NaN becomes -inf, so a NaN candidate is never best nor an elite."""
     return torch.where(torch.isnan(scores), torch.full_like(scores, -math.inf), scores)
+
+
+def rank_best_first(scores: Tensor | Sequence[float]) -> list[int]:
+    """Evaluation indices ordered best first: higher score first, equal scores in evaluation order.
+
+    Non-finite scores (NaN, +-inf: a failed decode or reward) are left out, so the list may be
+    shorter than ``scores`` (or empty).
+    """
+    score_tensor = torch.as_tensor(scores).detach().to("cpu", torch.float64)
+    if score_tensor.ndim != 1:
+        raise ValueError(f"rank_best_first: scores must be 1-D (one search), got shape {tuple(score_tensor.shape)}")
+    values = score_tensor.tolist()
+    finite = [index for index, value in enumerate(values) if math.isfinite(value)]
+    return sorted(finite, key=lambda index: (-values[index], index))
 
 
 def check_base_noise(base_noise: Tensor) -> Tensor:

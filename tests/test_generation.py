@@ -34,7 +34,7 @@ def test_clean_latents_are_the_pipelines_final_latents(generator, tiny_pipe):
     noises = generator.initial_noise(7, batch_size=2)
     kept = generator.generate(noises, embeds).clean_latents
     reference = tiny_pipe(
-        prompt_embeds=torch.cat([embeds.positive[0]] * 2),
+        prompt_embeds=torch.cat([embeds.prompt_embeds] * 2),
         latents=noises,
         height=generator.height,
         width=generator.width,
@@ -79,7 +79,7 @@ def test_base_model_uses_cfg(kit_dir):
     base = generator_for_pipeline(pipe, num_inference_steps=3)
     assert not base.is_distilled and base.uses_cfg and base.guidance_scale == 4.0
     embeds = base.encode_prompt("a cat")
-    assert embeds.negative is not None
+    assert embeds.negative_prompt_embeds is not None
     noises = base.initial_noise(0, batch_size=2)
     cfg = base.generate(noises, embeds).images
     no_cfg = generator_for_pipeline(pipe, num_inference_steps=3, guidance_scale=1.0)
@@ -129,4 +129,28 @@ def test_cfg_negative_embedding_is_encoded_once_and_shared(kit_dir):
 
     generator = generator_for_pipeline(load_pipeline("tiny-base", dtype="float32"))
     first, second = generator.encode_prompt("a cat"), generator.encode_prompt("a dog")
-    assert first.negative is not None and first.negative is second.negative
+    assert first.negative_prompt_embeds is not None and first.negative_prompt_embeds is second.negative_prompt_embeds
+
+
+def test_kit_settings_come_from_loading_not_from_generation(kit_dir, tiny_pipe):
+    from tscale_train.generation import Flux2KleinGenerator
+    from tscale_train.loading import generator_defaults
+
+    defaults = generator_defaults("tiny")
+    assert defaults == {"text_encoder_out_layers": (1, 2), "max_sequence_length": 64, "default_resolution": 64}
+    assert generator_defaults("black-forest-labs/FLUX.2-klein-4B") == {}
+    explicit = Flux2KleinGenerator(tiny_pipe, **defaults)
+    implicit = generator_for_pipeline(tiny_pipe)  # the pipe loaded by load_pipeline carries them
+    for generator in (explicit, implicit):
+        assert generator.text_encoder_out_layers == (1, 2) and generator.max_sequence_length == 64
+        assert (generator.height, generator.width) == (64, 64)
+    assert generator_for_pipeline(tiny_pipe, default_resolution=32, max_sequence_length=None).height == 32
+    assert generator_for_pipeline(tiny_pipe, max_sequence_length=None).max_sequence_length == 64
+
+
+def test_prompt_embeds_named_fields(generator):
+    embeds = generator.encode_prompt("a cat")
+    assert embeds.prompt == "a cat" and embeds.negative_prompt_embeds is None and embeds.negative_text_ids is None
+    assert embeds.prompt_embeds.shape[:2] == (1, generator.max_sequence_length) and embeds.text_ids.shape[0] == 1
+    moved = embeds.to("cpu")
+    assert torch.equal(moved.prompt_embeds, embeds.prompt_embeds) and moved.negative_prompt_embeds is None

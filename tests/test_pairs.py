@@ -18,8 +18,10 @@ from tscale_train.pairs import (
     PAIR_FEATURES,
     PAIRING_STRATEGIES,
     PairIndices,
+    PairRecord,
     PairStore,
     record_latents,
+    records_from_search,
     select_pairs,
     to_pickapic,
 )
@@ -390,3 +392,152 @@ def test_to_pickapic_needs_the_pair_columns(tmp_path):
     store.write_shard([_record(0, 0)], 0, 0)
     with pytest.raises(ValueError, match="chosen_image"):
         to_pickapic(store.load().remove_columns(["chosen_image"]))
+
+
+# ---- PairRecord ------------------------------------------------------------------------------
+
+
+def _search(prompt: str = "a cat", seed: int = 7, budget: int = 6, shape=(4, 3, 5)):
+    from search import SearchResult
+    from tscale_train.ses import PromptSearch
+
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.tensor([0.5, 0.2, 0.9, float("nan"), 0.1, 0.7][:budget])
+    search = SearchResult(
+        best_noise=torch.zeros(1, *shape), best_score=0.9, best_index=2, scores=scores
+    )
+    return PromptSearch(
+        prompt=prompt,
+        seed=seed,
+        search=search,
+        clean_latents=torch.randn((budget, *shape), generator=generator).to(torch.bfloat16),
+        previews=torch.randint(0, 256, (budget, 3, 8, 8), generator=generator, dtype=torch.uint8),
+    )
+
+
+def test_pair_record_from_search():
+    result = _search()
+    records = records_from_search(result, prompt_index=4, round_index=2, strategy="top_k_vs_bottom_k", k=2)
+    pairs = select_pairs(result.search.scores, "top_k_vs_bottom_k", k=2)
+    assert [(r.chosen_index, r.rejected_index) for r in records] == [(p.chosen_index, p.rejected_index) for p in pairs]
+    first = records[0]
+    assert (first.prompt, first.prompt_index, first.round, first.seed, first.strategy) == ("a cat", 4, 2, 7, "top_k_vs_bottom_k")
+    assert first.chosen_score == float(result.search.scores[2]) and first.margin == pytest.approx(pairs[0].margin)
+    assert torch.equal(first.chosen_latents, result.clean_latents[2])
+    assert torch.equal(first.rejected_preview, result.previews[first.rejected_index])
+    # Copies: keeping a record does not keep the whole search's candidates alive.
+    assert first.chosen_latents.untyped_storage().data_ptr() != result.clean_latents.untyped_storage().data_ptr()
+    assert records_from_search(result, 0, 0, "best_vs_worst", min_margin=10.0) == []
+    result.clean_latents = None
+    with pytest.raises(ValueError, match="keep_latents"):
+        records_from_search(result, 0, 0, "best_vs_worst")
+
+
+def test_record_layout_is_spelled_once():
+    from dataclasses import fields
+
+    from tscale_train.pairs import _REQUIRED_RECORD_KEYS
+
+    names = [field.name for field in fields(PairRecord)]
+    assert list(_REQUIRED_RECORD_KEYS) == [
+        {"chosen_preview": "chosen_image", "rejected_preview": "rejected_image"}.get(name, name) for name in names
+    ]
+    assert set(PAIR_FEATURES) == set(_REQUIRED_RECORD_KEYS) | {"margin", "latent_shape"}
+
+
+def test_pair_record_round_trip_through_the_store(tmp_path):
+    store = PairStore(tmp_path)
+    records = records_from_search(_search(), prompt_index=3, round_index=1, strategy="top_k_vs_bottom_k", k=2)
+    records.append(records_from_search(_search("a dog", seed=8), 5, 1, "best_vs_base")[0])
+    records[-1].chosen_preview = records[-1].rejected_preview = None
+    store.write_shard(records, round_index=1, process_index=0)
+    dataset = store.load()
+    assert dataset.features == PAIR_FEATURES
+    loaded = store.load_records()
+    for record, row, back in zip(records, dataset, loaded, strict=True):
+        for name in ("prompt", "prompt_index", "round", "seed", "strategy", "chosen_index", "rejected_index",
+                     "chosen_score", "rejected_score"):  # fmt: skip
+            assert row[name] == getattr(record, name) == getattr(back, name)
+        assert row["margin"] == record.margin == back.margin
+        assert torch.equal(back.chosen_latents, record.chosen_latents.float())  # bit-exact from bf16
+        assert torch.equal(back.rejected_latents, record.rejected_latents.float())
+        assert back.chosen_preview is None and back.rejected_preview is None  # never decoded
+        for preview, column in ((record.chosen_preview, "chosen_image"), (record.rejected_preview, "rejected_image")):
+            if preview is None:
+                assert row[column] is None
+            else:  # uint8 [3, s, s] -> PNG -> the same pixels
+                assert np.array_equal(np.asarray(row[column]), preview.permute(1, 2, 0).numpy())
+
+
+def test_dict_and_pair_records_write_the_same_rows(tmp_path):
+    record = records_from_search(_search(), 0, 0, "best_vs_worst")[0]
+    as_dict = {name: getattr(record, name) for name in PAIR_FEATURES if hasattr(record, name) and name != "margin"}
+    for preview, column in (("chosen_preview", "chosen_image"), ("rejected_preview", "rejected_image")):
+        as_dict[column] = Image.fromarray(getattr(record, preview).permute(1, 2, 0).numpy())
+    PairStore(tmp_path / "a").write_shard([record], 0, 0)
+    PairStore(tmp_path / "b").write_shard([as_dict], 0, 0)
+    first, second = PairStore(tmp_path / "a").load()[0], PairStore(tmp_path / "b").load()[0]
+    for name in PAIR_FEATURES:
+        if name.endswith("_image"):
+            assert np.array_equal(np.asarray(first[name]), np.asarray(second[name]))
+        else:
+            assert first[name] == second[name]
+    with pytest.raises(ValueError, match="margin"):
+        PairStore(tmp_path / "c").write_shard([dict(as_dict, margin=record.margin + 1)], 0, 0)
+    bad = records_from_search(_search(), 0, 0, "best_vs_worst")[0]
+    bad.chosen_preview = bad.chosen_preview.float()
+    with pytest.raises(ValueError, match="uint8"):
+        PairStore(tmp_path / "d").write_shard([bad], 0, 0)
+
+
+def test_process_filter_and_replay_read_without_decoding_previews(tmp_path, monkeypatch):
+    store = PairStore(tmp_path)
+    for round_index in range(3):
+        for process_index in range(2):
+            store.write_shard([_record(round_index, 10 * process_index + i) for i in range(2)], round_index, process_index)
+    assert [p.parent.name + "/" + p.name for p in store.shard_paths(rounds=[0, 2], process=1)] == [
+        "round_00000/process_00001",
+        "round_00002/process_00001",
+    ]
+    assert store.load(rounds=[1, 2], process=0)["prompt_index"] == [0, 1, 0, 1]
+    assert store.load(process=7).num_rows == 0
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError("a preview PNG was decoded")
+
+    monkeypatch.setattr(datasets.Image, "decode_example", no_decoding)
+    with pytest.raises(AssertionError, match="decoded"):
+        store.load()[0]  # the patch does catch a decode
+    replay = store.load_records(rounds=range(1, 3), process=1)
+    expected = [_record(r, 10 + i) for r in (1, 2) for i in range(2)]
+    assert [(r.round, r.prompt_index, r.prompt) for r in replay] == [
+        (e["round"], e["prompt_index"], e["prompt"]) for e in expected
+    ]
+    for back, record in zip(replay, expected, strict=True):
+        assert torch.equal(back.chosen_latents, record["chosen_latents"])
+        assert torch.equal(back.rejected_latents, record["rejected_latents"])
+    assert store.load_records(rounds=[5]) == []
+
+
+def test_atomic_directory_swaps_in_whole_or_not_at_all(tmp_path):
+    from tscale_train.io_utils import atomic_directory
+
+    target = tmp_path / "built"
+    with atomic_directory(target) as staging:
+        assert not staging.exists() and staging.parent == tmp_path and staging.name.startswith(".built.tmp-")
+        staging.mkdir()
+        (staging / "a").write_text("first")
+    assert (target / "a").read_text() == "first"
+    with pytest.raises(RuntimeError), atomic_directory(target) as staging:
+        staging.mkdir()
+        (staging / "a").write_text("second")
+        raise RuntimeError
+    assert (target / "a").read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["built"]
+    with atomic_directory(target) as staging:
+        staging.mkdir()
+        (staging / "b").write_text("third")
+    assert [p.name for p in target.iterdir()] == ["b"] and [p.name for p in tmp_path.iterdir()] == ["built"]
+    (tmp_path / ".built.tmp-killed").mkdir()
+    with atomic_directory(target, remove_stale=True) as staging:
+        staging.mkdir()
+    assert [p.name for p in tmp_path.iterdir()] == ["built"]

@@ -394,3 +394,18 @@ def test_images_to_pixels_keeps_tensors_on_their_device_and_stacks_same_size_pil
     assert 0.0 <= float(stacked.min()) and float(stacked.max()) <= 1.0
     mixed = images_to_pixels([pils[0], pils[0].resize((8, 8))])
     assert isinstance(mixed, list) and [tuple(t.shape) for t in mixed] == [(3, 16, 24), (3, 8, 8)]
+
+
+def test_one_local_path_rule(tmp_path):
+    from rewards.paths import check_local_path, looks_like_local_path
+    from rewards.pickscore import check_local_path as pickscore_check
+
+    assert pickscore_check is check_local_path
+    for local in ("./model", "../model", "/abs/model", "~/model", ".hidden", "a/b/c", "a\\b", Path("rel")):
+        assert looks_like_local_path(local), local
+    for hub in ("org/name", "yuvalkirstain/PickScore_v1", "name"):
+        assert not looks_like_local_path(hub), hub
+    assert check_local_path("org/name", "model") == "org/name"
+    assert check_local_path(str(tmp_path), "model") == str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        check_local_path(str(tmp_path / "missing"), "PickScore model")

@@ -590,3 +590,15 @@ def test_cuda_noise_gives_the_same_search_as_cpu():
     cpu.tell(objective(cpu_noises))
     cuda.tell(objective(cuda_noises))
     assert torch.allclose(cpu.result().low_bands, cuda.result().low_bands)
+
+
+def test_rank_best_first_and_base_score():
+    from search import SearchResult, rank_best_first
+
+    scores = torch.tensor([0.3, 0.9, float("nan"), 0.9, float("inf"), 0.1, float("-inf"), 0.3])
+    assert rank_best_first(scores) == [1, 3, 0, 7, 5]  # ties keep evaluation order; non-finite dropped
+    assert rank_best_first([0.2, 0.5]) == [1, 0] and rank_best_first(torch.tensor([math.nan])) == []
+    with pytest.raises(ValueError, match="1-D"):
+        rank_best_first(torch.zeros(2, 2))
+    result = SearchResult(best_noise=torch.zeros(1, 1, 2, 2), best_score=0.9, best_index=1, scores=scores)
+    assert result.base_score == pytest.approx(0.3) and isinstance(result.base_score, float)

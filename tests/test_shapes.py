@@ -106,7 +106,7 @@ def test_generation_is_finite_at_256px_bf16(shapes_pipe):
     assert (generator.height, generator.width, generator.num_inference_steps) == (256, 256, 4)
     assert generator.noise_shape == (128, 16, 16)
     embeds = generator.encode_prompt("a cat")
-    assert embeds.positive[0].shape == (1, 64, 7680) and embeds.positive[0].isfinite().all()
+    assert embeds.prompt_embeds.shape == (1, 64, 7680) and embeds.prompt_embeds.isfinite().all()
     output = generator.generate(generator.initial_noise(0, batch_size=2), embeds)
     assert output.images.shape == (2, 3, 256, 256)
     assert output.images.isfinite().all() and output.clean_latents.isfinite().all()

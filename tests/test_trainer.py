@@ -197,7 +197,8 @@ def test_prompts_are_encoded_per_round_into_a_bounded_cache(tmp_path, kit_dir):
     assert cache.encoded_count == 4  # this round's prompts, not all 40
     assert len(cache) <= 3
     embeds = cache.get(["prompt number 0", "prompt number 1"])
-    assert embeds[0].negative is not None and embeds[0].negative is embeds[1].negative  # one shared negative
+    assert embeds[0].negative_prompt_embeds is not None
+    assert embeds[0].negative_prompt_embeds is embeds[1].negative_prompt_embeds  # one shared negative
     assert trainer.pipe.text_encoder.device.type == "cpu"
 
 

@@ -14,33 +14,41 @@ SD3, Qwen-Image) is one more subclass registered in `GENERATOR_CLASSES`.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
+
+from .real_configs import FLUX2_KLEIN_MAX_SEQUENCE_LENGTH, FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS
+
+# Where `loading.load_pipeline` leaves the generator settings a kit pipeline records next to itself
+# (`loading.generator_defaults`); `generator_for_pipeline` uses them unless the caller passes its own.
+GENERATOR_DEFAULTS_ATTRIBUTE = "_tscale_generator_defaults"
+
 
 
 @dataclass
 class PromptEmbeds:
-    """One prompt's cached conditioning (batch 1); `negative` is set when CFG is used."""
+    """One prompt's cached conditioning (batch 1); the negative pair is set when CFG is used."""
 
     prompt: str
-    positive: Any
-    negative: Any | None = None
+    prompt_embeds: torch.Tensor
+    text_ids: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None = None
+    negative_text_ids: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> PromptEmbeds:
-        def move(value):
-            if isinstance(value, torch.Tensor):
-                return value.to(device)
-            if isinstance(value, tuple):
-                return tuple(move(item) for item in value)
-            return value
+        def move(value: torch.Tensor | None) -> torch.Tensor | None:
+            return None if value is None else value.to(device)
 
-        return PromptEmbeds(self.prompt, move(self.positive), move(self.negative))
+        return PromptEmbeds(
+            self.prompt,
+            move(self.prompt_embeds),
+            move(self.text_ids),
+            move(self.negative_prompt_embeds),
+            move(self.negative_text_ids),
+        )
 
 
 @dataclass
@@ -61,10 +69,12 @@ class FlowGenerator(ABC):
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         eval_batch_size: int = 8,
+        default_resolution: int | None = None,
     ) -> None:
         multiple = self.resolution_multiple(pipe)
-        height = height or self.default_resolution(pipe)
-        width = width or self.default_resolution(pipe)
+        default_resolution = default_resolution or self.native_resolution(pipe)
+        height = height or default_resolution
+        width = width or default_resolution
         if height % multiple or width % multiple or height <= 0 or width <= 0:
             raise ValueError(
                 f"height and width must be positive multiples of {multiple} for this pipeline, got "
@@ -88,8 +98,8 @@ class FlowGenerator(ABC):
 
     @staticmethod
     @abstractmethod
-    def default_resolution(pipe) -> int:
-        """Image height and width used when none is given."""
+    def native_resolution(pipe) -> int:
+        """The pipeline's own default image height and width (used when neither they nor `default_resolution` is given)."""
 
     @abstractmethod
     def default_num_inference_steps(self) -> int: ...
@@ -181,11 +191,17 @@ class Flux2KleinGenerator(FlowGenerator):
     `[N, transformer.in_channels, H/16, W/16]`, which is what the pipeline's `latents=` takes.
     """
 
-    def __init__(self, pipe, *, max_sequence_length: int | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        pipe,
+        *,
+        max_sequence_length: int | None = FLUX2_KLEIN_MAX_SEQUENCE_LENGTH,
+        text_encoder_out_layers: Sequence[int] = FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS,
+        **kwargs,
+    ) -> None:
         super().__init__(pipe, **kwargs)
-        defaults = _tiny_defaults(pipe)
-        self.max_sequence_length = max_sequence_length or defaults.get("max_sequence_length", 512)
-        self.text_encoder_out_layers = tuple(defaults.get("text_encoder_out_layers", (9, 18, 27)))
+        self.max_sequence_length = max_sequence_length or FLUX2_KLEIN_MAX_SEQUENCE_LENGTH
+        self.text_encoder_out_layers = tuple(text_encoder_out_layers)
         self._negative: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
@@ -193,8 +209,8 @@ class Flux2KleinGenerator(FlowGenerator):
         return pipe.vae_scale_factor * 2
 
     @staticmethod
-    def default_resolution(pipe) -> int:
-        return _tiny_defaults(pipe).get("resolution", pipe.default_sample_size * pipe.vae_scale_factor)
+    def native_resolution(pipe) -> int:
+        return pipe.default_sample_size * pipe.vae_scale_factor
 
     @property
     def is_distilled(self) -> bool:
@@ -225,15 +241,14 @@ class Flux2KleinGenerator(FlowGenerator):
                 text_encoder_out_layers=self.text_encoder_out_layers,
             )
 
-        positive = encode(prompt)
-        negative = None
-        if self.uses_cfg:
-            # The pipeline's own negative prompt for CFG is the empty string: encode it once and
-            # share it between all prompts (one 512 x 7680 embedding, not one per prompt).
-            if self._negative is None:
-                self._negative = encode("")
-            negative = self._negative
-        return PromptEmbeds(prompt=prompt, positive=positive, negative=negative)
+        prompt_embeds, text_ids = encode(prompt)
+        if not self.uses_cfg:
+            return PromptEmbeds(prompt, prompt_embeds, text_ids)
+        # The pipeline's own negative prompt for CFG is the empty string: encode it once and
+        # share it between all prompts (one 512 x 7680 embedding, not one per prompt).
+        if self._negative is None:
+            self._negative = encode("")
+        return PromptEmbeds(prompt, prompt_embeds, text_ids, *self._negative)
 
     def _generate_batch(self, noises, embeds, num_inference_steps):
         final_latents: dict[str, torch.Tensor] = {}
@@ -250,7 +265,7 @@ class Flux2KleinGenerator(FlowGenerator):
             return {"latents": latents.to(transformer_dtype)}
 
         call_kwargs = dict(
-            prompt_embeds=torch.cat([item.positive[0] for item in embeds]).to(self.device, transformer_dtype),
+            prompt_embeds=torch.cat([item.prompt_embeds for item in embeds]).to(self.device, transformer_dtype),
             latents=noises.to(self.device, transformer_dtype),
             height=self.height,
             width=self.width,
@@ -263,7 +278,7 @@ class Flux2KleinGenerator(FlowGenerator):
             callback_on_step_end_tensor_inputs=["latents"],
         )
         if self.uses_cfg:
-            call_kwargs["negative_prompt_embeds"] = torch.cat([item.negative[0] for item in embeds]).to(
+            call_kwargs["negative_prompt_embeds"] = torch.cat([item.negative_prompt_embeds for item in embeds]).to(
                 self.device, transformer_dtype
             )
         self.pipe.set_progress_bar_config(disable=True)
@@ -292,8 +307,8 @@ class Flux2KleinGenerator(FlowGenerator):
 
     def predict_velocity(self, transformer, noisy_latents, sigmas, embeds):
         batch = noisy_latents.shape[0]
-        prompt_embeds = _stack_embeds_positive(embeds).to(noisy_latents.device, noisy_latents.dtype)
-        text_ids = torch.cat([item.positive[1] for item in embeds]).to(noisy_latents.device)
+        prompt_embeds = torch.cat([item.prompt_embeds for item in embeds]).to(noisy_latents.device, noisy_latents.dtype)
+        text_ids = torch.cat([item.text_ids for item in embeds]).to(noisy_latents.device)
         latent_ids = self.pipe._prepare_latent_ids(noisy_latents).to(noisy_latents.device)
         prediction = transformer(
             hidden_states=self._pack(noisy_latents),
@@ -307,29 +322,23 @@ class Flux2KleinGenerator(FlowGenerator):
         return self._unpack(prediction)
 
 
-def _stack_embeds_positive(embeds: list[PromptEmbeds]) -> torch.Tensor:
-    return torch.cat([item.positive[0] for item in embeds], dim=0)
-
-
-def _tiny_defaults(pipe) -> dict:
-    """Settings that the tiny kit records next to its pipeline (layers and text length of its text encoder)."""
-    name_or_path = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path")
-    if not name_or_path:
-        return {}
-    marker = Path(str(name_or_path)) / "tscale_tiny.json"
-    return json.loads(marker.read_text()) if marker.is_file() else {}
-
-
 GENERATOR_CLASSES: dict[str, type[FlowGenerator]] = {
     "Flux2KleinPipeline": Flux2KleinGenerator,
 }
 
 
 def generator_for_pipeline(pipe, **kwargs) -> FlowGenerator:
-    """The `FlowGenerator` for a loaded diffusers pipeline."""
+    """The `FlowGenerator` for a loaded diffusers pipeline.
+
+    `kwargs` go to the generator class. Settings that a pipeline loaded by `loading.load_pipeline`
+    carries (a kit model's text-encoder layers, text length and default size; see
+    `loading.generator_defaults`) fill in whatever `kwargs` leave out or pass as None.
+    """
     name = type(pipe).__name__
     if name not in GENERATOR_CLASSES:
         raise ValueError(
             f"pipelines of class {name} are not supported yet; supported: {sorted(GENERATOR_CLASSES)}."
         )
-    return GENERATOR_CLASSES[name](pipe, **kwargs)
+    settings = dict(getattr(pipe, GENERATOR_DEFAULTS_ATTRIBUTE, None) or {})
+    settings.update({key: value for key, value in kwargs.items() if value is not None or key not in settings})
+    return GENERATOR_CLASSES[name](pipe, **settings)

@@ -12,14 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .tiny import (
-    SHAPES_MODEL_NAME,
-    TINY_MODEL_NAME,
-    default_kit_dir,
-    ensure_tiny_kit,
-    shapes_pipeline_dir,
-    tiny_pipeline_dir,
-)
+from rewards.paths import looks_like_local_path
+
+from .generation import GENERATOR_DEFAULTS_ATTRIBUTE
 
 SUPPORTED_PIPELINES = ("Flux2KleinPipeline",)
 DEFAULT_MODEL = "black-forest-labs/FLUX.2-klein-4B"
@@ -42,11 +37,12 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+# The offline kit's model names (`tscale_train.tiny` is imported only when one is used).
 # `tiny` is the distilled tiny klein, `tiny-base` the undistilled (CFG) flavour.
-TINY_MODELS = {TINY_MODEL_NAME: True, f"{TINY_MODEL_NAME}-base": False}
-# Offline random-weight kits beyond `tiny`: name -> function returning the saved pipeline directory
-# (built on first use). `shapes-klein-4b` has FLUX.2-klein-4B's real widths with one block of each kind.
-KIT_MODELS = {SHAPES_MODEL_NAME: shapes_pipeline_dir}
+TINY_MODELS = {"tiny": True, "tiny-base": False}
+# Kits beyond `tiny`, built on first use: `shapes-klein-4b` has FLUX.2-klein-4B's real widths with
+# one block of each kind.
+KIT_MODELS = ("shapes-klein-4b",)
 
 
 def is_tiny(model: str) -> bool:
@@ -55,13 +51,32 @@ def is_tiny(model: str) -> bool:
 
 
 def _kit_pipeline_dir(model: str) -> Path:
+    from .tiny import shapes_pipeline_dir, tiny_pipeline_dir
+
     if model in TINY_MODELS:
         return tiny_pipeline_dir(distilled=TINY_MODELS[model])
-    return KIT_MODELS[model]()
+    return shapes_pipeline_dir()
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1 or "\\" in name
+def _local_pipeline_dir(model: str) -> Path | None:
+    """The directory a `--model` value loads from, when it is local (a kit model or a path)."""
+    if is_tiny(model):
+        return _kit_pipeline_dir(model)
+    return Path(model).expanduser() if looks_like_local_path(model) else None
+
+
+def generator_defaults(model: str) -> dict:
+    """`generator_for_pipeline` keyword arguments that `model` itself needs: {} for real models.
+
+    A kit model (or a local copy of one) records its text-encoder layers, text length and default
+    size next to its pipeline; pass them on: `generator_for_pipeline(pipe, **generator_defaults(model))`.
+    """
+    directory = _local_pipeline_dir(model)
+    if directory is None:
+        return {}
+    from .tiny import generator_settings
+
+    return generator_settings(directory)
 
 
 def check_model_source(model: str) -> str:
@@ -74,7 +89,7 @@ def check_model_source(model: str) -> str:
         raise ValueError("--model is empty; pass a hub id (e.g. black-forest-labs/FLUX.2-klein-4B), a local dir, or 'tiny'.")
     if is_tiny(model):
         return model
-    if _looks_like_path(model):
+    if looks_like_local_path(model):
         path = Path(model).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"model path {str(path)!r} does not exist; pass a saved pipeline directory, a hub id, or 'tiny'.")
@@ -107,8 +122,9 @@ def load_pipeline(
 
     source = check_model_source(model)
     torch_dtype = parse_dtype(dtype)
-    if is_tiny(source):
-        source = str(_kit_pipeline_dir(source))
+    directory = _local_pipeline_dir(source)
+    if directory is not None:
+        source = str(directory)
     try:
         pipe = Flux2KleinPipeline.from_pretrained(source, dtype=torch_dtype)
     except OSError as error:
@@ -118,6 +134,11 @@ def load_pipeline(
         ) from error
     if device is not None:
         pipe.to(device)
+    if directory is not None:
+        # What `generator_defaults(model)` gives, carried by the pipeline for `generator_for_pipeline`.
+        from .tiny import generator_settings
+
+        setattr(pipe, GENERATOR_DEFAULTS_ATTRIBUTE, generator_settings(directory))
     return pipe
 
 
@@ -135,7 +156,7 @@ def check_lora_source(lora: str) -> str:
         if path.suffix != ".safetensors":
             raise ValueError(f"LoRA file {str(path)!r} is not .safetensors; only safetensors LoRAs are loaded (no pickles).")
         return str(path)
-    if _looks_like_path(lora) or not _HUB_ID.match(lora):
+    if looks_like_local_path(lora) or not _HUB_ID.match(lora):
         raise FileNotFoundError(f"LoRA {lora!r} not found: pass a directory with pytorch_lora_weights.safetensors or a hub id.")
     return lora
 
@@ -172,6 +193,7 @@ def reward_kwargs_for(reward: str, model: str, overrides: dict | None = None) ->
     """Keyword arguments for `rewards.load_reward`: the tiny kit's reward models when `model` is tiny."""
     kwargs: dict = {}
     if is_tiny(model):
+        from .tiny import default_kit_dir, ensure_tiny_kit
         from .tiny.rewards import tiny_reward_kwargs
 
         kwargs.update(tiny_reward_kwargs(reward, ensure_tiny_kit(default_kit_dir())))

@@ -1,8 +1,9 @@
 """Preference pairs: choosing chosen/rejected candidates from a search, and storing them on disk.
 
 A search scores ``budget`` candidate noises for one prompt (index 0 is the unsearched base noise).
-:func:`select_pairs` turns those scores into (chosen, rejected) index pairs; the online loop then
-stores each pair's clean latents, preview images and scores in a :class:`PairStore`: a Hugging Face
+:func:`select_pairs` turns those scores into (chosen, rejected) index pairs and
+:func:`records_from_search` into :class:`PairRecord` s; the online loop then stores each pair's
+clean latents, preview images and scores in a :class:`PairStore`: a Hugging Face
 ``datasets`` dataset on disk, one shard per (round, process), each written atomically so a crash
 or a full disk never leaves half a shard behind. :func:`to_pickapic` exports a store in the
 Pick-a-Pic layout that existing Diffusion-DPO training code reads.
@@ -13,14 +14,11 @@ from __future__ import annotations
 import errno
 import io
 import math
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
@@ -30,13 +28,22 @@ from datasets.table import InMemoryTable
 from PIL import Image
 from torch import Tensor
 
+from search import rank_best_first
+
+from .io_utils import atomic_directory, remove_tree
+
+if TYPE_CHECKING:
+    from .ses import PromptSearch
+
 __all__ = [
     "PAIRING_STRATEGIES",
     "PAIR_FEATURES",
     "PICKAPIC_FEATURES",
     "PairIndices",
+    "PairRecord",
     "PairStore",
     "record_latents",
+    "records_from_search",
     "select_pairs",
     "to_pickapic",
 ]
@@ -108,8 +115,7 @@ def select_pairs(
             f"{tuple(score_tensor.shape)}; call it once per search"
         )
     values = score_tensor.tolist()
-    valid = [index for index, value in enumerate(values) if math.isfinite(value)]
-    ranked = sorted(valid, key=lambda index: (-values[index], index))
+    ranked = rank_best_first(score_tensor)
 
     candidates: list[tuple[int, int]]
     if len(ranked) < 1:
@@ -117,7 +123,7 @@ def select_pairs(
     elif strategy == "best_vs_worst":
         candidates = [(ranked[0], ranked[-1])]
     elif strategy == "best_vs_base":
-        candidates = [(ranked[0], 0)] if 0 in valid else []
+        candidates = [(ranked[0], 0)] if 0 in ranked else []
     else:  # top_k_vs_bottom_k
         num_pairs = min(k, len(ranked) // 2)
         candidates = [(ranked[i], ranked[len(ranked) - 1 - i]) for i in range(num_pairs)]
@@ -132,10 +138,94 @@ def select_pairs(
 
 
 # --------------------------------------------------------------------------------------------------
+# one pair
+
+
+@dataclass
+class PairRecord:
+    """One stored preference pair: where it came from, its scores, latents and previews.
+
+    The single spelling of a pair's layout: the store's columns (:data:`PAIR_FEATURES`) and the keys
+    of the dict records :meth:`PairStore.write_shard` still accepts derive from these fields.
+    """
+
+    prompt: str
+    prompt_index: int  # the prompt's position in the run's prompt list
+    round: int
+    seed: int  # the base noise's seed
+    strategy: str  # the pairing strategy (:data:`PAIRING_STRATEGIES`)
+    chosen_index: int  # evaluation indices in the search, 0 = base noise
+    rejected_index: int
+    chosen_score: float
+    rejected_score: float
+    # Clean latents in the transformer's input space, CPU tensors of one shape (any float dtype;
+    # stored as float32, which bf16 converts to exactly).
+    chosen_latents: Tensor
+    rejected_latents: Tensor
+    # uint8 [3, s, s] thumbnails, PNG-encoded only when written; None when not kept or not loaded.
+    chosen_preview: Tensor | None = None
+    rejected_preview: Tensor | None = None
+
+    @property
+    def margin(self) -> float:
+        """``chosen_score - rejected_score``."""
+        return self.chosen_score - self.rejected_score
+
+    @classmethod
+    def from_search(
+        cls, search_result: PromptSearch, pair: PairIndices, prompt_index: int, round_index: int, strategy: str
+    ) -> PairRecord:
+        """The record of ``pair`` in a finished search (run with ``keep_latents=True``).
+
+        ``prompt_index`` is the caller's index of the prompt (duplicated prompts keep their own).
+        Latents and previews are copied out of the search's per-candidate tensors, so keeping the
+        record does not keep the whole search's candidates alive.
+        """
+        if search_result.clean_latents is None:
+            raise ValueError(
+                "PairRecord.from_search: the search kept no clean latents; run search_prompts with keep_latents=True"
+            )
+        scores, previews = search_result.search.scores, search_result.previews
+        chosen, rejected = pair.chosen_index, pair.rejected_index
+        return cls(
+            prompt=search_result.prompt,
+            prompt_index=int(prompt_index),
+            round=int(round_index),
+            seed=int(search_result.seed),
+            strategy=strategy,
+            chosen_index=chosen,
+            rejected_index=rejected,
+            chosen_score=float(scores[chosen]),
+            rejected_score=float(scores[rejected]),
+            chosen_latents=search_result.clean_latents[chosen].clone(),
+            rejected_latents=search_result.clean_latents[rejected].clone(),
+            chosen_preview=None if previews is None else previews[chosen].clone(),
+            rejected_preview=None if previews is None else previews[rejected].clone(),
+        )
+
+
+def records_from_search(
+    result: PromptSearch, prompt_index: int, round_index: int, strategy: str, k: int = 1, min_margin: float = 0.0
+) -> list[PairRecord]:
+    """The :class:`PairRecord` s of one finished search, chosen by :func:`select_pairs`, best pair first."""
+    return [
+        PairRecord.from_search(result, pair, prompt_index, round_index, strategy)
+        for pair in select_pairs(result.search.scores, strategy, k=k, min_margin=min_margin)
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
 # the on-disk store
 
 # datasets >= 4 names the variable-length list feature `List`; 3.x used `Sequence`.
 _ListFeature = getattr(datasets, "List", None) or datasets.Sequence
+
+# The record's scalar fields, each one column of this type.
+_SCALAR_TYPES: dict[str, tuple[type, str]] = {"str": (str, "string"), "int": (int, "int64"), "float": (float, "float64")}
+_SCALAR_FIELDS = {field.name: _SCALAR_TYPES[field.type][0] for field in fields(PairRecord) if field.type in _SCALAR_TYPES}
+_LATENT_COLUMNS = ("chosen_latents", "rejected_latents")
+# Previews are stored as PNG images under these names (also the keys of dict records).
+_PREVIEW_COLUMNS = {"chosen_preview": "chosen_image", "rejected_preview": "rejected_image"}
 
 # Latents are stored as flat float32 lists plus one shared `latent_shape` column. Array2D/Array3D
 # features would need the shape fixed in the schema, which differs between models and resolutions
@@ -144,40 +234,21 @@ _ListFeature = getattr(datasets, "List", None) or datasets.Sequence
 # floats per sample) passes 2**31 values at about 2000 pairs.
 PAIR_FEATURES = datasets.Features(
     {
-        "prompt": datasets.Value("string"),
-        "prompt_index": datasets.Value("int64"),
-        "round": datasets.Value("int64"),
-        "seed": datasets.Value("int64"),
-        "strategy": datasets.Value("string"),
-        "chosen_index": datasets.Value("int64"),
-        "rejected_index": datasets.Value("int64"),
-        "chosen_score": datasets.Value("float64"),
-        "rejected_score": datasets.Value("float64"),
-        "margin": datasets.Value("float64"),
+        **{
+            field.name: datasets.Value(_SCALAR_TYPES[field.type][1])
+            for field in fields(PairRecord)
+            if field.type in _SCALAR_TYPES
+        },
+        "margin": datasets.Value("float64"),  # PairRecord.margin
         "latent_shape": _ListFeature(datasets.Value("int64")),
-        "chosen_latents": datasets.LargeList(datasets.Value("float32")),
-        "rejected_latents": datasets.LargeList(datasets.Value("float32")),
-        "chosen_image": datasets.Image(),
-        "rejected_image": datasets.Image(),
+        **{name: datasets.LargeList(datasets.Value("float32")) for name in _LATENT_COLUMNS},
+        **{column: datasets.Image() for column in _PREVIEW_COLUMNS.values()},
     }
 )
 
-_REQUIRED_RECORD_KEYS = (
-    "prompt",
-    "prompt_index",
-    "round",
-    "seed",
-    "strategy",
-    "chosen_index",
-    "rejected_index",
-    "chosen_score",
-    "rejected_score",
-    "chosen_latents",
-    "rejected_latents",
-    "chosen_image",
-    "rejected_image",
-)
-_OPTIONAL_RECORD_KEYS = ("margin",)  # derived from the scores when absent
+# Keys of a dict record: the record's fields, previews under their column names.
+_REQUIRED_RECORD_KEYS = tuple(_PREVIEW_COLUMNS.get(field.name, field.name) for field in fields(PairRecord))
+_OPTIONAL_RECORD_KEYS = ("margin",)  # derived from the scores; checked when given
 
 _ROUND_DIR = re.compile(r"^round_(\d{5,})$")
 _PROCESS_DIR = re.compile(r"^process_(\d{5,})$")
@@ -191,17 +262,44 @@ def _process_dir_name(process_index: int) -> str:
     return f"process_{process_index:05d}"
 
 
-def _encode_image(image: Any, where: str) -> dict[str, Any] | None:
-    """PIL image -> ``{"bytes": PNG, "path": None}``.
+def _record_from_dict(record: dict, position: int) -> PairRecord:
+    """A dict record (the trainer's layout, PIL previews under ``chosen_image``/``rejected_image``)."""
+    missing = [key for key in _REQUIRED_RECORD_KEYS if key not in record]
+    unknown = sorted(set(record) - set(_REQUIRED_RECORD_KEYS) - set(_OPTIONAL_RECORD_KEYS))
+    if missing or unknown:
+        raise ValueError(
+            f"PairStore.write_shard: record {position} has missing keys {missing} and unknown keys "
+            f"{unknown}; a record holds exactly {', '.join(_REQUIRED_RECORD_KEYS)} (and optionally margin)"
+        )
+    columns = {value: key for key, value in _PREVIEW_COLUMNS.items()}
+    converted = PairRecord(**{columns.get(key, key): value for key, value in record.items() if key != "margin"})
+    if "margin" in record and not math.isclose(float(record["margin"]), converted.margin, rel_tol=1e-9, abs_tol=1e-12):
+        raise ValueError(
+            f"PairStore.write_shard: record {position} has margin {record['margin']} but its scores differ by "
+            f"{converted.margin}; leave margin out (it is chosen_score - rejected_score)"
+        )
+    return converted
+
+
+def _encode_preview(preview: Any, where: str) -> dict[str, Any] | None:
+    """uint8 ``[3, s, s]`` tensor (or a PIL image, from dict records) -> ``{"bytes": PNG, "path": None}``.
 
     Encoding here rather than letting ``datasets`` do it: for an image opened from a file it would
     store only the file's path, and the shard would break when that file moves.
     """
-    if image is None:
+    if preview is None:
         return None
-    if not isinstance(image, Image.Image):
+    if isinstance(preview, Tensor):
+        if preview.dtype != torch.uint8 or preview.ndim != 3 or preview.shape[0] != 3:
+            raise ValueError(
+                f"PairStore: {where} must be a uint8 tensor [3, H, W], got {preview.dtype} {tuple(preview.shape)}"
+            )
+        image = Image.fromarray(preview.detach().cpu().permute(1, 2, 0).contiguous().numpy())
+    elif isinstance(preview, Image.Image):
+        image = preview
+    else:
         raise ValueError(
-            f"PairStore: {where} must be a PIL.Image.Image (or None), got {type(image).__name__}"
+            f"PairStore: {where} must be a uint8 tensor [3, H, W], a PIL.Image.Image or None, got {type(preview).__name__}"
         )
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -218,56 +316,31 @@ def _flat_float32(latents: Any, where: str) -> tuple[np.ndarray, tuple[int, ...]
     return array.reshape(-1), tuple(int(size) for size in array.shape)
 
 
-def _records_to_columns(records: list[dict], round_index: int) -> dict[str, list]:
+def _records_to_columns(records: Sequence[PairRecord | dict], round_index: int) -> dict[str, list]:
     columns: dict[str, list] = {name: [] for name in PAIR_FEATURES}
-    allowed = set(_REQUIRED_RECORD_KEYS) | set(_OPTIONAL_RECORD_KEYS)
-    for position, record in enumerate(records):
-        missing = [key for key in _REQUIRED_RECORD_KEYS if key not in record]
-        unknown = sorted(set(record) - allowed)
-        if missing or unknown:
+    for position, given in enumerate(records):
+        record = given if isinstance(given, PairRecord) else _record_from_dict(given, position)
+        if int(record.round) != round_index:
             raise ValueError(
-                f"PairStore.write_shard: record {position} has missing keys {missing} and unknown keys "
-                f"{unknown}; a record holds exactly {', '.join(_REQUIRED_RECORD_KEYS)} (and optionally margin)"
-            )
-        if int(record["round"]) != round_index:
-            raise ValueError(
-                f"PairStore.write_shard: record {position} says round {record['round']} but the shard is "
+                f"PairStore.write_shard: record {position} says round {record.round} but the shard is "
                 f"round {round_index}; write each round's pairs into that round's shard"
             )
-        chosen, chosen_shape = _flat_float32(record["chosen_latents"], f"record {position} chosen_latents")
-        rejected, rejected_shape = _flat_float32(
-            record["rejected_latents"], f"record {position} rejected_latents"
-        )
+        chosen, chosen_shape = _flat_float32(record.chosen_latents, f"record {position} chosen_latents")
+        rejected, rejected_shape = _flat_float32(record.rejected_latents, f"record {position} rejected_latents")
         if chosen_shape != rejected_shape:
             raise ValueError(
                 f"PairStore.write_shard: record {position} has chosen_latents {chosen_shape} and "
                 f"rejected_latents {rejected_shape}; both must be the same prompt's latents of one shape"
             )
-        chosen_score = float(record["chosen_score"])
-        rejected_score = float(record["rejected_score"])
-        columns["prompt"].append(str(record["prompt"]))
-        columns["prompt_index"].append(int(record["prompt_index"]))
-        columns["round"].append(int(record["round"]))
-        columns["seed"].append(int(record["seed"]))
-        columns["strategy"].append(str(record["strategy"]))
-        columns["chosen_index"].append(int(record["chosen_index"]))
-        columns["rejected_index"].append(int(record["rejected_index"]))
-        columns["chosen_score"].append(chosen_score)
-        columns["rejected_score"].append(rejected_score)
-        columns["margin"].append(float(record.get("margin", chosen_score - rejected_score)))
+        for name, kind in _SCALAR_FIELDS.items():
+            columns[name].append(kind(getattr(record, name)))
+        columns["margin"].append(columns["chosen_score"][-1] - columns["rejected_score"][-1])
         columns["latent_shape"].append(list(chosen_shape))
         columns["chosen_latents"].append(chosen)
         columns["rejected_latents"].append(rejected)
-        columns["chosen_image"].append(
-            _encode_image(record["chosen_image"], f"record {position} chosen_image")
-        )
-        columns["rejected_image"].append(
-            _encode_image(record["rejected_image"], f"record {position} rejected_image")
-        )
+        for name, column in _PREVIEW_COLUMNS.items():
+            columns[column].append(_encode_preview(getattr(record, name), f"record {position} {column}"))
     return columns
-
-
-_LATENT_COLUMNS = ("chosen_latents", "rejected_latents")
 
 
 def _columns_to_dataset(columns: dict[str, list]) -> datasets.Dataset:
@@ -293,21 +366,13 @@ def _columns_to_dataset(columns: dict[str, list]) -> datasets.Dataset:
     return datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=PAIR_FEATURES))
 
 
-def _remove_tree(path: Path) -> None:
-    """rmtree that tolerates another process removing the same tree at the same time."""
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
-
-
 class PairStore:
     """Preference pairs on disk: ``root/round_{r:05d}/process_{p:05d}``, each a ``Dataset.save_to_disk``.
 
     One shard per (round, process), so the processes of a distributed run write without
     coordination. Each shard is written into a hidden temporary directory beside its final place
-    and renamed in (``os.replace``), so readers see whole shards or none. The schema is
-    :data:`PAIR_FEATURES`; see :meth:`write_shard` for what a record holds.
+    and renamed in (:func:`~tscale_train.io_utils.atomic_directory`), so readers see whole shards or
+    none. The schema is :data:`PAIR_FEATURES`, one row per :class:`PairRecord`.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -318,16 +383,15 @@ class PairStore:
 
     # ---- writing ------------------------------------------------------------------------------
 
-    def write_shard(self, records: list[dict], round_index: int, process_index: int) -> Path | None:
+    def write_shard(
+        self, records: Sequence[PairRecord | dict], round_index: int, process_index: int
+    ) -> Path | None:
         """Write one process's pairs of one round; returns the shard directory (None if no records).
 
-        A record is a dict with: ``prompt`` (str), ``prompt_index`` (int), ``round`` (int, must equal
-        ``round_index``), ``seed`` (int, the base noise's seed), ``strategy`` (str), ``chosen_index`` /
-        ``rejected_index`` (int, evaluation indices in the search, 0 = base noise), ``chosen_score`` /
-        ``rejected_score`` (float), ``chosen_latents`` / ``rejected_latents`` (tensors of one shape,
-        any float dtype: the clean latents in the transformer's input space), ``chosen_image`` /
-        ``rejected_image`` (PIL previews, or None), and optionally ``margin`` (default: the score
-        difference). Latents are stored as float32 (bf16 converts exactly).
+        A record is a :class:`PairRecord` (its ``round`` must equal ``round_index``) or, for now, a
+        dict with the same keys except that the previews are PIL images (or None) under
+        ``chosen_image`` / ``rejected_image``, plus optionally ``margin`` (which must equal the
+        score difference). Latents are stored as float32 (bf16 converts exactly), previews as PNG.
 
         Rewriting an existing shard replaces it whole.
 
@@ -342,32 +406,12 @@ class PairStore:
         if not records:
             return None
         dataset = _columns_to_dataset(_records_to_columns(records, round_index))
-
-        round_dir = self.root / _round_dir_name(round_index)
-        final_dir = round_dir / _process_dir_name(process_index)
-        temp_prefix = f".{_process_dir_name(process_index)}.tmp-"
-        temp_dir = round_dir / f"{temp_prefix}{uuid.uuid4().hex}"
+        final_dir = self.root / _round_dir_name(round_index) / _process_dir_name(process_index)
         try:
-            round_dir.mkdir(parents=True, exist_ok=True)
-            # Leftovers of this process's own earlier writes that were killed mid-way (SIGKILL
-            # leaves no chance to clean up); no other process writes under this prefix.
-            for stale in round_dir.glob(f"{temp_prefix}*"):
-                _remove_tree(stale)
-            dataset.save_to_disk(str(temp_dir))
-            if final_dir.exists():
-                # os.replace cannot replace a non-empty directory: move the old shard aside first.
-                retired = round_dir / f"{temp_prefix}old-{uuid.uuid4().hex}"
-                os.replace(final_dir, retired)
-                try:
-                    os.replace(temp_dir, final_dir)
-                except BaseException:
-                    os.replace(retired, final_dir)  # put the old shard back rather than lose it
-                    raise
-                _remove_tree(retired)
-            else:
-                os.replace(temp_dir, final_dir)
+            # Stale leftovers are this process's own killed writes: no other process writes this shard.
+            with atomic_directory(final_dir, remove_stale=True) as staging:
+                dataset.save_to_disk(str(staging))
         except OSError as error:
-            _remove_tree(temp_dir)
             if error.errno == errno.ENOSPC:
                 raise OSError(
                     errno.ENOSPC,
@@ -375,9 +419,6 @@ class PairStore:
                     f"shard was removed and earlier shards are intact. Free space on the disk holding "
                     f"{self.root} or move the run's output_dir to a larger disk, then resume",
                 ) from error
-            raise
-        except BaseException:
-            _remove_tree(temp_dir)
             raise
         return final_dir
 
@@ -392,7 +433,7 @@ class PairStore:
         for entry in self.root.iterdir():
             match = _ROUND_DIR.match(entry.name)
             if match and entry.is_dir() and int(match.group(1)) > round_index:
-                _remove_tree(entry)
+                remove_tree(entry)
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -400,24 +441,45 @@ class PairStore:
         """Sorted indices of the rounds that hold at least one complete shard."""
         return sorted({self._round_of(path) for path in self._all_shards()})
 
-    def shard_paths(self, rounds: Iterable[int] | None = None) -> list[Path]:
-        """Complete shard directories in (round, process) order, optionally only of ``rounds``."""
+    def shard_paths(self, rounds: Iterable[int] | None = None, process: int | None = None) -> list[Path]:
+        """Complete shard directories in (round, process) order, optionally only of ``rounds`` / ``process``."""
         wanted = None if rounds is None else {int(r) for r in rounds}
-        return [path for path in self._all_shards() if wanted is None or self._round_of(path) in wanted]
+        return [
+            path
+            for path in self._all_shards()
+            if (wanted is None or self._round_of(path) in wanted)
+            and (process is None or path.name == _process_dir_name(process))
+        ]
 
-    def load(self, rounds: Iterable[int] | None = None) -> datasets.Dataset:
-        """All pairs (or those of ``rounds``; absent rounds are skipped) as one dataset.
+    def load(self, rounds: Iterable[int] | None = None, process: int | None = None) -> datasets.Dataset:
+        """All pairs (or those of ``rounds``, of ``process``; absent ones are skipped) as one dataset.
 
         Rows come in (round, process, write) order. The dataset is memory-mapped from the shards.
-        For training, select the columns you need and use ``with_format("numpy")`` (or "torch") so
-        that latents come back as arrays rather than Python lists and previews are not decoded; see
-        :func:`record_latents`. An empty selection gives an empty dataset with the full schema.
+        For training, use :meth:`load_records` (latents as tensors, previews never decoded). An empty
+        selection gives an empty dataset with the full schema.
         """
-        paths = self.shard_paths(rounds)
+        paths = self.shard_paths(rounds, process)
         if not paths:
             return datasets.Dataset.from_dict({name: [] for name in PAIR_FEATURES}, features=PAIR_FEATURES)
         shards = [datasets.load_from_disk(str(path)) for path in paths]
         return shards[0] if len(shards) == 1 else datasets.concatenate_datasets(shards)
+
+    def load_records(self, rounds: Iterable[int] | None = None, process: int | None = None) -> list[PairRecord]:
+        """The stored pairs (of ``rounds``, of ``process``) as :class:`PairRecord` s, without previews.
+
+        For replaying past rounds in training: only the scalar and latent columns are read, in numpy
+        format (no Python lists of floats), and the preview PNGs are never decoded (``*_preview`` is
+        None). Latents come back as float32 CPU tensors of their original shape.
+        """
+        columns = [*_SCALAR_FIELDS, "latent_shape", *_LATENT_COLUMNS]
+        records = []
+        for path in self.shard_paths(rounds, process):
+            shard = datasets.load_from_disk(str(path)).select_columns(columns).with_format("numpy")
+            for row in shard:
+                chosen, rejected = record_latents(row)
+                scalars = {name: kind(row[name]) for name, kind in _SCALAR_FIELDS.items()}
+                records.append(PairRecord(**scalars, chosen_latents=chosen, rejected_latents=rejected))
+        return records
 
     def num_pairs(self) -> int:
         """Number of stored pairs over all rounds."""
@@ -443,7 +505,6 @@ class PairStore:
                 if process_match and shard_entry.is_dir():
                     shards.append((int(round_match.group(1)), int(process_match.group(1)), shard_entry))
         return [path for _, _, path in sorted(shards)]
-
 
 # --------------------------------------------------------------------------------------------------
 # reading records

@@ -2,18 +2,18 @@
 
 `search_prompts` runs one Spectral Evolution Search per (prompt, seed) in lockstep through the
 ask/tell object, so every generation of every search is generated and scored in shared batches.
-Under `accelerate launch` with `split_candidates=True`, each batch of candidates is divided between
-the processes and the scores gathered, so every process keeps the same CEM state and N processes
+Under `accelerate launch` with `split_across=PartialState()`, each batch of candidates is divided
+between the processes and the scores gathered, so every process keeps the same CEM state and N processes
 search N times faster. `ses_generate` is the one-prompt convenience API.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,9 @@ from tqdm.auto import tqdm
 from search import SearchResult, SESConfig, SpectralEvolutionSearch
 
 from .generation import FlowGenerator, PromptEmbeds, generator_for_pipeline
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class SESOutput:
 
     @property
     def base_score(self) -> float:
-        return float(self.search.scores[0])
+        return self.search.base_score
 
 
 class _Evaluator:
@@ -67,7 +70,7 @@ class _Evaluator:
         generator: FlowGenerator,
         reward: Reward,
         num_inference_steps: int,
-        split_across=None,
+        split_across: PartialState | None = None,
         keep_latents: bool = False,
         preview_size: int | None = None,
     ) -> None:
@@ -76,7 +79,7 @@ class _Evaluator:
         self.num_inference_steps = num_inference_steps
         self.state = split_across if split_across is not None and split_across.num_processes > 1 else None
         if self.state is not None and (keep_latents or preview_size):
-            raise ValueError("keeping latents or previews needs every candidate on one process; use split_candidates=False.")
+            raise ValueError("keeping latents or previews needs every candidate on one process; pass split_across=None.")
         self.keep_latents = keep_latents
         self.preview_size = preview_size
 
@@ -118,11 +121,11 @@ def search_prompts(
     prompts: Sequence[str],
     seeds: Sequence[int],
     *,
-    budget: int = 50,
+    budget: int = 20,
     config: SESConfig | None = None,
     preview_steps: int | None = None,
     embeds: Sequence[PromptEmbeds] | Callable[[Sequence[str]], list[PromptEmbeds]] | None = None,
-    split_across=None,
+    split_across: PartialState | None = None,
     keep_latents: bool = False,
     preview_size: int | None = None,
     group_size: int | None = DEFAULT_SEARCH_GROUP_SIZE,
@@ -139,7 +142,8 @@ def search_prompts(
     group with `generator.encode_prompt`. `group_size` bounds the candidates of one generation to
     `popsize x group_size` (None: every prompt in one group).
     """
-    config = config or SESConfig()
+    # As in `SearchConfig`: a budget below the default population is one generation, not an error.
+    config = config or SESConfig(popsize=min(SESConfig.popsize, budget))
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds.")
     validate_search_args(budget, config)
@@ -247,7 +251,7 @@ def ses_generate(
     prompt: str,
     reward: Reward,
     *,
-    budget: int = 50,
+    budget: int = 20,
     seed: int = 0,
     config: SESConfig | None = None,
     preview_steps: int | None = None,
@@ -255,8 +259,8 @@ def ses_generate(
     height: int | None = None,
     width: int | None = None,
     guidance_scale: float | None = None,
-    eval_batch_size: int = 8,
-    split_across=None,
+    eval_batch_size: int = 4,
+    split_across: PartialState | None = None,
     progress: bool = True,
 ) -> SESOutput:
     """Search the initial noise of `pipe` for `prompt` and render the best one.
@@ -319,11 +323,11 @@ def plot_trace(search: SearchResult, path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    best_so_far = torch.cummax(torch.nan_to_num(search.scores, nan=-math.inf), dim=0).values
+    best_so_far = search.best_so_far()
     evaluations = torch.arange(1, len(best_so_far) + 1)
     figure, axis = plt.subplots(figsize=(5, 3.2), dpi=120)
     axis.plot(evaluations.numpy(), best_so_far.numpy(), label="SES best so far")
-    axis.axhline(float(search.scores[0]), color="gray", linestyle="--", label="base noise")
+    axis.axhline(search.base_score, color="gray", linestyle="--", label="base noise")
     axis.set_xlabel("evaluations")
     axis.set_ylabel("reward")
     axis.set_title(title[:60])

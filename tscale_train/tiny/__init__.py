@@ -8,13 +8,14 @@ real models loads these from that directory through the same code. The model nam
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
+
+from ..io_utils import atomic_directory
 
 TINY_MODEL_NAME = "tiny"
 # Bump when a tiny config changes, so stale caches are rebuilt instead of silently reused.
@@ -22,6 +23,8 @@ KIT_VERSION = "v1"
 FLUX2_DISTILLED_SUBDIR = "flux2-klein"
 FLUX2_BASE_SUBDIR = "flux2-klein-base"
 _COMPLETE_MARKER = ".complete"
+# Written next to each kit pipeline: the settings its generator needs (see `generator_settings`).
+KIT_MARKER = "tscale_tiny.json"
 
 
 def default_kit_dir() -> Path:
@@ -74,16 +77,31 @@ def _build_once(target: Path, build: Callable[[Path], object], stamp: str, *, ex
     with FileLock(str(target) + ".lock"):
         if complete():
             return target
-        staging = Path(tempfile.mkdtemp(prefix="." + target.name + ".", dir=target.parent))
-        try:
+        with atomic_directory(target, remove_stale=True) as staging:  # under the lock: no one else builds it
+            staging.mkdir()
             build(staging)
             (staging / _COMPLETE_MARKER).write_text(stamp)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def generator_settings(pipeline_dir: str | Path) -> dict:
+    """`FlowGenerator` keyword arguments a kit pipeline records in its `tscale_tiny.json`; {} elsewhere.
+
+    `text_encoder_out_layers`, `max_sequence_length` and `default_resolution` (the marker's
+    `resolution`), whichever the marker holds.
+    """
+    marker = Path(pipeline_dir) / KIT_MARKER
+    if not marker.is_file():
+        return {}
+    recorded = json.loads(marker.read_text())
+    settings: dict = {}
+    if "text_encoder_out_layers" in recorded:
+        settings["text_encoder_out_layers"] = tuple(int(layer) for layer in recorded["text_encoder_out_layers"])
+    if "max_sequence_length" in recorded:
+        settings["max_sequence_length"] = int(recorded["max_sequence_length"])
+    if "resolution" in recorded:
+        settings["default_resolution"] = int(recorded["resolution"])
+    return settings
 
 
 def tiny_pipeline_dir(distilled: bool = True, kit_dir: str | Path | None = None) -> Path:
