@@ -121,3 +121,17 @@ def test_replay_rounds_trains_on_the_previous_rounds_pairs_too(tmp_path, kit_dir
     assert trained_on[1] == new_pairs[1] + new_pairs[0]
     assert trained_on[2] == new_pairs[2] + new_pairs[1]
     assert all(math.isfinite(row["train/loss"]) for row in metrics(out))
+
+
+def test_pairs_carry_their_prompts_index_even_for_duplicate_prompts(tmp_path, kit_dir):
+    from tscale_train.pairs import PairStore
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na blue ball\na red cube\na green tree\n")
+    config = tiny_config(tmp_path, prompts=str(prompts), eval_fraction=0.0, prompts_per_round=4)
+    trainer = OnlineDPOTrainer(config)
+    trainer.make_pairs(0)
+    stored = PairStore(Path(config.output_dir) / "pairs").load()
+    assert sorted(stored["prompt_index"]) == [0, 1, 2, 3]  # `list.index` would give 0 twice
+    for row in stored:
+        assert trainer.train_prompts[row["prompt_index"]] == row["prompt"]

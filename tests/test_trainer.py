@@ -249,9 +249,9 @@ def test_replay_reads_latents_without_decoding_previews(tmp_path, monkeypatch, k
     for row, record in zip(stored.select_columns(["prompt", "latent_shape", "chosen_latents", "rejected_latents"]),
                            replayed, strict=True):
         chosen, rejected = record_latents(row)
-        assert record["prompt"] == row["prompt"]
-        torch.testing.assert_close(record["chosen_latents"], chosen, atol=0, rtol=0)
-        torch.testing.assert_close(record["rejected_latents"], rejected, atol=0, rtol=0)
+        assert record.prompt == row["prompt"]
+        torch.testing.assert_close(record.chosen_latents, chosen, atol=0, rtol=0)
+        torch.testing.assert_close(record.rejected_latents, rejected, atol=0, rtol=0)
 
 
 def test_defaults_are_safe_for_the_real_model_and_beta_follows_the_flow_dpo_anchor():

@@ -7,12 +7,17 @@
   DeepSpeed on CPU needs a gloo process group instead of its NCCL default.
 - `accelerate launch` exports the DeepSpeed config's `gradient_accumulation_steps` as
   `ACCELERATE_GRADIENT_ACCUMULATION_STEPS`, which overrides the `Accelerator` argument.
+
+Also the seeds, shards and gathers the online loop shares between search, training and eval.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -68,3 +73,80 @@ def check_gradient_accumulation(accelerator, steps: int) -> None:
             f"gradient_accumulation_steps is {steps} in the training config but {wrong} in the launched "
             "accelerate state; remove gradient_accumulation_steps from the accelerate/DeepSpeed config."
         )
+
+
+
+def make_accelerator(project_dir: Path, gradient_accumulation_steps: int, report_to: str | None):
+    """An `Accelerator` set up as above, logging under `project_dir/logs` (`report_to` "none": no trackers)."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    pin_gradient_accumulation(gradient_accumulation_steps)
+    accelerator = Accelerator(
+        cpu=run_on_cpu(),
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        log_with=None if report_to == "none" else report_to,
+        project_config=ProjectConfiguration(project_dir=str(project_dir), logging_dir=str(Path(project_dir) / "logs")),
+        kwargs_handlers=process_group_kwargs(),
+    )
+    check_gradient_accumulation(accelerator, gradient_accumulation_steps)
+    return accelerator
+
+# ---- seeds, shards and gathers -------------------------------------------------------------------
+# Everything random in the loop is derived from (seed, round, index) and every collective is called
+# by every process the same number of times: that is what makes a resumed run end where an
+# uninterrupted one does, and keeps DDP/DeepSpeed from hanging.
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from any parts; the same parts give the same seed on every machine."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def shard_evenly(items: list, num_processes: int, process_index: int) -> list:
+    """This process's contiguous shard; every process gets the same count (the list is padded by repetition)."""
+    per_process = math.ceil(len(items) / num_processes)
+    padded = [items[i % len(items)] for i in range(per_process * num_processes)]
+    return padded[process_index * per_process : (process_index + 1) * per_process]
+
+
+def global_mean(accelerator, values: list[float]) -> float:
+    """Mean over every process's values (NaN when there are none); every process must call it."""
+    from accelerate.utils import gather_object
+
+    everything = gather_object(list(values)) if accelerator.num_processes > 1 else list(values)
+    return float(sum(everything) / len(everything)) if everything else float("nan")
+
+
+def global_sum(accelerator, value: float) -> float:
+    """Sum of one value per process; every process must call it."""
+    from accelerate.utils import gather_object
+
+    return float(sum(gather_object([value]))) if accelerator.num_processes > 1 else float(value)
+
+
+def gather_by_slot(accelerator, slots: list[int], values: list[float]) -> list[float]:
+    """Values of all processes in slot order, each slot once (padded shards repeat slots)."""
+    from accelerate.utils import gather_object
+
+    pairs = list(zip(slots, values, strict=False))
+    if accelerator.num_processes > 1:
+        pairs = gather_object(pairs)
+    return [value for _, value in sorted(dict(pairs).items())]
+
+
+def round_slots(num_prompts: int, prompts_per_round: int, round_index: int, seed: int) -> list[tuple[int, int]]:
+    """The round's `(slot, prompt index)` pairs: consecutive windows of seeded permutations of the prompts.
+
+    Every prompt is used once per pass before any repeats, the passes are independent shuffles, and
+    round r depends only on (seed, r): a resumed run picks the same prompts.
+    """
+    order: list[int] = []
+    epoch = (round_index * prompts_per_round) // num_prompts
+    start = (round_index * prompts_per_round) % num_prompts
+    while len(order) < start + prompts_per_round:
+        generator = torch.Generator().manual_seed(derive_seed(seed, "prompt-order", epoch))
+        order += torch.randperm(num_prompts, generator=generator).tolist()
+        epoch += 1
+    return [(slot, order[start + slot]) for slot in range(prompts_per_round)]

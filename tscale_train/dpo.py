@@ -12,19 +12,23 @@ non-batch dimensions, for the trained model (theta) and the frozen reference (re
     loss   = -logsigmoid(inside).mean()
 
 The loss falls when the trained model improves on the reference more for the chosen sample than
-for the rejected one. Nothing here knows about pipelines or models: callers run the transformer
-and hand in velocity tensors.
+for the rejected one. Nothing here knows about pipelines: the functions take velocity tensors, and
+`FlowDPOStep` runs a model only through the callables it is handed.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "FlowDPOStep",
     "SIGMA_SAMPLING_MODES",
     "UNIFORM_SIGMA_MIN",
     "flow_dpo_loss",
@@ -257,3 +261,87 @@ def interpolate_flow(clean_latents: Tensor, noise: Tensor, sigmas: Tensor) -> tu
     e = noise.to(compute_dtype)
     noisy = (1.0 - sigma) * x0 + sigma * e
     return noisy, e - x0
+
+
+@dataclass(kw_only=True, eq=False)
+class FlowDPOStep:
+    """One Diffusion-DPO forward over a micro-batch of pairs, with the model and reference it needs.
+
+    The reference is the trained transformer with its adapters disabled (no second copy). Nothing
+    here imports a pipeline: the caller hands in `predict_velocity(model, noisy, sigmas, embeds)`,
+    `sampler_sigmas(preview_steps)` (the generator's), the prepared `model` and its unwrapped
+    module, and the accelerator's `autocast` context factory.
+    """
+
+    model: torch.nn.Module
+    unwrapped_model: torch.nn.Module
+    lora_parameters: list[torch.nn.Parameter]
+    predict_velocity: Callable[..., Tensor]
+    sampler_sigmas: Callable[[int | None], Tensor | None]
+    preview_steps: int | None
+    beta: float
+    sigma_sampling: str
+    logit_mean: float
+    logit_std: float
+    weight_dtype: torch.dtype
+    device: torch.device | str
+    autocast: Callable[[], AbstractContextManager]
+
+    def __call__(self, chosen: Tensor, rejected: Tensor, embeds: list, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss and stats for one micro-batch: one noise and sigma shared by each pair."""
+        batch = chosen.shape[0]
+        noise = torch.randn(chosen.shape, generator=generator)
+        sigmas = sample_sigmas(
+            batch,
+            self.sigma_sampling,
+            generator=generator,
+            sampler_sigmas=self.sampler_sigmas(self.preview_steps),
+            logit_mean=self.logit_mean,
+            logit_std=self.logit_std,
+        )
+        noisy_w, target_w = interpolate_flow(chosen, noise, sigmas)
+        noisy_l, target_l = interpolate_flow(rejected, noise, sigmas)
+        # Chosen and rejected go through the model as one batch of 2B.
+        noisy = torch.cat([noisy_w, noisy_l]).to(self.device, self.weight_dtype)
+        both_sigmas = torch.cat([sigmas, sigmas]).to(self.device)
+        both_embeds = list(embeds) * 2
+        reference = self.reference_velocity(noisy, both_sigmas, both_embeds)
+        with self.autocast():
+            prediction = self.predict_velocity(self.model, noisy, both_sigmas, both_embeds)
+        return flow_dpo_loss(
+            prediction[:batch],
+            prediction[batch:],
+            reference[:batch],
+            reference[batch:],
+            target_w.to(self.device),
+            target_l.to(self.device),
+            beta=self.beta,
+        )
+
+    @torch.no_grad()
+    def reference_velocity(self, noisy: Tensor, sigmas: Tensor, embeds: list) -> Tensor:
+        """The reference model: the same transformer with its adapters disabled (no second copy)."""
+        transformer = self.unwrapped_model
+        transformer.disable_adapters()
+        try:
+            with self.autocast():
+                return self.predict_velocity(transformer, noisy, sigmas, embeds)
+        finally:
+            transformer.enable_adapters()
+            # peft's enable/disable toggles requires_grad of adapter weights; keep only LoRA trainable.
+            for parameter in self.lora_parameters:
+                parameter.requires_grad_(True)
+
+    @torch.no_grad()
+    def implicit_accuracy(
+        self, chosen: Tensor, rejected: Tensor, embeds: list, generator: torch.Generator, batch_size: int
+    ) -> list[float]:
+        """Implicit accuracy of each `batch_size` micro-batch, once per pair it holds (so a mean weighs pairs alike)."""
+        self.model.eval()
+        count = chosen.shape[0]
+        hits: list[float] = []
+        for start in range(0, count, batch_size):
+            stop = start + batch_size
+            _, stats = self(chosen[start:stop], rejected[start:stop], embeds[start:stop], generator)
+            hits += [float(stats["implicit_acc"])] * (min(stop, count) - start)
+        return hits

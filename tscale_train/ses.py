@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from search import SearchResult, SESConfig, SpectralEvolutionSearch
 
+from .config import check_search_budget
 from .generation import FlowGenerator, PromptEmbeds, generator_for_pipeline
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ def search_prompts(
     config = config or SESConfig(popsize=min(SESConfig.popsize, budget))
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds.")
-    validate_search_args(budget, config)
+    check_search_budget(budget, config.popsize)
     if group_size is not None and group_size < 1:
         raise ValueError(f"group_size must be >= 1 (or None for one group), got {group_size}.")
     if embeds is None:
@@ -232,13 +233,6 @@ def _search_group(
         for prompt, seed, search, extra in zip(prompts, seeds, searches, kept, strict=True)
     ]
     return results, nan_count
-
-
-def validate_search_args(budget: int, config: SESConfig) -> None:
-    if budget < 1:
-        raise ValueError(f"budget must be >= 1 (the base noise alone is budget 1), got {budget}.")
-    if config.popsize > budget:
-        raise ValueError(f"popsize ({config.popsize}) is larger than budget ({budget}); lower --popsize or raise --budget.")
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

@@ -63,8 +63,10 @@ def _read_pipeline_dir(model: str, directory: Path, source: str) -> PipelineSpec
     transformer = Flux2Transformer2DModel.load_config(str(directory), subfolder="transformer")
     vae = AutoencoderKLFlux2.load_config(str(directory), subfolder="vae")
     text_encoder = AutoConfig.from_pretrained(str(directory / "text_encoder")).to_dict()
-    extra_path = directory / "tscale_tiny.json"
-    extra = json.loads(extra_path.read_text()) if extra_path.is_file() else {}
+    from ..real_configs import FLUX2_KLEIN_MAX_SEQUENCE_LENGTH, FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS
+    from ..tiny import generator_settings
+
+    extra = generator_settings(directory)  # a kit pipeline's recorded settings; {} for real ones
     vae_scale_factor = 2 ** (len(vae.get("block_out_channels", (128, 256, 512, 512))) - 1)
     reward_clip = None
     pickscore_dir = directory.parent / "pickscore"
@@ -77,10 +79,10 @@ def _read_pipeline_dir(model: str, directory: Path, source: str) -> PipelineSpec
         text_encoder_json=_to_json(text_encoder),
         vae_json=_to_json(vae),
         is_distilled=bool(index.get("is_distilled", False)),
-        default_resolution=int(extra.get("resolution", 128 * vae_scale_factor)),
+        default_resolution=int(extra.get("default_resolution", 128 * vae_scale_factor)),
         resolution_multiple=vae_scale_factor * 2,
-        max_sequence_length=int(extra.get("max_sequence_length", 512)),
-        text_encoder_out_layers=tuple(extra.get("text_encoder_out_layers", (9, 18, 27))),
+        max_sequence_length=int(extra.get("max_sequence_length", FLUX2_KLEIN_MAX_SEQUENCE_LENGTH)),
+        text_encoder_out_layers=tuple(extra.get("text_encoder_out_layers", FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS)),
         reward_clip_json=reward_clip,
     )
 

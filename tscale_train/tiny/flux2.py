@@ -118,7 +118,7 @@ def save_klein_pipeline(
     out_dir: str | Path, *, vae, text_encoder, tokenizer, transformer, distilled: bool, marker: dict
 ) -> Path:
     """Assemble a `Flux2KleinPipeline` with the real FLUX.2 scheduler, `save_pretrained` it, and write
-    the `tscale_tiny.json` marker (the settings `generation.py` reads next to a kit pipeline)."""
+    the kit marker (the generator settings `loading.generator_defaults` reads next to a kit pipeline)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
 
     out_dir = Path(out_dir)
@@ -142,7 +142,9 @@ def save_klein_pipeline(
         is_distilled=distilled,
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    (out_dir / "tscale_tiny.json").write_text(
+    from . import KIT_MARKER
+
+    (out_dir / KIT_MARKER).write_text(
         json.dumps({"kind": "flux2-klein", "distilled": distilled, **marker}, indent=2)
     )
     return out_dir
