@@ -150,3 +150,18 @@ def round_slots(num_prompts: int, prompts_per_round: int, round_index: int, seed
         order += torch.randperm(num_prompts, generator=generator).tolist()
         epoch += 1
     return [(slot, order[start + slot]) for slot in range(prompts_per_round)]
+
+
+def check_shardable(num_prompts: int, prompts_per_round: int, num_processes: int) -> None:
+    """Refuse prompt counts that would make processes search and train on the same pairs."""
+    if num_prompts < num_processes:
+        raise ValueError(
+            f"{num_prompts} training prompts for {num_processes} processes; give at least one prompt per process."
+        )
+    if prompts_per_round < num_processes:
+        # Shards are padded by repetition: with fewer prompts than processes, ranks would search
+        # and train on identical pairs, wasting the extra processes and double-counting the pairs.
+        raise ValueError(
+            f"prompts_per_round={prompts_per_round} is smaller than the {num_processes} processes; "
+            f"set --prompts_per_round to at least {num_processes} (a multiple of it is best)."
+        )

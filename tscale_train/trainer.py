@@ -28,13 +28,22 @@ from tqdm.auto import tqdm
 
 from .checkpointing import CHECKPOINT_IDENTITY, CheckpointManager
 from .config import OnlineDPOConfig
-from .distributed import derive_seed, global_mean, global_sum, make_accelerator, round_slots, shard_evenly
+from .distributed import (
+    check_shardable,
+    derive_seed,
+    global_mean,
+    global_sum,
+    make_accelerator,
+    round_slots,
+    shard_evenly,
+)
 from .dpo import FlowDPOStep
 from .evaluation import Evaluator, learning_summary, split_eval_prompts
 from .generation import FlowGenerator, PromptEmbeds, generator_for_pipeline
 from .io_utils import atomic_write_text
 from .loading import load_pipeline, load_reward_for
 from .lora import add_lora, save_lora
+from .optimization import make_optimizer
 from .pairs import PairRecord, PairStore, records_from_search
 from .prompt_cache import PromptEmbeddingCache
 from .prompts import load_prompts
@@ -56,19 +65,7 @@ class OnlineDPOTrainer:
         train_prompts = load_prompts(config.prompts or BUNDLED_PROMPTS, column=config.prompt_column)
         self.train_prompts, self.eval_prompts = split_eval_prompts(train_prompts, config)
         self.accelerator = accelerator or self._make_accelerator()
-        num_processes = self.accelerator.num_processes
-        if len(self.train_prompts) < num_processes:
-            raise ValueError(
-                f"{len(self.train_prompts)} training prompts for {num_processes} processes; "
-                "give at least one prompt per process."
-            )
-        if config.prompts_per_round < num_processes:
-            # Shards are padded by repetition: with fewer prompts than processes, ranks would search
-            # and train on identical pairs, wasting the extra processes and double-counting the pairs.
-            raise ValueError(
-                f"prompts_per_round={config.prompts_per_round} is smaller than the {num_processes} processes; "
-                f"set --prompts_per_round to at least {num_processes} (a multiple of it is best)."
-            )
+        check_shardable(len(self.train_prompts), config.prompts_per_round, self.accelerator.num_processes)
         self.weight_dtype = config.torch_dtype(self.accelerator.device)
         self.store = PairStore(self.output_dir / "pairs")
         self.start_round = 0
@@ -83,7 +80,6 @@ class OnlineDPOTrainer:
 
     def _setup_models(self) -> None:
         from accelerate.utils import set_seed
-        from diffusers.optimization import get_scheduler
 
         config, accelerator = self.config, self.accelerator
         self.pipe = load_pipeline(config.model, dtype=self.weight_dtype)
@@ -124,20 +120,7 @@ class OnlineDPOTrainer:
         )
         if config.gradient_checkpointing:
             self.pipe.transformer.enable_gradient_checkpointing()
-        optimizer = torch.optim.AdamW(
-            self.lora_parameters, lr=config.learning_rate, weight_decay=config.adam_weight_decay
-        )
-        steps_per_round = config.epochs_per_round * math.ceil(
-            config.prompts_per_round * config.pairs_per_prompt
-            / (config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes)
-        )
-        # accelerate steps a prepared scheduler once per process, hence the factor (as diffusers' scripts do).
-        scheduler = get_scheduler(
-            config.lr_scheduler,
-            optimizer=optimizer,
-            num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
-            num_training_steps=max(1, steps_per_round * config.rounds) * accelerator.num_processes,
-        )
+        optimizer, scheduler = make_optimizer(config, self.lora_parameters, accelerator.num_processes)
         if accelerator.state.deepspeed_plugin is not None:
             accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train_batch_size
         self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(self.pipe.transformer, optimizer, scheduler)
