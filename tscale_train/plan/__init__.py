@@ -30,7 +30,8 @@ Three things make fake tensors on a CPU-only machine behave like the GPU run (me
 The package, one job per module: `tracker` (the fake GPU: live-memory tracker, GPU attention
 kernels, CUDA autocast), `components` (what the model is: component configs, meta-device
 components, their bytes), `measure` (the measured transients of each forward/backward),
-`estimate` (the plan of a training run or of `tscale ses`, CPU memory, suggestions) and `cli`
+`memory` (the `MemoryPlan` type and GiB helpers), `estimate` (the plan of a training run or of
+`tscale ses`, CPU memory), `suggest` (the overrides that would make a plan fit) and `cli`
 (`tscale plan`).
 """
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -21,79 +18,17 @@ from .components import (
     reward_clip_config_json,
 )
 from .measure import _search_transient, measure_dpo, measure_encode
-
-GIB = 1024**3
-# CUDA context (~0.5 GiB on an H100), cuBLAS/cuDNN workspaces and caching-allocator rounding: real
-# memory that no tensor owns, so fake tensors cannot see it.
-CUDA_OVERHEAD_GIB = 1.0
-# A Python process with torch, CUDA libraries, diffusers and transformers imported (resident set).
-PROCESS_CPU_OVERHEAD_GIB = 2.5
-DEFAULT_GPU_MEMORY_GIB = 80.0
-
-
-@dataclass
-class MemoryPlan:
-    """Per-process memory estimate of a run: phases -> GPU GiB, CPU GiB, whether it fits, and how to fit.
-
-    `breakdown[phase]` names what the GiB of each phase are made of (largest first in
-    `dominant[phase]`); `suggestions` are config overrides (flags) that make a non-fitting run fit,
-    `suggested_peak_gib` the peak they give.
-    """
-
-    kind: str  # "train" or "ses"
-    model: str
-    model_source: str
-    height: int
-    width: int
-    dtype: str
-    num_processes: int
-    gpu_memory_gib: float
-    phases: dict[str, float]
-    breakdown: dict[str, dict[str, float]]
-    cpu_gib: float
-    cpu_breakdown: dict[str, float]
-    fits: bool
-    settings: dict[str, Any] = field(default_factory=dict)
-    suggestions: list[str] = field(default_factory=list)
-    suggested_peak_gib: float | None = None
-    suggestion_fits: bool | None = None
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def peak_gib(self) -> float:
-        return max(self.phases.values())
-
-    @property
-    def peak_phase(self) -> str:
-        return max(self.phases, key=self.phases.get)
-
-    def dominant(self, phase: str, top: int = 2) -> str:
-        parts = sorted(self.breakdown[phase].items(), key=lambda item: -item[1])[:top]
-        return ", ".join(f"{name} {_show(value)}" for name, value in parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["peak_gib"] = self.peak_gib
-        data["peak_phase"] = self.peak_phase
-        return data
-
-
-def _gib(value: int | float) -> float:
-    return round(value / GIB, 4)
-
-
-def _show(value: float) -> str:
-    """GiB for the table: one decimal from 10 GiB, two below, "<0.01" for the tiny models' parts."""
-    if value >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}" if value >= 0.01 else "<0.01"
-
-
-def _phase(parts: dict[str, int | float]) -> tuple[float, dict[str, float]]:
-    parts = {name: value for name, value in parts.items() if value}
-    parts["CUDA context + allocator"] = CUDA_OVERHEAD_GIB * GIB
-    return _gib(sum(parts.values())), {name: _gib(value) for name, value in parts.items()}
+from .memory import (
+    CUDA_OVERHEAD_GIB,
+    DEFAULT_GPU_MEMORY_GIB,
+    GIB,
+    PROCESS_CPU_OVERHEAD_GIB,
+    MemoryPlan,
+    _gib,
+    _phase,
+)
+from .memory import _show as _show  # `tscale plan`'s table imports it from here
+from .suggest import _suggest_ses, _suggest_training
 
 
 def _resolution(spec: PipelineSpec, height: int | None, width: int | None) -> tuple[int, int]:
@@ -212,7 +147,13 @@ def plan_training(config, num_processes: int = 1, gpu_memory_gib: float = DEFAUL
         notes=_notes(spec, autocast),
     )
     if suggest and not plan.fits:
-        _suggest_training(plan, config, num_processes, gpu_memory_gib)
+        _suggest_training(
+            plan,
+            config,
+            lambda overrides: plan_training(
+                dataclasses.replace(config, **overrides), num_processes, gpu_memory_gib, suggest=False
+            ),
+        )
     plan.seconds = round(time.perf_counter() - started, 2)
     return plan
 
@@ -258,87 +199,6 @@ def _training_cpu(
     }
     parts = {name: value for name, value in parts.items() if value}
     return _gib(sum(parts.values())), {name: _gib(value) for name, value in parts.items()}
-
-
-# ---- suggestions -------------------------------------------------------------------------------------
-def _flag(name: str, value: Any) -> str:
-    if isinstance(value, bool):
-        value = str(value).lower()
-    return f"--{name} {value}"
-
-
-# Which phases each lever lowers; prompt encoding (text encoder + transformer together) has none.
-_LEVER_PHASES = {
-    "gradient_checkpointing": {"dpo"},
-    "train_batch_size": {"dpo"},
-    "eval_batch_size": {"search", "eval"},
-    "offload_text_encoder": {"search", "dpo", "eval"},
-    "offload_reward": {"dpo"},
-    "reward_batch_size": {"search", "eval"},
-    "height": {"search", "dpo", "eval"},
-}
-
-
-def _training_levers(config, plan: MemoryPlan) -> Iterator[dict[str, Any]]:
-    """The usual levers, cheapest in quality first; each yields one change to try."""
-    if not config.gradient_checkpointing:
-        yield {"gradient_checkpointing": True}
-    if config.train_batch_size > 1:
-        yield {"train_batch_size": 1}
-    batch = config.eval_batch_size
-    while batch > 1:
-        batch //= 2
-        yield {"eval_batch_size": batch}
-    if not config.offload_text_encoder:
-        yield {"offload_text_encoder": True}
-    if not config.offload_reward:
-        yield {"offload_reward": True}
-    reward_batch = config.reward_batch_size or config.eval_batch_size
-    while reward_batch > 1:
-        reward_batch //= 2
-        yield {"reward_batch_size": reward_batch}
-    for side in (768, 512):
-        if side < min(plan.height, plan.width):
-            yield {"height": side, "width": side}
-
-
-def _over(plan: MemoryPlan) -> set[str]:
-    return {phase for phase, value in plan.phases.items() if value > plan.gpu_memory_gib}
-
-
-def _suggest_training(plan: MemoryPlan, config, num_processes: int, gpu_memory_gib: float) -> None:
-    """Apply the levers in order while a phase does not fit (a lever is kept when it lowers a phase
-    that does not fit), then drop any kept lever the fitting set does not need."""
-
-    def replan(overrides: dict[str, Any]) -> MemoryPlan:
-        return plan_training(dataclasses.replace(config, **overrides), num_processes, gpu_memory_gib, suggest=False)
-
-    overrides: dict[str, Any] = {}
-    current = plan
-    for change in _training_levers(config, plan):
-        over = _over(current)
-        if not over or "encode" in over:
-            break  # fits, or prompt encoding does not fit, which no setting changes
-        targets = _LEVER_PHASES[next(iter(change))] & over
-        if not targets:
-            continue
-        candidate = replan({**overrides, **change})
-        if any(candidate.phases[phase] < current.phases[phase] - 1e-6 for phase in targets):
-            overrides.update(change)
-            current = candidate
-    if current.fits:
-        for name in [key for key in overrides if key != "width"]:
-            trial = {key: value for key, value in overrides.items() if key != name and not (name == "height" and key == "width")}
-            candidate = replan(trial)
-            if candidate.fits:
-                overrides, current = trial, candidate
-    elif "encode" in _over(current):
-        plan.notes.append(
-            "prompt encoding needs the text encoder and the transformer on the GPU together; no setting lowers it"
-        )
-    plan.suggestions = [_flag(name, value) for name, value in overrides.items()]
-    plan.suggested_peak_gib = current.peak_gib
-    plan.suggestion_fits = current.fits
 
 
 # ---- standalone SES ---------------------------------------------------------------------------------------
@@ -419,20 +279,6 @@ def plan_ses(
             reward=reward, reward_batch_size=reward_batch_size, dtype=dtype, lora=lora, num_processes=num_processes,
             gpu_memory_gib=gpu_memory_gib, suggest=False,
         )
-        changes: list[dict[str, Any]] = []
-        batch = eval_batch_size
-        while batch > 1:
-            batch //= 2
-            changes.append({"eval_batch_size": batch})
-        changes += [{"height": side, "width": side} for side in (768, 512) if side < min(height, width)]
-        current, overrides = plan, {}
-        for change in changes:
-            if current.fits:
-                break
-            overrides.update(change)
-            current = plan_ses(**{**arguments, **overrides})
-        plan.suggestions = [f"--{name.replace('_', '-')} {value}" for name, value in overrides.items()]
-        plan.suggested_peak_gib = current.peak_gib
-        plan.suggestion_fits = current.fits
+        _suggest_ses(plan, lambda overrides: plan_ses(**{**arguments, **overrides}))
     plan.seconds = round(time.perf_counter() - started, 2)
     return plan
