@@ -246,6 +246,9 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
     seed: int = field(default=0, **_help("seed of everything"))
     # logging and output
     output_dir: str = field(default="runs/flux2_klein_dpo", **_help("where the LoRA, metrics, checkpoints and pairs go"))
+    overwrite_output_dir: bool = field(
+        default=False, **_help("start afresh in a non-empty output_dir (deleting what is there); default: refuse")
+    )
     report_to: str = field(default="none", **_help("none, tensorboard, wandb or all (accelerate trackers)"))
     tracker_project: str = field(default="tscale-train", **_help("tracker project name"))
     progress: bool = field(default=True, **_help("progress bars on the main process"))
