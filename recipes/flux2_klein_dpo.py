@@ -4,16 +4,13 @@
         --config recipes/configs/flux2_klein_4b.yaml --prompts prompts.txt --output_dir runs/cat
 
 With no arguments it trains FLUX.2-klein-4B with the default `OnlineDPOConfig` on the bundled prompts.
-The loop lives in `tscale_train.trainer.OnlineDPOTrainer`; this file only parses and launches.
+The loop lives in `tscale_train.trainer.OnlineDPOTrainer`; this file only launches it, as
+`tscale train` does (same settings, same one-line errors and exit code 2 for bad input).
 """
 
-from tscale_train.config import parse_config
-from tscale_train.trainer import OnlineDPOTrainer
+import sys
 
-
-def main() -> None:
-    OnlineDPOTrainer(parse_config()).train()
-
+from tscale_train.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -14,7 +14,14 @@ with the same call signature. This package never imports `tscale_train`, and the
 """
 
 from .base import EmbeddingReward, RewardModel, images_to_pixels, normalize_prompts, resize_crop_normalize
-from .registry import BUILTIN_REWARDS, CallableReward, available_rewards, check_reward_name, load_reward
+from .registry import (
+    BUILTIN_REWARDS,
+    CallableReward,
+    available_rewards,
+    check_reward_arguments,
+    check_reward_name,
+    load_reward,
+)
 
 __all__ = [
     "BUILTIN_REWARDS",
@@ -22,6 +29,7 @@ __all__ = [
     "EmbeddingReward",
     "RewardModel",
     "available_rewards",
+    "check_reward_arguments",
     "check_reward_name",
     "images_to_pixels",
     "load_reward",

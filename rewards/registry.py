@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,12 @@ import torch
 from .base import RewardModel
 
 BUILTIN_REWARDS = ("pickscore", "hpsv2", "clip")
+# Where each built-in reward's class lives (imported only when that reward is asked for).
+_BUILTIN_CLASSES = {
+    "pickscore": ("pickscore", "PickScoreReward"),
+    "hpsv2": ("hpsv2", "HPSv2Reward"),
+    "clip": ("clip", "ClipScoreReward"),
+}
 _CALLABLE_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
@@ -74,7 +81,59 @@ def _import_callable(name: str) -> Any:
         target = getattr(target, attribute)
     if not callable(target):
         raise ValueError(f"reward {name!r} is not callable (it is a {type(target).__name__})")
+    if not isinstance(target, type) and not _accepts_two_arguments(target):
+        raise ValueError(
+            f"{name!r} is not a reward: a reward function must accept (images, prompts) and return one score per image."
+        )
     return target
+
+
+def _accepts_two_arguments(function: Any) -> bool:
+    """Whether `function(images, prompts)` binds; True when the signature cannot be read."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return True
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        return False
+    return True
+
+
+def reward_arguments(name: str) -> set[str] | None:
+    """The keyword arguments `load_reward(name, ...)` accepts besides device/dtype/batch_size.
+
+    None when any keyword is accepted (a function or class taking **kwargs).
+    """
+    check_reward_name(name)
+    name = name.strip()
+    if ":" not in name:
+        module, class_name = _BUILTIN_CLASSES[name.lower()]
+        target = getattr(importlib.import_module(f"{__package__}.{module}"), class_name)
+    else:
+        target = _import_callable(name)
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return None
+    positional_only = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.VAR_POSITIONAL)
+    names = {parameter.name for parameter in parameters if parameter.kind not in positional_only}
+    if not isinstance(target, type):
+        names -= {"images", "prompts"}  # the call's own arguments, not loading arguments
+    return names - {"self", "device", "dtype", "batch_size"}
+
+
+def check_reward_arguments(name: str, arguments: dict[str, Any]) -> None:
+    """Fail on a keyword `load_reward(name, ...)` would not accept (a typo), before anything loads."""
+    accepted = reward_arguments(name)
+    unknown = sorted(set(arguments) - accepted) if accepted is not None else []
+    if unknown:
+        raise ValueError(
+            f"reward {name!r} takes no argument {', '.join(map(repr, unknown))}; it accepts: {', '.join(sorted(accepted)) or 'none'}."
+        )
 
 
 def _unknown_name_error(name: str) -> ValueError:
@@ -134,6 +193,7 @@ def load_reward(
         builtin = name.lower()
         if builtin not in BUILTIN_REWARDS:
             raise _unknown_name_error(name)
+        check_reward_arguments(name, kwargs)
         # Imported lazily: the heavy model libraries load only for the reward actually used.
         if builtin == "pickscore":
             from .pickscore import PickScoreReward
@@ -148,6 +208,7 @@ def load_reward(
         return ClipScoreReward(**kwargs, **common)
     if not _CALLABLE_PATTERN.match(name):
         raise _unknown_name_error(name)
+    check_reward_arguments(name, kwargs)
     target = _import_callable(name)
     if isinstance(target, type) and issubclass(target, RewardModel):
         return target(**kwargs, **common)

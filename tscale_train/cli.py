@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -44,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_ses_args(argv: list[str]) -> tuple[ModelConfig, SearchConfig, SESArguments]:
     """`tscale ses` flags (or `--config file.yaml`) -> validated settings; nothing is loaded."""
-    return parse_args([ModelConfig, SearchConfig, SESArguments], argv, prog="tscale ses")
+    from rewards import check_reward_arguments
+
+    model, search, ses = parse_args([ModelConfig, SearchConfig, SESArguments], argv, prog="tscale ses")
+    check_reward_arguments(search.reward, ses.reward_overrides())  # a --reward-arg typo fails now
+    return model, search, ses
 
 
 def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SESArguments) -> list[dict]:
@@ -91,6 +96,12 @@ def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SE
         group_size=search_config.search_group_size,
         progress=ses_args.progress,
     )
+    for result in results:
+        if not math.isfinite(result.search.best_score):
+            raise ValueError(
+                f"the reward {search_config.reward!r} gave no finite score for {result.prompt!r} "
+                f"(all {search_config.budget} candidates NaN or infinite); check the reward."
+            )
     summaries = []
     out = Path(ses_args.out)
     for index, result in enumerate(results):
@@ -153,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
             args = parser.parse_args(argv)
             path = ensure_tiny_kit(args.out or default_kit_dir(), seed=args.seed)
             print(json.dumps({"kit_dir": str(path)}))
-    except (ValueError, FileNotFoundError) as error:
-        print(f"tscale {command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:
+        # Expected failures (bad input, a model that cannot be fetched, a full disk) are one line;
+        # anything else is a bug and keeps its traceback.
+        message = " ".join(str(error).split())
+        print(f"tscale {command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -15,16 +15,19 @@ TRL's split: small dataclasses, each validated once in `__post_init__`, before a
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .dpo import SIGMA_SAMPLING_MODES
 from .lora import LORA_TARGET_PRESETS
+from .parsing import make_parser, parse_args
+
+__all__ = [
+    "ModelConfig", "OnlineDPOConfig", "SESArguments", "SearchConfig", "check_search_budget", "make_parser",
+    "parse_args", "parse_config",
+]
 
 REPORT_TO = ("none", "tensorboard", "wandb", "all")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
@@ -134,7 +137,8 @@ class SESArguments:
     """What only `tscale ses` takes: prompts, a LoRA to load, the final image and the output files."""
 
     prompt: str | None = field(default=None, **_help("one prompt"))
-    prompts_file: str | None = field(default=None, **_help(".txt (one per line), .jsonl or .csv with a 'prompt' field"))
+    prompts_file: str | None = field(default=None, **_help(".txt (one per line), .jsonl or .csv (see --prompt_column)"))
+    prompt_column: str = field(default="prompt", **_help("field of a .jsonl/.csv prompts file holding the prompt"))
     out: str | None = field(default=None, **_help("image path for --prompt; a directory for --prompts-file"))
     lora: str | None = field(default=None, **_help("LoRA dir/file (diffusers format) or hub id, loaded with load_lora_weights"))
     lora_scale: float = field(default=1.0, **_help("LoRA weight"))
@@ -159,7 +163,10 @@ class SESArguments:
             raise ValueError("--out is required: an image path for --prompt, a directory for --prompts-file.")
         if self.prompt is not None and Path(self.out).suffix.lower() not in IMAGE_SUFFIXES:
             raise ValueError(f"--out {self.out!r} should be an image path ending in one of {', '.join(IMAGE_SUFFIXES)}.")
+        check_writable_output(Path(self.out), directory=self.prompts_file is not None)
         _check_at_least(self, 1, "steps")
+        if self.device is not None:
+            check_device(self.device)
         self.reward_overrides()
         if self.lora:
             from .loading import check_lora_source
@@ -181,10 +188,37 @@ class SESArguments:
     def load_prompts(self) -> list[str]:
         from .prompts import load_prompts
 
-        prompts = [self.prompt] if self.prompt is not None else load_prompts(self.prompts_file)
+        prompts = [self.prompt] if self.prompt is not None else load_prompts(self.prompts_file, column=self.prompt_column)
         if any(not prompt.strip() for prompt in prompts):
             raise ValueError("a prompt is empty; remove empty lines from --prompts-file.")
         return prompts
+
+
+def check_writable_output(out: Path, *, directory: bool) -> None:
+    """Fail before any work if `out` cannot be written: a search's results must never be lost at the end."""
+    import os
+
+    if directory and out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is an existing file; --prompts-file writes a directory of images there.")
+    if not directory and out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a directory; pass an image path such as {str(out / 'image.png')!r}.")
+    existing = out if directory and out.is_dir() else out.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {str(out)!r} cannot be written: {str(existing)!r} is not a writable directory.")
+
+
+def check_device(device: str) -> None:
+    """A device this machine has: `--device cuda` without a GPU fails here, not in a traceback later."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise ValueError(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, ...).") from error
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r} asks for a GPU but torch sees none; drop --device or use --device cpu.")
 
 
 @dataclass
@@ -294,43 +328,6 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def make_parser(*dataclass_types: type):
-    """One `HfArgumentParser` for the given settings dataclasses, plus `--config file.yaml`."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(dataclass_types)
-    parser.add_argument("--config", default=None, help="YAML file of settings; flags override its values")
-    return parser
-
-
-def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | None = None, prog: str | None = None) -> tuple:
-    """Parse `args` into one instance of each type: YAML values from `--config` first, flags over them."""
-    args = list(sys.argv[1:] if args is None else args)
-    parser = make_parser(*dataclass_types)
-    if prog:
-        parser.prog = prog
-    if "--config" in args:
-        position = args.index("--config")
-        if position + 1 >= len(args):
-            raise ValueError("--config needs a YAML file path.")
-        path = Path(args[position + 1])
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist.")
-        values = yaml.safe_load(path.read_text()) or {}
-        known = {item.name for kind in dataclass_types for item in dataclasses.fields(kind)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            names = ", ".join(kind.__name__ for kind in dataclass_types)
-            raise ValueError(f"{str(path)!r} has unknown fields {unknown}; see {names} for the valid ones.")
-        parser.set_defaults(**values)
-    *parsed, remaining = parser.parse_args_into_dataclasses(args=args, look_for_args_file=False, return_remaining_strings=True)
-    if remaining:
-        names = ", ".join(kind.__name__ for kind in dataclass_types)
-        raise ValueError(f"unknown setting(s) {' '.join(remaining)!r}; see {names} for the valid ones.")
-    # The extra namespace HfArgumentParser returns holds only `--config`, already read.
-    return tuple(parsed[: len(dataclass_types)])
 
 
 def parse_config(args: Sequence[str] | None = None) -> OnlineDPOConfig:

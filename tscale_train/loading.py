@@ -15,6 +15,7 @@ import torch
 from rewards.paths import looks_like_local_path
 
 from .generation import GENERATOR_DEFAULTS_ATTRIBUTE
+from .lora import LORA_WEIGHT_NAME
 
 SUPPORTED_PIPELINES = ("Flux2KleinPipeline",)
 DEFAULT_MODEL = "black-forest-labs/FLUX.2-klein-4B"
@@ -125,12 +126,16 @@ def load_pipeline(
     directory = _local_pipeline_dir(source)
     if directory is not None:
         source = str(directory)
+    from huggingface_hub import constants
+
     try:
-        pipe = Flux2KleinPipeline.from_pretrained(source, dtype=torch_dtype)
+        # Offline, ask for the local cache directly: diffusers would first try the Hub and log a
+        # traceback about it before falling back.
+        pipe = Flux2KleinPipeline.from_pretrained(source, dtype=torch_dtype, local_files_only=constants.HF_HUB_OFFLINE)
     except OSError as error:
         raise OSError(
-            f"could not load {source!r}: {error}. If this is a hub id, check the name and your network/HF_TOKEN; "
-            "offline, pass a local directory or 'tiny'."
+            f"could not load {source!r}: {str(error).splitlines()[0]} If this is a hub id, check the name and your "
+            "network/HF_TOKEN; offline, pass a local directory or 'tiny'."
         ) from error
     if device is not None:
         pipe.to(device)
@@ -173,8 +178,16 @@ def load_lora(pipe, lora: str, adapter_name: str = "default", scale: float = 1.0
     if path.is_file():
         kwargs["weight_name"] = path.name
         source = str(path.parent)
+    elif not path.is_dir():
+        # A hub id: name the diffusers file, so offline mode can use a cached copy.
+        kwargs["weight_name"] = LORA_WEIGHT_NAME
     try:
         pipe.load_lora_weights(source, **kwargs)
+    except OSError as error:  # not downloadable / not cached: nothing to do with the model
+        raise OSError(
+            f"could not fetch LoRA {lora!r}: {str(error).splitlines()[0]} Check the hub id and your network or "
+            "HF_TOKEN, or pass a local directory."
+        ) from error
     except (RuntimeError, ValueError, KeyError) as error:
         raise ValueError(
             f"LoRA {lora!r} does not match this model ({type(pipe.transformer).__name__}): {error}. "

@@ -31,6 +31,15 @@ def load_prompts(source: str | Path, column: str = "prompt", split: str = "train
 
 
 def _read_prompt_file(path: Path, column: str) -> list[str]:
+    try:
+        return _parse_prompt_file(path, column)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"prompts file {str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8.") from error
+    except json.JSONDecodeError as error:
+        raise ValueError(f"prompts file {str(path)!r}: line {error.lineno} is not JSON ({error.msg}).") from error
+
+
+def _parse_prompt_file(path: Path, column: str) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
         return path.read_text(encoding="utf-8").splitlines()
