@@ -264,3 +264,136 @@ def test_defaults_are_safe_for_the_real_model_and_beta_follows_the_flow_dpo_anch
     for name in ("flux2_klein_4b.yaml", "flux2_klein_base_4b.yaml", "flux2_klein_4b_24gb.yaml"):
         real = parse_config(["--config", str(REPO / "recipes/configs" / name)])
         assert real.beta == 100.0 and real.gradient_checkpointing, name
+
+
+# ---- the run directory: one run at a time, no silent mixing of runs, clean resumes, clear failures --------
+def nan_everywhere(images, prompts=None):
+    """A broken reward: NaN for every image."""
+    return torch.full((images.shape[0],), float("nan"))
+
+
+def constant(images, prompts=None):
+    """A reward that cannot tell images apart: every pair is a tie."""
+    return torch.zeros(images.shape[0])
+
+
+class _ModelLoad(Exception):
+    """Raised in place of loading the model: what happens in the output dir before that is under test."""
+
+
+def _stop_at_model_load(monkeypatch) -> None:
+    def load(*args, **kwargs):
+        raise _ModelLoad
+
+    monkeypatch.setattr("tscale_train.trainer.load_pipeline", load)
+
+
+def _strict_rows(out: Path) -> list[dict]:
+    def reject(constant: str):
+        raise AssertionError(f"metrics.jsonl holds bare {constant}: not JSON")
+
+    return [json.loads(line, parse_constant=reject) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_second_live_run_into_the_same_output_dir_is_refused(tmp_path, monkeypatch):
+    import os
+
+    from tscale_train.run_dir import RunDirectory
+
+    config = tiny_config(tmp_path)
+    other = RunDirectory(config.output_dir)
+    other.acquire()
+    _stop_at_model_load(monkeypatch)
+    try:
+        with pytest.raises(ValueError, match=rf"{config.output_dir}.*pid {os.getpid()}") as refused:
+            OnlineDPOTrainer(config)
+        assert len(str(refused.value).splitlines()) == 1
+    finally:
+        other.release()
+    with pytest.raises(_ModelLoad):  # free again
+        OnlineDPOTrainer(config)
+
+
+def test_a_non_empty_output_dir_needs_resume_or_overwrite(tmp_path, monkeypatch):
+    """A finished run's dir: a fresh run into it would append to its metrics and mix in its pairs and checkpoints."""
+    config = tiny_config(tmp_path)
+    out = Path(config.output_dir)
+    for name in ("pairs/round_00000", "checkpoints/checkpoint-00007", "eval"):
+        (out / name).mkdir(parents=True)
+    (out / "checkpoints/checkpoint-00007/trainer_state.json").write_text("{}")
+    for name in ("metrics.jsonl", "config.yaml", "pytorch_lora_weights.safetensors"):
+        (out / name).write_text("{}\n")
+    _stop_at_model_load(monkeypatch)
+    with pytest.raises(ValueError, match="is not empty .*--resume_from_checkpoint latest.*--overwrite_output_dir") as refused:
+        OnlineDPOTrainer(config)
+    assert str(out) in str(refused.value) and len(str(refused.value).splitlines()) == 1
+    assert (out / "metrics.jsonl").is_file()
+    with pytest.raises(_ModelLoad):  # resuming continues the run that is there
+        OnlineDPOTrainer(tiny_config(tmp_path, resume_from_checkpoint="latest"))
+    with pytest.raises(_ModelLoad):
+        OnlineDPOTrainer(tiny_config(tmp_path, overwrite_output_dir=True))
+    assert {path.name for path in out.iterdir() if not path.name.startswith(".tscale")} == set()
+
+
+def test_resume_validates_first_then_cuts_the_run_back_to_its_checkpoint(tmp_path, kit_dir, caplog):
+    config = tiny_config(tmp_path, rounds=3, eval_every=0)
+    out = Path(config.output_dir)
+    OnlineDPOTrainer(config).train(stop_after_rounds=2)
+    assert [row["round"] for row in _strict_rows(out)] == [0, 1]
+    written = (out / "config.yaml").read_text()
+
+    # A refused resume leaves the run's config as it was.
+    with pytest.raises(ValueError, match="another model or LoRA config"):
+        OnlineDPOTrainer(tiny_config(tmp_path, rounds=3, eval_every=0, lora_rank=8, resume_from_checkpoint="latest")).train()
+    assert (out / "config.yaml").read_text() == written
+
+    # A truncated LoRA: a one-line error naming the file and the checkpoint to fall back to.
+    lora = out / "checkpoints/checkpoint-00001/pytorch_lora_weights.safetensors"
+    lora.write_bytes(lora.read_bytes()[:100])
+    resume = tiny_config(tmp_path, rounds=3, eval_every=0, resume_from_checkpoint="latest")
+    with pytest.raises(ValueError, match="checkpoint-00001/pytorch_lora_weights.safetensors") as refused:
+        OnlineDPOTrainer(resume).train()
+    assert f"--resume_from_checkpoint {out / 'checkpoints/checkpoint-00000'}" in str(refused.value)
+    assert len(str(refused.value).splitlines()) == 1
+
+    # An incomplete latest checkpoint: skipped with a warning and removed; metrics of later rounds are cut.
+    (out / "checkpoints/checkpoint-00001/trainer_state.json").unlink()
+    (out / "checkpoints/checkpoint-00001/marker").write_text("left by the interrupted save")
+    with caplog.at_level("WARNING"):
+        OnlineDPOTrainer(resume).train(stop_after_rounds=1)
+    assert "checkpoint-00001" in caplog.text
+    assert not (out / "checkpoints/checkpoint-00001/marker").exists()
+    assert [row["round"] for row in _strict_rows(out)] == [0, 1]
+
+
+@pytest.mark.parametrize("reward", ["test_trainer:nan_everywhere", "test_trainer:constant"])
+def test_a_reward_without_usable_pairs_stops_the_run(reward, tmp_path, kit_dir):
+    import warnings
+
+    config = tiny_config(tmp_path, reward=reward, rounds=1, eval_every=1, checkpoint_every=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the NaN scores warn too
+        with pytest.raises(ValueError, match=rf"round 0: the reward '{reward}' gave no usable pair") as refused:
+            OnlineDPOTrainer(config).train()
+    assert len(str(refused.value).splitlines()) == 1
+    out = Path(config.output_dir)
+    assert not (out / "pytorch_lora_weights.safetensors").exists()
+    (before,) = _strict_rows(out)  # the eval before training; NaN is written as null
+    assert before["round"] == -1
+    if reward.endswith("nan_everywhere"):
+        assert before["eval/reward_budget0"] is None
+
+
+def test_a_full_disk_while_checkpointing_names_the_path(tmp_path, kit_dir, monkeypatch):
+    import errno
+
+    trainer = OnlineDPOTrainer(tiny_config(tmp_path))
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(trainer.accelerator, "save_state", full)
+    monkeypatch.setattr("tscale_train.io_utils.free_bytes", lambda path: 0)
+    with pytest.raises(OSError, match="no space left on device while writing .*checkpoint-00000") as failed:
+        trainer.save_checkpoint(0)
+    assert failed.value.errno == errno.ENOSPC

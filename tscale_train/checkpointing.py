@@ -3,18 +3,20 @@
 A checkpoint is `output_dir/checkpoints/checkpoint-NNNNN` (the round) holding accelerate's state:
 the LoRA only (diffusers format, through save/load hooks) plus optimizer, scheduler and RNG states,
 or under DeepSpeed the engine checkpoint of the trainable parameters. `trainer_state.json` is written
-last, so a directory without it is incomplete and never resumed from.
+last, so a directory without it is incomplete: never resumed from, and removed when a run resumes.
+A checkpoint that cannot be read, or a full disk while saving, is a one-line error naming the file.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
 
-from .io_utils import atomic_write_json
+from .io_utils import atomic_write_json, disk_full_error, remove_tree
 from .lora import LORA_WEIGHT_NAME, save_lora
 
 logger = logging.getLogger(__name__)
@@ -61,7 +63,13 @@ class CheckpointManager:
             weights.clear()
 
         def load_hook(models, input_dir):
-            state = load_file(str(Path(input_dir) / LORA_WEIGHT_NAME))
+            from safetensors import SafetensorError
+
+            path = Path(input_dir) / LORA_WEIGHT_NAME
+            try:
+                state = load_file(str(path))
+            except (SafetensorError, OSError) as error:
+                raise ValueError(self._unloadable(Path(input_dir), f"file {path}", error)) from error
             state = {key.removeprefix("transformer."): value for key, value in state.items()}
             while models:
                 model = accelerator.unwrap_model(models.pop())
@@ -72,24 +80,54 @@ class CheckpointManager:
         accelerator.register_save_state_pre_hook(save_hook)
         accelerator.register_load_state_pre_hook(load_hook)
 
+    @staticmethod
+    def _round(path: Path) -> int:
+        return int(path.name.removeprefix(CHECKPOINT_PREFIX))
+
+    def _all_dirs(self) -> list[Path]:
+        """Every checkpoint dir, complete or not, oldest first."""
+        found = [path for path in self.root.glob(f"{CHECKPOINT_PREFIX}*") if path.is_dir()]
+        return sorted((path for path in found if path.name.removeprefix(CHECKPOINT_PREFIX).isdigit()), key=self._round)
+
     def checkpoint_dirs(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
-        found = [path for path in self.root.glob(f"{CHECKPOINT_PREFIX}*") if (path / TRAINER_STATE).is_file()]
-        return sorted(found, key=lambda path: int(path.name.removeprefix(CHECKPOINT_PREFIX)))
+        return [path for path in self._all_dirs() if (path / TRAINER_STATE).is_file()]
 
     def latest(self) -> Path | None:
-        found = self.checkpoint_dirs()
-        return found[-1] if found else None
+        """The newest complete checkpoint. Newer incomplete ones (a save cut short) are named in a
+        warning and, on the main process, removed: the run redoes their rounds."""
+        complete = self.checkpoint_dirs()
+        for path in self._all_dirs():
+            if (path / TRAINER_STATE).is_file():
+                continue
+            if self.accelerator.is_main_process and (not complete or self._round(path) > self._round(complete[-1])):
+                logger.warning("skipping incomplete checkpoint %s (no %s; a save cut short?) and removing it", path, TRAINER_STATE)
+            if self.accelerator.is_main_process:
+                remove_tree(path)
+        return complete[-1] if complete else None
+
+    def _unloadable(self, path: Path, what: str, error: BaseException) -> str:
+        """One line: what of checkpoint `path` cannot be loaded, and the complete checkpoint before it to resume from instead."""
+        named = path.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
+        earlier = [other for other in self.checkpoint_dirs() if (self._round(other) < self._round(path) if named else other != path)]
+        advice = (
+            f"resume from the previous complete checkpoint with --resume_from_checkpoint {earlier[-1]}"
+            if earlier
+            else "there is no earlier complete checkpoint; start afresh with --overwrite_output_dir"
+        )
+        reason = " ".join(str(error).split()) or type(error).__name__
+        return f"checkpoint {what} cannot be loaded ({reason}); {advice}"
 
     def save(self, round_index: int, global_step: int) -> Path:
         """Save the state after `round_index` on every process; the main process then rotates old ones."""
         path = self.root / f"{CHECKPOINT_PREFIX}{round_index:05d}"
         self.accelerator.wait_for_everyone()
-        if self.uses_deepspeed:
-            # Only the LoRA and its optimizer state: the frozen 7.2 GB transformer is the base model's.
-            self.accelerator.save_state(str(path), exclude_frozen_parameters=True)
-        else:
-            self.accelerator.save_state(str(path))
+        with disk_full_error(path):
+            if self.uses_deepspeed:
+                # Only the LoRA and its optimizer state: the frozen 7.2 GB transformer is the base model's.
+                self.accelerator.save_state(str(path), exclude_frozen_parameters=True)
+            else:
+                self.accelerator.save_state(str(path))
         if self.accelerator.is_main_process:
             # Written last: a checkpoint without it is incomplete and never resumed from.
             atomic_write_json(path / TRAINER_STATE, {"round": round_index, "global_step": global_step, **self.identity})
@@ -116,9 +154,13 @@ class CheckpointManager:
         if mismatched:
             detail = ", ".join(f"{name}: checkpoint {old!r} vs config {new!r}" for name, (old, new) in mismatched.items())
             raise ValueError(f"checkpoint {str(path)!r} was made with another model or LoRA config ({detail}); resume with the same settings.")
-        if self.uses_deepspeed:
-            # The checkpoint holds the trainable (LoRA) parameters only; the frozen ones come from the base model.
-            self.accelerator.load_state(str(path), load_module_strict=False)
-        else:
-            self.accelerator.load_state(str(path))
+        try:
+            if self.uses_deepspeed:
+                # The checkpoint holds the trainable (LoRA) parameters only; the frozen ones come from the base model.
+                self.accelerator.load_state(str(path), load_module_strict=False)
+            else:
+                self.accelerator.load_state(str(path))
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            # A truncated optimizer/scheduler/RNG file (torch.load); the LoRA is checked in the load hook.
+            raise ValueError(self._unloadable(path, str(path), error)) from error
         return state

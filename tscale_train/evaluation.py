@@ -157,6 +157,8 @@ def learning_summary(metrics_path: Path) -> str | None:
     if before is None or len(evals) < 2:
         return None
     after = evals[-1]
+    if before["eval/reward_budget0"] is None or after["eval/reward_budget0"] is None:
+        return None  # a non-finite eval reward, written as null
     spread = before.get("eval/reward_budget0_std") or float("nan")
 
     def shift(value: float) -> str:
@@ -166,6 +168,6 @@ def learning_summary(metrics_path: Path) -> str | None:
         f"learning: eval reward at budget 0 {before['eval/reward_budget0']:.4f} -> {after['eval/reward_budget0']:.4f} "
         f"({shift(after['eval/reward_budget0'])}) after {after['round'] + 1} rounds"
     )
-    if "eval/reward_ses" in before:
+    if before.get("eval/reward_ses") is not None:
         line += f"; before training, SES reached {before['eval/reward_ses']:.4f} ({shift(before['eval/reward_ses'])})"
     return line

@@ -1,10 +1,14 @@
 """Atomic writes: build a file or directory next to its target, then rename it in, so nothing
-half-written is ever left."""
+half-written is ever left. Also strict JSON (non-finite numbers as null) and a readable error for a
+full disk, which torch and PIL otherwise report as `enforce fail at inline_container.cc` or
+`'_idat' object has no attribute 'fileno'`."""
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -12,20 +16,83 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+# Below this much free space a failed write is put down to a full disk (torch's zip writer loses the errno).
+_NEARLY_FULL_BYTES = 16 * 2**20
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free space for unprivileged writes on the file system holding `path` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _is_disk_full(error: BaseException, path: Path) -> bool:
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return cause.errno in (errno.ENOSPC, errno.EDQUOT)  # another errno (EACCES, EIO...) is not a full disk
+        cause = cause.__cause__ or cause.__context__
+    # No errno to go by (torch's "enforce fail at inline_container.cc"): look at the disk.
+    try:
+        return free_bytes(path) < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+@contextmanager
+def disk_full_error(path: str | Path) -> Iterator[None]:
+    """Turn a write failure caused by a full disk into `OSError(ENOSPC, "no space left on device while writing PATH")`.
+
+    Other failures pass through unchanged. AttributeError is caught because PIL reports a failed
+    PNG write as `'_idat' object has no attribute 'fileno'`, with the ENOSPC further down the chain.
+    """
+    try:
+        yield
+    except (OSError, RuntimeError, AttributeError) as error:
+        if isinstance(error, OSError) and "no space left on device while writing" in str(error):
+            raise  # already named (a nested write)
+        if _is_disk_full(error, Path(path)):
+            raise OSError(errno.ENOSPC, f"no space left on device while writing {path}") from error
+        raise
+
+
+def _umask() -> int:
+    """The process umask. /proc is read first: setting and restoring it would race other threads' writes."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)` on a temporary file beside `path`, then `os.replace` it into place."""
+    """Call `write(tmp_path)` on a temporary file beside `path`, then `os.replace` it into place.
+
+    The file gets the mode any other write would (0o666 less the umask), not mkstemp's 0600.
+    A full disk is reported as such, naming `path`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(handle)
-    tmp_path = Path(tmp_name)
-    try:
-        write(tmp_path)
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    with disk_full_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        os.close(handle)
+        tmp_path = Path(tmp_name)
+        try:
+            write(tmp_path)
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, path)
+        finally:
+            tmp_path.unlink(missing_ok=True)
     return path
 
 
@@ -33,8 +100,28 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def atomic_write_json(path: str | Path, payload) -> Path:
-    return atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, +-inf) replaced by None, and tuples by lists.
+
+    `json.dumps` would write them as bare NaN/Infinity, which is not JSON: strict readers (jq,
+    JavaScript, pandas with some engines) reject the whole file.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def dumps_json(value: Any, **kwargs: Any) -> str:
+    """Strict JSON text of `value` (non-finite numbers as null); kwargs go to `json.dumps`."""
+    return json.dumps(json_safe(value), allow_nan=False, **kwargs)
+
+
+def atomic_write_json(path: str | Path, payload: Any) -> Path:
+    return atomic_write_text(path, dumps_json(payload, indent=2) + "\n")
 
 
 def atomic_save_image(image, path: str | Path) -> Path:

@@ -16,14 +16,12 @@ the same LoRA as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
 from pathlib import Path
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from .checkpointing import CHECKPOINT_IDENTITY, CheckpointManager
@@ -40,13 +38,14 @@ from .distributed import (
 from .dpo import FlowDPOStep
 from .evaluation import Evaluator, learning_summary, split_eval_prompts
 from .generation import FlowGenerator, PromptEmbeds, generator_for_pipeline
-from .io_utils import atomic_write_text
+from .io_utils import disk_full_error
 from .loading import load_pipeline, load_reward_for
-from .lora import add_lora, save_lora
+from .lora import LORA_WEIGHT_NAME, add_lora, save_lora
 from .optimization import make_optimizer
 from .pairs import PairRecord, PairStore, records_from_search
 from .prompt_cache import PromptEmbeddingCache
 from .prompts import load_prompts
+from .run_dir import RunDirectory
 from .ses import search_prompts
 
 # Re-exported: callers import these from here.
@@ -66,12 +65,16 @@ class OnlineDPOTrainer:
         self.train_prompts, self.eval_prompts = split_eval_prompts(train_prompts, config)
         self.accelerator = accelerator or self._make_accelerator()
         check_shardable(len(self.train_prompts), config.prompts_per_round, self.accelerator.num_processes)
-        self.weight_dtype = config.torch_dtype(self.accelerator.device)
-        self.store = PairStore(self.output_dir / "pairs")
-        self.start_round = 0
-        self.global_step = 0
-        self._round_embeds: dict[str, PromptEmbeds] = {}
-        self._setup_models()
+        # Before anything is loaded or written: this run owns the dir, which is fresh, resumed or overwritten.
+        self.run_dir = RunDirectory(self.output_dir)
+        self.run_dir.claim(config, self.accelerator)
+        with self.run_dir.released_on_error():
+            self.weight_dtype = config.torch_dtype(self.accelerator.device)
+            self.store = PairStore(self.output_dir / "pairs")
+            self.start_round = 0
+            self.global_step = 0
+            self._round_embeds: dict[str, PromptEmbeds] = {}
+            self._setup_models()
 
     # ---- set-up ------------------------------------------------------------------------------
     def _make_accelerator(self):
@@ -166,14 +169,14 @@ class OnlineDPOTrainer:
         return self.checkpoints.save(round_index, self.global_step)
 
     def resume(self, checkpoint: str) -> None:
-        """Continue after the checkpoint's round; pairs of later rounds (from the interrupted run) are dropped."""
+        """Continue after the checkpoint's round; later rounds' pairs and metrics rows (all, without a checkpoint) are dropped."""
         state = self.checkpoints.resume(checkpoint)
-        if state is None:
-            return
-        self.start_round = state["round"] + 1
-        self.global_step = state["global_step"]
+        if state is not None:
+            self.start_round = state["round"] + 1
+            self.global_step = state["global_step"]
         if self.accelerator.is_main_process:
-            self.store.remove_rounds_after(state["round"])
+            self.store.remove_rounds_after(state["round"] if state else -1)
+            self.run_dir.truncate_metrics(state["round"] if state else None)
         self.accelerator.wait_for_everyone()
 
     # ---- one round ---------------------------------------------------------------------------
@@ -322,8 +325,7 @@ class OnlineDPOTrainer:
         metrics = {"round": round_index, "global_step": self.global_step, **metrics}
         self.accelerator.log({key: value for key, value in metrics.items() if key != "round"}, step=round_index)
         if self.accelerator.is_main_process:
-            with (self.output_dir / "metrics.jsonl").open("a") as handle:
-                handle.write(json.dumps(metrics) + "\n")
+            self.run_dir.append_metrics(metrics)
 
     def _due(self, every: int, round_index: int) -> bool:
         return every > 0 and (round_index + 1) % every == 0
@@ -334,12 +336,15 @@ class OnlineDPOTrainer:
         `stop_after_rounds` ends this call early after that many rounds, leaving a resumable run
         (for time-sliced jobs, and to test resuming).
         """
+        with self.run_dir.held_for(self.accelerator):
+            return self._train(stop_after_rounds)
+
+    def _train(self, stop_after_rounds: int | None) -> Path:
         config, accelerator = self.config, self.accelerator
-        if accelerator.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.output_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         if config.resume_from_checkpoint:
             self.resume(config.resume_from_checkpoint)
+        if accelerator.is_main_process:
+            self.run_dir.write_config(config.to_dict())  # only now: a refused resume leaves the run's config as it was
         if accelerator.is_main_process and config.report_to != "none":
             accelerator.init_trackers(config.tracker_project, config={k: v for k, v in config.to_dict().items() if v is not None})
         if self.start_round == 0 and config.eval_every > 0:
@@ -348,6 +353,10 @@ class OnlineDPOTrainer:
         for round_index in tqdm(range(self.start_round, last_round), desc="rounds", disable=not self._show_progress):
             started = time.perf_counter()
             records, metrics = self.make_pairs(round_index)
+            if metrics["train/num_pairs"] == 0:  # a global count, the same on every rank: all raise
+                below = f", or margins below min_margin={config.min_margin}" if config.min_margin else ""
+                raise ValueError(f"round {round_index}: the reward {config.reward!r} gave no usable pair "
+                                 f"(all scores NaN or tied{below}) on any process; check the reward")
             metrics["train/implicit_acc_new"] = self.implicit_accuracy(records, round_index)
             metrics.update(self.train_on_pairs(self._training_records(records, round_index), round_index))
             final_round = round_index == config.rounds - 1
@@ -363,7 +372,8 @@ class OnlineDPOTrainer:
                 self.save_checkpoint(round_index)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process and last_round == config.rounds:
-            save_lora(type(self.pipe), self.unwrapped_transformer, self.output_dir)
+            with disk_full_error(self.output_dir / LORA_WEIGHT_NAME):
+                save_lora(type(self.pipe), self.unwrapped_transformer, self.output_dir)
             summary = learning_summary(self.output_dir / "metrics.jsonl")
             if summary:
                 tqdm.write(summary)

@@ -1,0 +1,215 @@
+"""The output dir of a training run: one live run at a time, no silent mixing of two runs' outputs.
+
+- A lock (`.tscale.lock`, an OS file lock, freed by the kernel when its process dies) is held by the
+  main process for the run's life; `.tscale.pid` beside it says who holds it, for the error a second
+  run gets and for the message when a dead run's leftovers are taken over.
+- A fresh run refuses a dir holding another run's outputs unless it resumes that run or is told to
+  overwrite it (as transformers' Trainer does): appending to its metrics, mixing in its pairs and
+  letting `checkpoints_total_limit` rotate the new checkpoints away are all silent otherwise.
+- `metrics.jsonl` rows are strict JSON and are cut back to a checkpoint's round on resume, as the
+  pair store's rounds are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+from filelock import FileLock, Timeout
+
+from .io_utils import atomic_write_text, dumps_json, remove_tree
+from .lora import LORA_WEIGHT_NAME
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".tscale.lock"
+PID_NAME = ".tscale.pid"
+METRICS_NAME = "metrics.jsonl"
+# What a run writes; `--overwrite_output_dir` removes these and leaves anything else.
+RUN_OUTPUTS = (METRICS_NAME, "pairs", "checkpoints", "eval", "logs", LORA_WEIGHT_NAME, "config.yaml")
+# How long a run that has the lock may take to write its pid file before its lock is judged stale.
+_PID_GRACE_SECONDS = 2.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+class RunDirectory:
+    """`output_dir` of one run: its lock, its freshness check and its metrics file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.metrics_path = self.path / METRICS_NAME
+        self._lock: FileLock | None = None
+        # Set on every process by `claim` (the lock itself is the main process's), so all agree on it.
+        self.held = False
+
+    # ---- the lock ------------------------------------------------------------------------------
+    def _holder(self) -> tuple[int, str] | None:
+        """(pid, host) from the pid file, or None if there is none (or it is unreadable)."""
+        try:
+            pid, host = (self.path / PID_NAME).read_text().split()[:2]
+            return int(pid), host
+        except (OSError, ValueError):
+            return None
+
+    def _describe(self, holder: tuple[int, str] | None) -> str:
+        if holder is None:
+            return "pid unknown"
+        pid, host = holder
+        return f"pid {pid}" if host == socket.gethostname() else f"pid {pid} on {host}"
+
+    def _is_stale(self, holder: tuple[int, str] | None) -> bool:
+        """Only a pid on this host can be checked; one elsewhere is trusted to be alive."""
+        return holder is not None and holder[1] == socket.gethostname() and not _alive(holder[0])
+
+    def acquire(self) -> None:
+        """Take the dir for this process; ValueError (one line) if another live run has it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.path / LOCK_NAME, timeout=0)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            holder = self._holder()
+            try:
+                if holder is not None and not self._is_stale(holder):
+                    raise  # a live run: fail at once
+                # No pid, or a dead one: a run that has just taken the lock may not have written its pid yet.
+                lock.acquire(timeout=_PID_GRACE_SECONDS)
+            except Timeout:
+                holder = self._holder()
+                if not self._is_stale(holder):
+                    raise ValueError(
+                        f"output_dir {self.path} is in use by another run ({self._describe(holder)}); "
+                        "wait for it to end or pass another --output_dir"
+                    ) from None
+                # Only a lock without OS support (filelock's fallback lock file) outlives its process.
+                logger.warning("output_dir %s: taking over the lock of %s, which is no longer running", self.path, self._describe(holder))
+                (self.path / LOCK_NAME).unlink(missing_ok=True)
+                lock.acquire(timeout=0)
+        holder = self._holder()
+        if holder is not None and holder != (os.getpid(), socket.gethostname()):
+            logger.warning(
+                "output_dir %s: taking over the lock of %s, which is no longer running (a killed run?)",
+                self.path, self._describe(holder),
+            )
+        self._lock = lock
+        atomic_write_text(self.path / PID_NAME, f"{os.getpid()} {socket.gethostname()}\n")
+
+    def release(self) -> None:
+        self.held = False
+        if self._lock is None:
+            return
+        (self.path / PID_NAME).unlink(missing_ok=True)
+        self._lock.release()
+        self._lock = None
+
+    # ---- fresh, resumed or overwritten -----------------------------------------------------------
+    def contents(self) -> list[Path]:
+        """What is in the dir besides the lock."""
+        if not self.path.is_dir():
+            return []
+        return sorted(entry for entry in self.path.iterdir() if entry.name not in (LOCK_NAME, PID_NAME))
+
+    def check_fresh_or_resume(self, config: Any) -> None:
+        """Refuse a non-empty dir unless resuming it or `overwrite_output_dir` (then its run outputs are removed)."""
+        contents = self.contents()
+        if not contents or config.resume_from_checkpoint:
+            return
+        if not config.overwrite_output_dir:
+            raise ValueError(
+                f"output_dir {self.path} is not empty (a previous run?); pass --resume_from_checkpoint latest "
+                "to continue it or --overwrite_output_dir to start afresh"
+            )
+        removed = [entry for entry in contents if entry.name in RUN_OUTPUTS]
+        for entry in removed:
+            if entry.is_dir() and not entry.is_symlink():
+                remove_tree(entry)
+            else:
+                entry.unlink(missing_ok=True)
+        kept = [entry.name for entry in contents if entry.name not in RUN_OUTPUTS]
+        logger.warning(
+            "overwrite_output_dir: removed %s from %s%s", ", ".join(entry.name for entry in removed) or "nothing",
+            self.path, f" (kept what no run writes: {', '.join(kept)})" if kept else "",
+        )
+
+    def claim(self, config: Any | None, accelerator: Any) -> None:
+        """`acquire` + `check_fresh_or_resume` (unless `config` is None) on the main process, before
+        anyone writes; its error on every process.
+
+        Every process must call it: the others wait for the main process's verdict and raise it too,
+        so a refused launch ends on all ranks instead of hanging in the first collective.
+        """
+        error: tuple[str, str] | None = None
+        if accelerator.is_main_process:
+            try:
+                self.acquire()
+                if config is not None:
+                    self.check_fresh_or_resume(config)
+            except (ValueError, OSError) as caught:
+                self.release()
+                error = (type(caught).__name__, str(caught))
+                if accelerator.num_processes == 1:
+                    raise
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            error = broadcast_object_list([error], from_process=0)[0]
+        if error is not None:
+            kind, message = error
+            raise (ValueError if kind == "ValueError" else OSError)(message)
+        self.held = True
+
+    @contextmanager
+    def held_for(self, accelerator: Any) -> Iterator[None]:
+        """Hold the dir for one `train()` call (claimed again if an earlier call released it); released after, error or not."""
+        if not self.held:
+            self.claim(None, accelerator)
+        try:
+            yield
+        finally:
+            self.release()
+
+    @contextmanager
+    def released_on_error(self) -> Iterator[None]:
+        """Release the dir if the body fails (a trainer that failed to set up holds nothing)."""
+        try:
+            yield
+        except BaseException:
+            self.release()
+            raise
+
+    # ---- files -----------------------------------------------------------------------------------
+    def write_config(self, config: dict[str, Any]) -> None:
+        """`config.yaml`, atomically: a reader (or a crash) never sees half of it."""
+        atomic_write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        """One row, strict JSON (NaN and infinities as null)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with self.metrics_path.open("a") as handle:
+            handle.write(dumps_json(row) + "\n")
+
+    def truncate_metrics(self, after_round: int | None) -> None:
+        """Keep only rows of rounds <= `after_round` (None: none), atomically: resuming redoes the later rounds."""
+        if not self.metrics_path.is_file():
+            return
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            if line.strip() and after_round is not None and json.loads(line).get("round", -1) <= after_round:
+                kept.append(line + "\n")
+        atomic_write_text(self.metrics_path, "".join(kept))
