@@ -4,6 +4,7 @@
     tscale ses --model tiny --prompt "sketch, a cat" --budget 20 --out cat.png      # offline, CPU
     tscale train --config recipes/configs/tiny.yaml                                  # the training loop
     tscale plan --config recipes/configs/flux2_klein_4b.yaml --gpu-memory 80          # memory, no weights loaded
+    tscale export runs/cat --repo-id me/klein-cat-dpo [--include-pairs me/klein-cat-pairs] [--dry-run]
     tscale tiny --out DIR                                                            # build the tiny kit
 
 Under `accelerate launch`, `tscale ses` splits each search's candidates across the processes.
@@ -22,6 +23,7 @@ from .config import ModelConfig, SearchConfig, SESArguments, parse_args
 COMMANDS = {
     "ses": "search the initial noise for a prompt (or a prompts file) and save the best image",
     "train": "the online SES -> Diffusion-DPO loop (the recipe's loop; accelerate launch -m tscale_train.cli train)",
+    "export": "push a run's LoRA (with a model card) and optionally its pairs to the Hugging Face Hub",
     "plan": "estimate the peak GPU/CPU memory of a training run or a ses command, without loading weights",
     "tiny": "build the tiny offline model kit",
 }
@@ -31,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The top level: `tscale COMMAND ...`; each command parses the rest itself."""
     parser = argparse.ArgumentParser(prog="tscale", description="Spectral Evolution Search and search-to-training tools.")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in ("ses", "train"):
+    for name in ("ses", "train", "export"):
         # Parsed by the settings dataclasses (`tscale_train.config`), so `tscale ses --help` shows their flags.
         subcommands.add_parser(name, help=COMMANDS[name], add_help=False)
     from .plan import add_plan_parser
@@ -143,6 +145,16 @@ def run_train(argv: list[str]) -> None:
     OnlineDPOTrainer(parse_config(argv)).train()
 
 
+def run_export(argv: list[str]) -> None:
+    """`tscale export RUN --repo-id ID ...` (the run may also be given as --run)."""
+    from .export.run import ExportArguments, export_run
+
+    if argv and not argv[0].startswith("-"):
+        argv = ["--run", *argv]
+    (args,) = parse_args([ExportArguments], argv, prog="tscale export")
+    export_run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -154,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             run_ses(*parse_ses_args(rest))
         elif command == "train":
             run_train(rest)
+        elif command == "export":
+            run_export(rest)
         elif command == "plan":
             from .plan import run_plan
 

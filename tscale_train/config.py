@@ -280,6 +280,9 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
     seed: int = field(default=0, **_help("seed of everything"))
     # logging and output
     output_dir: str = field(default="runs/flux2_klein_dpo", **_help("where the LoRA, metrics, checkpoints and pairs go"))
+    push_to_hub: bool = field(default=False, **_help("at the end, push the LoRA with a model card to --hub_model_id"))
+    hub_model_id: str | None = field(default=None, **_help("model repo for --push_to_hub, namespace/name"))
+    hub_private_repo: bool = field(default=False, **_help("create the --push_to_hub repo private"))
     overwrite_output_dir: bool = field(
         default=False, **_help("start afresh in a non-empty output_dir (deleting what is there); default: refuse")
     )
@@ -323,6 +326,12 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
             check_reward_name(self.eval_reward)
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
+        if self.push_to_hub:
+            from .export.hub import check_repo_id
+
+            if not self.hub_model_id:
+                raise ValueError("--push_to_hub needs --hub_model_id namespace/name.")
+            check_repo_id(self.hub_model_id, "--hub_model_id")
         if self.min_margin < 0:
             raise ValueError(f"min_margin must be >= 0, got {self.min_margin}.")
 

@@ -65,6 +65,10 @@ class OnlineDPOTrainer:
         self.train_prompts, self.eval_prompts = split_eval_prompts(train_prompts, config)
         self.accelerator = accelerator or self._make_accelerator()
         check_shardable(len(self.train_prompts), config.prompts_per_round, self.accelerator.num_processes)
+        if config.push_to_hub and self.accelerator.is_main_process:
+            from .export.hub import resolve_token
+
+            resolve_token()  # no token: fail now, not after the last round
         # Before anything is loaded or written: this run owns the dir, which is fresh, resumed or overwritten.
         self.run_dir = RunDirectory(self.output_dir)
         self.run_dir.claim(config, self.accelerator)
@@ -339,6 +343,14 @@ class OnlineDPOTrainer:
         with self.run_dir.held_for(self.accelerator):
             return self._train(stop_after_rounds)
 
+    def push_to_hub(self) -> None:
+        """The final LoRA with its model card (examples rendered with this pipeline) to `hub_model_id`."""
+        from .export.run import ExportArguments, export_run
+
+        arguments = ExportArguments(run=str(self.output_dir), repo_id=self.config.hub_model_id,
+                                    private=self.config.hub_private_repo)
+        export_run(arguments, pipe=self.pipe, log=tqdm.write)
+
     def _train(self, stop_after_rounds: int | None) -> Path:
         config, accelerator = self.config, self.accelerator
         if config.resume_from_checkpoint:
@@ -377,6 +389,8 @@ class OnlineDPOTrainer:
             summary = learning_summary(self.output_dir / "metrics.jsonl")
             if summary:
                 tqdm.write(summary)
+            if config.push_to_hub:
+                self.push_to_hub()
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return self.output_dir

@@ -174,7 +174,7 @@ class LoraSpec:
     target_modules: str
 
 
-def _meta_transformer(spec: PipelineSpec, dtype: torch.dtype, lora: LoraSpec | None, checkpointing: bool = False):
+def meta_transformer(spec: PipelineSpec, dtype: torch.dtype, lora: LoraSpec | None, checkpointing: bool = False):
     from diffusers import Flux2Transformer2DModel
 
     from ..lora import add_lora
@@ -230,7 +230,7 @@ def _meta_clip(clip_json: str, dtype: torch.dtype = torch.float32):
 @functools.lru_cache(maxsize=64)
 def component_bytes(spec: PipelineSpec, dtype: torch.dtype, lora: LoraSpec | None = None) -> dict[str, int]:
     """Weights of each component: transformer, lora (fp32), vae, text_encoder (in `dtype`)."""
-    transformer = _meta_transformer(spec, dtype, lora)
+    transformer = meta_transformer(spec, dtype, lora)
     sizes = {
         "transformer": module_bytes(transformer, lambda name: "lora_" not in name),
         "lora": module_bytes(transformer, lambda name: "lora_" in name),

@@ -13,10 +13,10 @@ from .components import (
     PipelineSpec,
     _meta_clip,
     _meta_text_encoder,
-    _meta_transformer,
     _meta_vae,
     _to_json,
     component_bytes,
+    meta_transformer,
 )
 from .tracker import _FAKE_DEVICE, LiveMemoryTracker, _backward, _CudaAutocast, fake_gpu
 
@@ -99,7 +99,7 @@ def _measure_sampling(
     at the same batch, so CFG adds one prediction and the negative embeddings, not a doubled batch.
     """
     tokens_h, tokens_w = height // spec.resolution_multiple, width // spec.resolution_multiple
-    transformer = _meta_transformer(spec, dtype, lora)
+    transformer = meta_transformer(spec, dtype, lora)
     with fake_gpu():
         transformer = transformer.to_empty(device=_FAKE_DEVICE)
         tracker = LiveMemoryTracker()
@@ -197,7 +197,7 @@ def _measure_dpo(
     from ..dpo import flow_dpo_loss
 
     tokens_h, tokens_w = height // spec.resolution_multiple, width // spec.resolution_multiple
-    transformer = _meta_transformer(spec, dtype, lora, checkpointing=checkpointing)
+    transformer = meta_transformer(spec, dtype, lora, checkpointing=checkpointing)
     with fake_gpu():
         transformer = transformer.to_empty(device=_FAKE_DEVICE)
         transformer.train()
