@@ -1,0 +1,247 @@
+"""The LoRA adapter in the original FLUX.2 layout that ComfyUI and BFL-style tools load (`--format comfyui`).
+
+`save_lora` writes diffusers' layout (`transformer.transformer_blocks.0.attn.to_q.lora_A.weight`, alpha in the
+safetensors metadata). ComfyUI patches the weights of the original BFL model, whose names and fusions differ:
+`diffusion_model.double_blocks.0.img_attn.qkv` is diffusers' to_q/to_k/to_v in one matrix. This module is the
+inverse of diffusers' own reader of that layout, `_convert_non_diffusers_flux2_lora_to_diffusers`
+(`diffusers/loaders/lora_conversion_utils.py`), so `pipe.load_lora_weights(dir, weight_name=COMFYUI_WEIGHT_NAME)`
+reads the file back, and ComfyUI applies it to the same weights.
+
+Key mapping (diffusers module -> original module, both without their prefix):
+
+    transformer_blocks.N.attn.{to_q,to_k,to_v}                 -> double_blocks.N.img_attn.qkv  (fused)
+    transformer_blocks.N.attn.{add_q_proj,add_k_proj,add_v_proj} -> double_blocks.N.txt_attn.qkv  (fused)
+    transformer_blocks.N.attn.to_out.0                         -> double_blocks.N.img_attn.proj
+    transformer_blocks.N.attn.to_add_out                       -> double_blocks.N.txt_attn.proj
+    transformer_blocks.N.ff.linear_in / linear_out             -> double_blocks.N.img_mlp.0 / img_mlp.2
+    transformer_blocks.N.ff_context.linear_in / linear_out     -> double_blocks.N.txt_mlp.0 / txt_mlp.2
+    single_transformer_blocks.N.attn.to_qkv_mlp_proj           -> single_blocks.N.linear1
+    single_transformer_blocks.N.attn.to_out                    -> single_blocks.N.linear2
+    x_embedder / context_embedder                              -> img_in / txt_in
+    proj_out                                                   -> final_layer.linear
+    norm_out.linear                                            -> final_layer.adaLN_modulation.1  (halves swapped)
+    time_guidance_embed.{timestep,guidance}_embedder.linear_1/2 -> {time,guidance}_in.in_layer/out_layer
+    {single_stream,double_stream_modulation_img,_txt}...linear -> ....lin
+
+Scale: the diffusers reader ignores `.alpha` keys of this layout (it raises on any key it does not consume), and
+ComfyUI applies `lora_B @ lora_A` at scale 1 when a module has no `.alpha`. So the file has no alpha keys and each
+module's peft scaling (alpha / r, or alpha / sqrt(r) for rsLoRA) is folded into its lora_B. Loaded without
+metadata, diffusers likewise sets alpha = rank per module (scale 1), also where the fused modules' rank differs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..lora import LORA_WEIGHT_NAME
+
+# Next to `pytorch_lora_weights.safetensors`; ComfyUI takes any file name in its `loras` folder.
+COMFYUI_WEIGHT_NAME = "pytorch_lora_weights_comfyui.safetensors"
+ORIGINAL_PREFIX = "diffusion_model."
+DIFFUSERS_PREFIX = "transformer."
+# Where `save_lora_weights` keeps the LoraConfig (its keys prefixed "transformer.").
+LORA_METADATA_KEY = "lora_adapter_metadata"
+
+# The original model computes q, k and v with one matrix; diffusers splits it in this order (torch.chunk(3)).
+_FUSED_QKV = {
+    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+}
+_DOUBLE_BLOCK_MODULES = {
+    "attn.to_out.0": "img_attn.proj",
+    "attn.to_add_out": "txt_attn.proj",
+    "ff.linear_in": "img_mlp.0",
+    "ff.linear_out": "img_mlp.2",
+    "ff_context.linear_in": "txt_mlp.0",
+    "ff_context.linear_out": "txt_mlp.2",
+}
+_SINGLE_BLOCK_MODULES = {
+    "attn.to_qkv_mlp_proj": "linear1",
+    "attn.to_out": "linear2",
+}
+_TOP_LEVEL_MODULES = {
+    "x_embedder": "img_in",
+    "context_embedder": "txt_in",
+    "time_guidance_embed.timestep_embedder.linear_1": "time_in.in_layer",
+    "time_guidance_embed.timestep_embedder.linear_2": "time_in.out_layer",
+    "time_guidance_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
+    "time_guidance_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
+    "proj_out": "final_layer.linear",
+    "norm_out.linear": "final_layer.adaLN_modulation.1",
+    "single_stream_modulation.linear": "single_stream_modulation.lin",
+    "double_stream_modulation_img.linear": "double_stream_modulation_img.lin",
+    "double_stream_modulation_txt.linear": "double_stream_modulation_txt.lin",
+}
+# The original final layer splits its modulation as (shift, scale), diffusers' AdaLayerNormContinuous as
+# (scale, shift): diffusers' base-model converter swaps the halves of this weight, so the LoRA delta on it
+# (rows of lora_B) must be swapped too to hit the same outputs in ComfyUI.
+_SWAPPED_HALVES = {"norm_out.linear"}
+
+_BLOCK_KEY = re.compile(r"(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)")
+_LORA_KEY = re.compile(r"(.+)\.(lora_A|lora_B)\.weight")
+
+
+def _original_module(module: str) -> tuple[str, int | None]:
+    """diffusers module name -> (original module name, index of q/k/v inside a fused projection or None)."""
+    if module in _TOP_LEVEL_MODULES:
+        return _TOP_LEVEL_MODULES[module], None
+    match = _BLOCK_KEY.fullmatch(module)
+    if match is not None:
+        kind, index, inner = match.groups()
+        if kind == "transformer_blocks":
+            if inner in _DOUBLE_BLOCK_MODULES:
+                return f"double_blocks.{index}.{_DOUBLE_BLOCK_MODULES[inner]}", None
+            for fused, parts in _FUSED_QKV.items():
+                if inner in parts:
+                    return f"double_blocks.{index}.{fused}", parts.index(inner)
+        elif inner in _SINGLE_BLOCK_MODULES:
+            return f"single_blocks.{index}.{_SINGLE_BLOCK_MODULES[inner]}", None
+    raise ValueError(
+        f"the LoRA module {module!r} has no counterpart that diffusers' FLUX.2 original-layout converter maps "
+        "back (`_convert_non_diffusers_flux2_lora_to_diffusers`); it cannot be exported in the ComfyUI layout."
+    )
+
+
+def _lora_config(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The LoraConfig dict from `save_lora`'s metadata, its "transformer." prefix dropped; {} when absent."""
+    if not metadata:
+        return {}
+    if LORA_METADATA_KEY in metadata:  # the raw safetensors metadata
+        raw = metadata[LORA_METADATA_KEY]
+        metadata = json.loads(raw) if isinstance(raw, str) else raw
+    return {key.removeprefix(DIFFUSERS_PREFIX): value for key, value in metadata.items()}
+
+
+def _scaling(module: str, rank: int, config: Mapping[str, Any]) -> float:
+    """peft's `LoraLayer.scaling` for `module`: alpha / r (alpha / sqrt(r) with rsLoRA).
+
+    Without a config diffusers assumes alpha == rank (scale 1), and so do we. The rank is the tensor's, which
+    already reflects `rank_pattern`; alpha follows `alpha_pattern` with peft's own matching rule.
+    """
+    if not config:
+        return 1.0
+    from peft.utils.other import get_pattern_key
+
+    alpha_pattern = config.get("alpha_pattern") or {}
+    alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), config.get("lora_alpha", rank))
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+
+
+def _swap_halves(weight: torch.Tensor) -> torch.Tensor:
+    first, second = weight.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+def to_comfyui_state_dict(
+    diffusers_state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
+    """A FLUX.2 transformer LoRA in diffusers' layout -> the original layout (`diffusion_model.` keys).
+
+    `metadata` is the LoraConfig `save_lora` stores (the safetensors metadata, or its decoded
+    "lora_adapter_metadata" dict); without it every module is taken at scale 1, as diffusers does.
+    Raises ValueError for a key that is not a plain LoRA weight or names a module the converter cannot map.
+    """
+    config = _lora_config(metadata)
+    if config.get("use_dora") or config.get("lora_bias"):
+        raise ValueError("DoRA and LoRA-bias adapters have no equivalent in the original FLUX.2 LoRA layout.")
+
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in diffusers_state_dict.items():
+        match = _LORA_KEY.fullmatch(key.removeprefix(DIFFUSERS_PREFIX))
+        if match is None or not key.startswith(DIFFUSERS_PREFIX):
+            raise ValueError(
+                f"{key!r} is not a `transformer.<module>.lora_A/lora_B.weight` key of a diffusers transformer LoRA; "
+                "only those can be exported in the ComfyUI layout."
+            )
+        modules.setdefault(match[1], {})[match[2]] = tensor
+
+    # original module -> {q/k/v index or None: (lora_A, scaled lora_B)}
+    grouped: dict[str, dict[int | None, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for module, pair in sorted(modules.items()):
+        if set(pair) != {"lora_A", "lora_B"}:
+            raise ValueError(
+                f"the LoRA module {module!r} has {sorted(pair)} but needs both lora_A and lora_B."
+            )
+        original, part = _original_module(module)
+        down, up = pair["lora_A"], pair["lora_B"]
+        scale = _scaling(module, down.shape[0], config)
+        if scale != 1.0:
+            # Multiply in float32 so a bf16 adapter loses no more than its final rounding.
+            up = (up.float() * scale).to(up.dtype)
+        if module in _SWAPPED_HALVES:
+            up = _swap_halves(up)
+        grouped.setdefault(original, {})[part] = (down, up)
+
+    converted: dict[str, torch.Tensor] = {}
+    for original, parts in grouped.items():
+        if None in parts:
+            down, up = parts[None]
+        else:
+            down, up = _fuse_qkv(original, parts)
+        # Contiguous: safetensors refuses views, and cat/chunk results may be.
+        converted[f"{ORIGINAL_PREFIX}{original}.lora_A.weight"] = down.contiguous()
+        converted[f"{ORIGINAL_PREFIX}{original}.lora_B.weight"] = up.contiguous()
+    return converted
+
+
+def _fuse_qkv(
+    original: str, parts: Mapping[int, tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q, k, v LoRAs -> one LoRA on the fused qkv weight whose delta is the three deltas stacked.
+
+    The converter gives the fused lora_A to each of q, k, v and splits lora_B in three row blocks, so separate
+    adapters fit only as lora_A = [A_q; A_k; A_v] (rank r_q + r_k + r_v) and a block-diagonal lora_B: each row
+    block sees only its own rank slice. A projection without a LoRA gets zero rows (the converter still needs
+    its third of the rows, and diffusers then loads a LoRA there whose delta is exactly zero).
+    """
+    first_down, first_up = next(iter(parts.values()))
+    out_features = first_up.shape[0]
+    if any(up.shape[0] != out_features for _, up in parts.values()):
+        raise ValueError(f"the q/k/v LoRAs fused into {original!r} have different output sizes.")
+    ranks = [parts[index][0].shape[0] for index in sorted(parts)]
+    down = torch.cat([parts[index][0] for index in sorted(parts)], dim=0)
+    up = first_up.new_zeros(3 * out_features, sum(ranks))
+    column = 0
+    for index, rank in zip(sorted(parts), ranks, strict=True):
+        up[index * out_features : (index + 1) * out_features, column : column + rank] = parts[index][1]
+        column += rank
+    return down, up
+
+
+def _lora_file(lora_dir_or_file: str | Path) -> Path:
+    path = Path(lora_dir_or_file)
+    return path / LORA_WEIGHT_NAME if path.is_dir() else path
+
+
+def save_comfyui_lora(lora_dir_or_file: str | Path, out_path: str | Path | None = None) -> Path:
+    """Convert a diffusers LoRA file (or the folder `save_lora` wrote) and write it in the original layout.
+
+    `out_path` defaults to `COMFYUI_WEIGHT_NAME` next to the source file; a folder gets that name inside it.
+    The file deliberately carries no "lora_adapter_metadata": diffusers would take that LoraConfig (rank r for
+    every module) over the tensors' own shapes, and the fused q/k/v modules have rank 3r, with the scale already
+    folded into lora_B.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    source = _lora_file(lora_dir_or_file)
+    if not source.is_file():
+        raise FileNotFoundError(f"no LoRA weights at {source}")
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        state_dict = {key: handle.get_tensor(key) for key in handle.keys()}
+    converted = to_comfyui_state_dict(state_dict, metadata)
+
+    out = source.parent / COMFYUI_WEIGHT_NAME if out_path is None else Path(out_path)
+    if out.is_dir():
+        out = out / COMFYUI_WEIGHT_NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(converted, str(out), metadata={"format": "pt"})
+    return out
