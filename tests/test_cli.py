@@ -156,3 +156,30 @@ def test_only_the_main_process_renders_final_images(tmp_path, monkeypatch, kit_d
     prompts.write_text("a cat\na dog\n")
     assert run_cli("--prompts-file", str(prompts), "--budget", "4", "--popsize", "2", "--out", str(tmp_path / "out")) == 0
     assert renders == [] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_prompts_file_is_sharded_over_the_processes_and_written_once(tmp_path, kit_dir):
+    """Each process searches its own prompts (prompt i keeps seed + i): the same results as one process."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\na red cube\n")
+    common = ["ses", "--model", "tiny", "--prompts-file", str(prompts), "--budget", "6", "--popsize", "3", "--seed", "5",
+              "--no-progress", "--reward", "rewards.synthetic:brightness"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    single = subprocess.run([sys.executable, "-m", "tscale_train.cli", *common, "--out", str(tmp_path / "one")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu/demo.yaml"),
+              "-m", "tscale_train.cli", *common, "--out", str(tmp_path / "two")]
+    double = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert [row["index"] for row in two] == [0, 1, 2]
+    assert sorted({row["process_index"] for row in two}) == [0, 1]  # both processes searched
+    for first, second in zip(one, two, strict=True):
+        assert (first["prompt"], first["seed"], first["best_index"]) == (second["prompt"], second["seed"], second["best_index"])
+        assert abs(first["best_score"] - second["best_score"]) < 1e-5
+    assert sorted(path.name for path in (tmp_path / "two").glob("*.png")) == ["0000.png", "0001.png", "0002.png"]
+    # Every image line is printed by exactly one process.
+    assert sum(line.startswith("[") for line in double.stdout.splitlines()) == 3

@@ -60,9 +60,9 @@ def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SE
 
     from .distributed import run_on_cpu
     from .generation import generator_for_pipeline
-    from .io_utils import atomic_save_image, atomic_write_json
+    from .io_utils import atomic_write_json
     from .loading import load_lora, load_pipeline, load_reward_for
-    from .ses import plot_trace, render_result, search_prompts, side_by_side
+    from .ses import search_prompts
 
     prompts = ses_args.load_prompts()
     # cpu=True where there is no CUDA: otherwise 2 CPU processes each think they are rank 0 of 1.
@@ -85,16 +85,19 @@ def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SE
         guidance_scale=model_config.guidance_scale,
         eval_batch_size=search_config.eval_batch_size,
     )
-    seeds = [ses_args.seed + index for index in range(len(prompts))]
+    # Many prompts over many processes (one node or several): each process searches its own prompts,
+    # so no generation waits on a gather. One prompt: its candidates are split over the processes.
+    shard_prompts = ses_args.prompts_file is not None and state.num_processes > 1
+    indices = list(range(len(prompts)))[state.process_index :: state.num_processes] if shard_prompts else list(range(len(prompts)))
     results = search_prompts(
         generator,
         reward,
-        prompts,
-        seeds,
+        [prompts[index] for index in indices],
+        [ses_args.seed + index for index in indices],  # prompt i keeps seed + i, whoever searches it
         budget=search_config.budget,
         config=search_config.ses_config(),
         preview_steps=search_config.preview_steps,
-        split_across=state,
+        split_across=None if shard_prompts else state,
         group_size=search_config.search_group_size,
         progress=ses_args.progress,
     )
@@ -104,37 +107,52 @@ def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SE
                 f"the reward {search_config.reward!r} gave no finite score for {result.prompt!r} "
                 f"(all {search_config.budget} candidates NaN or infinite); check the reward."
             )
+    # Each image is written once: by the process that searched it, or by the main one.
+    writes_images = shard_prompts or state.is_main_process
     summaries = []
     out = Path(ses_args.out)
-    for index, result in enumerate(results):
+    for index, result in zip(indices, results, strict=True):
         summary = {
+            "index": index,
             "prompt": result.prompt,
             "seed": result.seed,
             "best_score": result.search.best_score,
-            "base_score": float(result.search.scores[0]),
+            "base_score": result.search.base_score,
             "best_index": result.search.best_index,
             "budget": search_config.budget,
+            "process_index": state.process_index if shard_prompts else 0,
         }
         summaries.append(summary)
-        if not state.is_main_process:
-            continue  # every process holds the same results; only the main one renders and writes
-        rendered = render_result(generator, result, ses_args.steps)
-        image_path = out if ses_args.prompt is not None else out / f"{index:04d}.png"
-        atomic_save_image(rendered.image, image_path)
-        summary["image"] = str(image_path)
-        if ses_args.save_trace:
-            stem = image_path.with_suffix("")
-            trace = dict(summary, scores=[float(score) for score in result.search.scores], trace=result.search.trace)
-            atomic_write_json(f"{stem}_trace.json", trace)
-            plot_trace(result.search, f"{stem}_reward.png", title=result.prompt)
-            atomic_save_image(side_by_side(rendered.base_image, rendered.image), f"{stem}_base_vs_ses.png")
-        print(
-            f"[{index}] base {summary['base_score']:.4f} -> SES {summary['best_score']:.4f} "
-            f"(best candidate #{summary['best_index']} of {search_config.budget}) -> {image_path}"
-        )
+        if writes_images:
+            _write_result(generator, result, summary, ses_args, out)
+    if shard_prompts:
+        from accelerate.utils import gather_object
+
+        summaries = sorted(gather_object(summaries), key=lambda summary: summary["index"])
     if state.is_main_process and ses_args.prompts_file:
         atomic_write_json(out / "results.json", summaries)
     return summaries
+
+
+def _write_result(generator, result, summary: dict, ses_args: SESArguments, out: Path) -> None:
+    """The searched image (and with --save-trace its trace, reward plot and base-vs-SES image)."""
+    from .io_utils import atomic_save_image, atomic_write_json
+    from .ses import plot_trace, render_result, side_by_side
+
+    rendered = render_result(generator, result, ses_args.steps)
+    image_path = out if ses_args.prompt is not None else out / f"{summary['index']:04d}.png"
+    atomic_save_image(rendered.image, image_path)
+    summary["image"] = str(image_path)
+    if ses_args.save_trace:
+        stem = image_path.with_suffix("")
+        trace = dict(summary, scores=[float(score) for score in result.search.scores], trace=result.search.trace)
+        atomic_write_json(f"{stem}_trace.json", trace)
+        plot_trace(result.search, f"{stem}_reward.png", title=result.prompt)
+        atomic_save_image(side_by_side(rendered.base_image, rendered.image), f"{stem}_base_vs_ses.png")
+    print(
+        f"[{summary['index']}] base {summary['base_score']:.4f} -> SES {summary['best_score']:.4f} "
+        f"(best candidate #{summary['best_index']} of {summary['budget']}) -> {image_path}"
+    )
 
 
 def run_train(argv: list[str]) -> None:
