@@ -138,22 +138,31 @@ class CheckpointManager:
         return path
 
     def resume(self, spec: str) -> dict[str, Any] | None:
-        """Load `spec` ('latest' or a checkpoint dir) into the accelerator; its trainer state, or None if none to resume."""
-        if spec == "latest":
-            path = self.latest()
-            if path is None:
-                logger.warning("resume_from_checkpoint=latest but %s has no checkpoint; starting fresh.", self.root.parent)
-                return None
+        """Load `spec` ('latest' or a checkpoint dir) into the accelerator; its trainer state, or None if none to resume.
+
+        The main process picks the checkpoint and reads its state, and every process loads that one:
+        on several machines, each node's view of a shared file system may lag (a directory listing
+        cached by NFS), and processes resuming from different checkpoints would silently diverge.
+        """
+        accelerator = self.accelerator
+        if accelerator.num_processes == 1:
+            path, state = self._choose(spec)
         else:
-            path = Path(spec)
-        state_file = path / TRAINER_STATE
-        if not state_file.is_file():
-            raise FileNotFoundError(f"{str(path)!r} is not a complete checkpoint (no {TRAINER_STATE}); pass 'latest' or a checkpoint-NNNNN dir.")
-        state = json.loads(state_file.read_text())
-        mismatched = {name: (state.get(name), value) for name, value in self.identity.items() if state.get(name) != value}
-        if mismatched:
-            detail = ", ".join(f"{name}: checkpoint {old!r} vs config {new!r}" for name, (old, new) in mismatched.items())
-            raise ValueError(f"checkpoint {str(path)!r} was made with another model or LoRA config ({detail}); resume with the same settings.")
+            from accelerate.utils import broadcast_object_list
+
+            choice: tuple[str, str | None, dict[str, Any] | None] | None = None
+            if accelerator.is_main_process:
+                try:
+                    path, state = self._choose(spec)
+                    choice = ("ok", None if path is None else str(path), state)
+                except (ValueError, OSError) as error:  # on every process, not only here: no one hangs
+                    choice = (type(error).__name__, str(error), None)
+            kind, value, state = broadcast_object_list([choice], from_process=0)[0]
+            if kind != "ok":
+                raise {"FileNotFoundError": FileNotFoundError, "ValueError": ValueError}.get(kind, OSError)(value)
+            path = None if value is None else Path(value)
+        if path is None:
+            return None
         try:
             if self.uses_deepspeed:
                 # The checkpoint holds the trainable (LoRA) parameters only; the frozen ones come from the base model.
@@ -164,3 +173,22 @@ class CheckpointManager:
             # A truncated optimizer/scheduler/RNG file (torch.load); the LoRA is checked in the load hook.
             raise ValueError(self._unloadable(path, str(path), error)) from error
         return state
+
+    def _choose(self, spec: str) -> tuple[Path | None, dict[str, Any] | None]:
+        """The checkpoint `spec` names and its trainer state, checked against this run; (None, None) if none."""
+        if spec == "latest":
+            path = self.latest()
+            if path is None:
+                logger.warning("resume_from_checkpoint=latest but %s has no checkpoint; starting fresh.", self.root.parent)
+                return None, None
+        else:
+            path = Path(spec)
+        state_file = path / TRAINER_STATE
+        if not state_file.is_file():
+            raise FileNotFoundError(f"{str(path)!r} is not a complete checkpoint (no {TRAINER_STATE}); pass 'latest' or a checkpoint-NNNNN dir.")
+        state = json.loads(state_file.read_text())
+        mismatched = {name: (state.get(name), value) for name, value in self.identity.items() if state.get(name) != value}
+        if mismatched:
+            detail = ", ".join(f"{name}: checkpoint {old!r} vs config {new!r}" for name, (old, new) in mismatched.items())
+            raise ValueError(f"checkpoint {str(path)!r} was made with another model or LoRA config ({detail}); resume with the same settings.")
+        return path, state

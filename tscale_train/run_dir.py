@@ -73,6 +73,15 @@ class RunDirectory:
         pid, host = holder
         return f"pid {pid}" if host == socket.gethostname() else f"pid {pid} on {host}"
 
+    def _elsewhere_advice(self, holder: tuple[int, str] | None) -> str:
+        """For a holder on another host (a multi-node run's main process lands on any node): how to free a dead one's lock."""
+        if holder is None or holder[1] == socket.gethostname():
+            return ""
+        return (
+            f" (a process on {holder[1]} cannot be checked from here: if that run is over, e.g. its job was "
+            f"killed on a file system without OS file locks, remove {self.path / LOCK_NAME} and {self.path / PID_NAME})"
+        )
+
     def _is_stale(self, holder: tuple[int, str] | None) -> bool:
         """Only a pid on this host can be checked; one elsewhere is trusted to be alive."""
         return holder is not None and holder[1] == socket.gethostname() and not _alive(holder[0])
@@ -95,7 +104,7 @@ class RunDirectory:
                 if not self._is_stale(holder):
                     raise ValueError(
                         f"output_dir {self.path} is in use by another run ({self._describe(holder)}); "
-                        "wait for it to end or pass another --output_dir"
+                        f"wait for it to end or pass another --output_dir{self._elsewhere_advice(holder)}"
                     ) from None
                 # Only a lock without OS support (filelock's fallback lock file) outlives its process.
                 logger.warning("output_dir %s: taking over the lock of %s, which is no longer running", self.path, self._describe(holder))

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from unittest.mock import patch
 
 from filelock import FileLock
 
@@ -60,6 +62,25 @@ def ensure_tiny_kit(kit_dir: str | Path | None = None, seed: int = 0) -> Path:
     return _build_once(kit_dir, lambda staging: build_tiny_kit(staging, seed=seed), f"seed={seed}\n", exact=False)
 
 
+@contextmanager
+def _saving_on_any_rank() -> Iterator[None]:
+    """Let `save_pretrained` write from whichever process builds the kit.
+
+    Under `accelerate launch` the process group is up before a model is loaded, and transformers'
+    `save_pretrained` silently writes nothing on a process whose global rank is not 0: the kit of a
+    node whose builder is not rank 0 (every node but the first with a node-local TSCALE_TINY_DIR, or
+    any rank that wins the lock) came out without its text encoders and reward weights, marked
+    complete. The build runs no collective, so it is done as if no process group were up.
+    """
+    import torch.distributed
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        yield
+        return
+    with patch.object(torch.distributed, "is_initialized", lambda: False):
+        yield
+
+
 def _build_once(target: Path, build: Callable[[Path], object], stamp: str, *, exact: bool = True) -> Path:
     """Build `target` once: under a file lock, into a temporary sibling renamed into place.
 
@@ -79,7 +100,8 @@ def _build_once(target: Path, build: Callable[[Path], object], stamp: str, *, ex
             return target
         with atomic_directory(target, remove_stale=True) as staging:  # under the lock: no one else builds it
             staging.mkdir()
-            build(staging)
+            with _saving_on_any_rank():
+                build(staging)
             (staging / _COMPLETE_MARKER).write_text(stamp)
     return target
 
