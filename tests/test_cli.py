@@ -119,19 +119,25 @@ def test_bad_input_fails_before_loading_a_model(args, message, monkeypatch, caps
     assert message in error and len(error.splitlines()) == 1
 
 
+def one_and_two_processes(args: list[str], one_out: Path, two_out: Path) -> subprocess.CompletedProcess:
+    """`tscale` with `args` in one process, then under a 2-process gloo launch; returns the launch."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    single = subprocess.run([sys.executable, "-m", "tscale_train.cli", *args, "--out", str(one_out)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu/demo.yaml"),
+              "-m", "tscale_train.cli", *args, "--out", str(two_out)]
+    double = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
+    assert double.returncode == 0, double.stderr[-3000:]
+    return double
+
+
 @pytest.mark.slow
 def test_two_process_search_equals_one_process(tmp_path, kit_dir):
     """One search's candidates split over 2 gloo processes: same scores, same best noise."""
     common = ["ses", "--model", "tiny", "--prompt", "a cat", "--budget", "10", "--popsize", "4",
               "--seed", "3", "--save-trace", "--no-progress", "--device", "cpu"]
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
-    single = subprocess.run([sys.executable, "-m", "tscale_train.cli", *common, "--out", str(tmp_path / "one.png")],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-2000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu/demo.yaml"),
-              "-m", "tscale_train.cli", *common, "--out", str(tmp_path / "two.png")]
-    double = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
-    assert double.returncode == 0, double.stderr[-3000:]
+    one_and_two_processes(common, tmp_path / "one.png", tmp_path / "two.png")
     one = json.loads((tmp_path / "one_trace.json").read_text())
     two = json.loads((tmp_path / "two_trace.json").read_text())
     assert one["best_index"] == two["best_index"]
@@ -165,14 +171,7 @@ def test_a_prompts_file_is_sharded_over_the_processes_and_written_once(tmp_path,
     prompts.write_text("a cat\na dog\na red cube\n")
     common = ["ses", "--model", "tiny", "--prompts-file", str(prompts), "--budget", "6", "--popsize", "3", "--seed", "5",
               "--no-progress", "--reward", "rewards.synthetic:brightness"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    single = subprocess.run([sys.executable, "-m", "tscale_train.cli", *common, "--out", str(tmp_path / "one")],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-2000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu/demo.yaml"),
-              "-m", "tscale_train.cli", *common, "--out", str(tmp_path / "two")]
-    double = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
-    assert double.returncode == 0, double.stderr[-3000:]
+    double = one_and_two_processes(common, tmp_path / "one", tmp_path / "two")
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert [row["index"] for row in two] == [0, 1, 2]
