@@ -49,6 +49,12 @@ def test_bad_training_settings_fail_when_parsed(overrides, message):
         OnlineDPOConfig(model="tiny", **overrides)
 
 
+def test_checkpoints_total_limit_zero_keeps_every_checkpoint():
+    assert OnlineDPOConfig(model="tiny", checkpoints_total_limit=0).checkpoints_total_limit == 0
+    with pytest.raises(ValueError, match="checkpoints_total_limit must be >= 0"):
+        OnlineDPOConfig(model="tiny", checkpoints_total_limit=-1)
+
+
 def test_a_small_budget_without_a_popsize_is_one_generation():
     assert OnlineDPOConfig(model="tiny", budget=4).popsize == 4
     assert OnlineDPOConfig(model="tiny", budget=40).popsize == 10

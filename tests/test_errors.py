@@ -97,7 +97,7 @@ def test_prompt_files_name_themselves_and_the_real_flag(tmp_path, capsys, no_mod
         ("model: tiny\nrounds: 2.5\n", "rounds must be int, got 2.5"),
         ("model: tiny\ncheckpoint_every: [1]\n", "checkpoint_every must be int, got [1]"),
         ("model: tiny\ngradient_checkpointing: 'yes'\n", "gradient_checkpointing must be bool"),
-        ("model: tiny\nbeta: 1\nlora_alpha: null\neval_budget: 12\n", None),
+        ("model: tiny\nbeta: 1\nlora_alpha: null\neval_budget: 12\nlearning_rate: 1e-4\n", None),
     ],
 )
 def test_yaml_values_are_checked_by_type(yaml_text, message, tmp_path, capsys):
@@ -108,6 +108,8 @@ def test_yaml_values_are_checked_by_type(yaml_text, message, tmp_path, capsys):
 
         parsed = parse_config(["--config", str(config)])
         assert parsed.beta == 1 and parsed.lora_alpha is None and parsed.eval_budget == 12
+        assert parsed.learning_rate == 1e-4  # PyYAML reads `1e-4` as a string; it is still a float setting
+        assert parse_config([f"--config={config}"]).eval_budget == 12  # the `=` form is the same flag
         return
     assert cli.main(["train", "--config", str(config)]) == 2
     assert message in one_line_error(capsys)

@@ -31,7 +31,7 @@ def run_dir(tmp_path_factory, kit_dir) -> Path:
 class StandInHub:
     """Records what `create_repo`, `create_branch` and `upload_folder` receive; can fail the upload."""
 
-    def __init__(self, fail_upload: bool = False, **_):
+    def __init__(self, fail_upload: type[Exception] | None = None, **_):
         self.calls, self.fail_upload = [], fail_upload
 
     def create_repo(self, repo_id, **kwargs):
@@ -42,7 +42,7 @@ class StandInHub:
 
     def upload_folder(self, **kwargs):
         if self.fail_upload:
-            raise ConnectionError("connection reset by peer while uploading")  # the network failing mid-upload
+            raise self.fail_upload("connection reset by peer while uploading")  # the network failing mid-upload
         from tscale_train.export.hub import folder_files
 
         assert kwargs["ignore_patterns"]  # the hidden markers stay local
@@ -154,11 +154,15 @@ def test_pairs_go_to_a_dataset_repo_and_a_failed_upload_reports_nothing_done(run
     assert any(name.endswith(".parquet") for name in uploads[1][2]["files"])
     assert not any("hf_test_token" in line for line in lines)
 
-    lines.clear()
-    with pytest.raises(OSError, match="nothing was published"):
-        export_run(export_args(run_dir, out=str(tmp_path / "f"), examples=False), api=StandInHub(fail_upload=True),
-                   log=lines.append)
-    assert not any(line.startswith("pushed") for line in lines)
+    class ClientConnectError(Exception):
+        """Like an HTTP client's own network error, which is neither an OSError nor an HfHubHTTPError."""
+
+    for failure in (ConnectionError, ClientConnectError):
+        lines.clear()
+        with pytest.raises(OSError, match="nothing was published"):
+            export_run(export_args(run_dir, out=str(tmp_path / "f"), examples=False), api=StandInHub(fail_upload=failure),
+                       log=lines.append)
+        assert not any(line.startswith("pushed") for line in lines)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +132,7 @@ class CheckpointManager:
             atomic_write_json(path / TRAINER_STATE, {"round": round_index, "global_step": global_step, **self.identity})
             if self.total_limit:
                 for stale in self.checkpoint_dirs()[: -self.total_limit]:
-                    shutil.rmtree(stale, ignore_errors=True)
+                    remove_tree(stale)
         self.accelerator.wait_for_everyone()
         return path
 

@@ -7,7 +7,8 @@
     tscale export runs/cat --repo-id me/klein-cat-dpo [--include-pairs me/klein-cat-pairs] [--dry-run]
     tscale tiny --out DIR                                                            # build the tiny kit
 
-Under `accelerate launch`, `tscale ses` splits each search's candidates across the processes.
+Under `accelerate launch`, `tscale ses --prompt` splits the search's candidates across the processes;
+with `--prompts-file` each process searches its own share of the prompts.
 """
 
 from __future__ import annotations

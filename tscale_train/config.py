@@ -275,7 +275,7 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
     eval_ses_every: int = field(default=0, **_help("also eval the SES reward every N rounds (0: only at the end)"))
     eval_budget: int | None = field(default=None, **_help("SES budget of eval/reward_ses (default: budget)"))
     checkpoint_every: int = field(default=1, **_help("checkpoint every N rounds (0: only at the end)"))
-    checkpoints_total_limit: int | None = field(default=3, **_help("keep only the last N checkpoints"))
+    checkpoints_total_limit: int | None = field(default=3, **_help("keep only the last N checkpoints (0: keep all)"))
     resume_from_checkpoint: str | None = field(default=None, **_help("'latest' or a checkpoint path"))
     seed: int = field(default=0, **_help("seed of everything"))
     # logging and output
@@ -311,9 +311,9 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}.")
         _check_at_least(self, 1, "rounds", "prompts_per_round", "train_batch_size", "gradient_accumulation_steps",
                         "epochs_per_round", "lora_rank", "max_cached_prompts", "pairs_per_prompt", "eval_budget",
-                        "preview_size", "checkpoints_total_limit")
+                        "preview_size")
         _check_at_least(self, 0, "replay_rounds", "eval_every", "eval_ses_every", "checkpoint_every", "lr_warmup_steps",
-                        "max_eval_prompts")
+                        "max_eval_prompts", "checkpoints_total_limit")
         if self.eval_budget is not None:
             # The final round always evaluates with search: fail now, not after the last round.
             try:

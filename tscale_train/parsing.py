@@ -30,6 +30,8 @@ def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | None = Non
     parser = make_parser(*dataclass_types)
     if prog:
         parser.prog = prog
+    # `--config=file.yaml` is the same flag.
+    args = [part for arg in args for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
     if "--config" in args:
         position = args.index("--config")
         if position + 1 >= len(args):
@@ -92,6 +94,12 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
+        if isinstance(value, str):  # PyYAML reads `1e-4` (no dot) as a string; argparse converts it
+            try:
+                float(value)
+            except ValueError:
+                return False
+            return True
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)

@@ -109,6 +109,7 @@ class RunDirectory:
                 # Only a lock without OS support (filelock's fallback lock file) outlives its process.
                 logger.warning("output_dir %s: taking over the lock of %s, which is no longer running", self.path, self._describe(holder))
                 (self.path / LOCK_NAME).unlink(missing_ok=True)
+                (self.path / PID_NAME).unlink(missing_ok=True)  # taken over: the warning below is not repeated
                 lock.acquire(timeout=0)
         holder = self._holder()
         if holder is not None and holder != (os.getpid(), socket.gethostname()):

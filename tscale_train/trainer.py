@@ -65,9 +65,10 @@ class OnlineDPOTrainer:
         self.train_prompts, self.eval_prompts = split_eval_prompts(train_prompts, config)
         self.accelerator = accelerator or self._make_accelerator()
         check_shardable(len(self.train_prompts), config.prompts_per_round, self.accelerator.num_processes)
-        if config.push_to_hub and self.accelerator.is_main_process:
+        if config.push_to_hub:
             from .export.hub import resolve_token
 
+            # On every rank (it only reads the environment), so all fail together, before the claim's broadcast.
             resolve_token()  # no token: fail now, not after the last round
         # Before anything is loaded or written: this run owns the dir, which is fresh, resumed or overwritten.
         self.run_dir = RunDirectory(self.output_dir)
@@ -238,9 +239,10 @@ class OnlineDPOTrainer:
         chosen = torch.stack([record.chosen_latents.float() for record in records])
         rejected = torch.stack([record.rejected_latents.float() for record in records])
         prompts = [record.prompt for record in records]
-        if all(prompt in self._round_embeds for prompt in prompts):
-            return chosen, rejected, [self._round_embeds[prompt] for prompt in prompts]
-        return chosen, rejected, self.prompt_cache.get(prompts)
+        # This round's prompts from the round's own embeddings; only replayed ones go through the cache.
+        others = [prompt for prompt in dict.fromkeys(prompts) if prompt not in self._round_embeds]
+        found = {**dict(zip(others, self.prompt_cache.get(others), strict=True)), **self._round_embeds}
+        return chosen, rejected, [found[prompt] for prompt in prompts]
 
     def _encode_round(self, prompts: list[str]) -> list[PromptEmbeds]:
         """This round's shard, encoded in one visit of the text encoder and held until the next round.

@@ -82,7 +82,6 @@ def push_folder(
     if dry_run:
         return PushResult(repo_id, repo_type, revision, files, url=None)
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
     api = api or HfApi(token=resolve_token(token))
     try:
@@ -93,9 +92,8 @@ def push_folder(
             repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision,
             commit_message=commit_message, ignore_patterns=IGNORE_PATTERNS,
         )
-    except (HfHubHTTPError, OSError) as error:
+    except Exception as error:  # HTTP errors, and the network errors of whichever HTTP client the hub library uses
         # upload_folder is one commit: when it fails, the repo holds none of these files.
-        raise OSError(
-            f"upload to {repo_type} repo {repo_id!r} failed, nothing was published: {str(error).splitlines()[0]}"
-        ) from error
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise OSError(f"upload to {repo_type} repo {repo_id!r} failed, nothing was published: {reason}") from error
     return PushResult(repo_id, repo_type, revision, files, url=str(getattr(commit, "commit_url", "") or repo_id))
