@@ -136,7 +136,6 @@ def plan_training(config, num_processes: int = 1, gpu_memory_gib: float = DEFAUL
         breakdown=breakdown,
         cpu_gib=cpu_gib,
         cpu_breakdown=cpu_breakdown,
-        fits=max(phases.values()) <= gpu_memory_gib,
         settings={
             name: getattr(config, name)
             for name in (
@@ -269,7 +268,6 @@ def plan_ses(
         breakdown=breakdown,
         cpu_gib=_gib(sum(cpu_parts.values())),
         cpu_breakdown={name: _gib(value) for name, value in cpu_parts.items()},
-        fits=max(phases.values()) <= gpu_memory_gib,
         settings={"eval_batch_size": eval_batch_size, "reward": reward, "guidance_scale": guidance},
         notes=_notes(spec, False),
     )

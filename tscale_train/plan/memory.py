@@ -36,7 +36,6 @@ class MemoryPlan:
     breakdown: dict[str, dict[str, float]]
     cpu_gib: float
     cpu_breakdown: dict[str, float]
-    fits: bool
     settings: dict[str, Any] = field(default_factory=dict)
     suggestions: list[str] = field(default_factory=list)
     suggested_peak_gib: float | None = None
@@ -47,6 +46,11 @@ class MemoryPlan:
     @property
     def peak_gib(self) -> float:
         return max(self.phases.values())
+
+    @property
+    def fits(self) -> bool:
+        """Whether the peak phase fits the card (derived, so a plan can never disagree with its phases)."""
+        return self.peak_gib <= self.gpu_memory_gib
 
     @property
     def peak_phase(self) -> str:
@@ -60,6 +64,7 @@ class MemoryPlan:
         data = dataclasses.asdict(self)
         data["peak_gib"] = self.peak_gib
         data["peak_phase"] = self.peak_phase
+        data["fits"] = self.fits
         return data
 
 
