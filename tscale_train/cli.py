@@ -85,6 +85,7 @@ def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SE
         width=model_config.width,
         guidance_scale=model_config.guidance_scale,
         eval_batch_size=search_config.eval_batch_size,
+        preview_steps=search_config.preview_steps,
     )
     # Many prompts over many processes (one node or several): each process searches its own prompts,
     # so no generation waits on a gather. One prompt: its candidates are split over the processes.

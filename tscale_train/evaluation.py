@@ -79,7 +79,7 @@ class Evaluator:
         local = shard_evenly(slots, accelerator.num_processes, accelerator.process_index)
         prompts = [prompt for _, prompt in local]
         seeds = [derive_seed(config.seed, "eval", slot) % (2**31) for slot, _ in local]
-        steps = config.preview_steps or self.generator.num_inference_steps
+        steps = config.preview_steps or self.generator.preview_steps
         self.model.eval()
         self.reward.to(accelerator.device)
         noises = torch.cat([self.generator.initial_noise(seed) for seed in seeds])

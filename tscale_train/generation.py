@@ -5,60 +5,104 @@ things search and training need from it:
 
 - `encode_prompt(prompt)` once per prompt (the text encoder never runs inside the search loop),
 - `generate(noises, prompt_embeds, num_inference_steps)` -> images in [0, 1] plus the final clean
-  latents in the transformer's own input space (kept so DPO never re-encodes through the VAE),
+  latents in the denoiser's own space (kept so DPO never re-encodes through the VAE),
 - `predict_velocity(...)` / `sampler_sigmas(...)`, the model call and noise levels that training uses.
 
-One subclass per pipeline family; `generator_for_pipeline(pipe)` picks it. A second family (FLUX.1,
-SD3, Qwen-Image) is one more subclass registered in `GENERATOR_CLASSES`.
+The noise a search sees is always `[N, C, h, w]`: per channel, spatial, before any packing into
+tokens, so the wavelet transform runs over real image axes. Each family converts it to what its
+pipeline's `latents=` takes (`to_pipeline_latents`) and back (`from_pipeline_latents`).
+
+One subclass per pipeline family, one file per family in `tscale_train/generators/`;
+`generator_for_pipeline(pipe)` picks it by the pipeline's class name (`GENERATOR_CLASSES`).
 """
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
-
-from .real_configs import FLUX2_KLEIN_MAX_SEQUENCE_LENGTH, FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS
 
 # Where `loading.load_pipeline` leaves the generator settings a kit pipeline records next to itself
 # (`loading.generator_defaults`); `generator_for_pipeline` uses them unless the caller passes its own.
 GENERATOR_DEFAULTS_ATTRIBUTE = "_tscale_generator_defaults"
 
 
-
 @dataclass
 class PromptEmbeds:
-    """One prompt's cached conditioning (batch 1); the negative pair is set when CFG is used."""
+    """One prompt's cached conditioning (batch 1).
+
+    `prompt_embeds` is `[1, seq, dim]`; `text_ids` the positions some families take with it;
+    `extra` holds the family's other tensors (FLUX.1's and SD3's pooled embedding, Qwen-Image's
+    mask). `negative` is the CFG negative prompt's conditioning, when CFG is used: one object
+    shared by every prompt, not a copy per prompt.
+    """
 
     prompt: str
     prompt_embeds: torch.Tensor
-    text_ids: torch.Tensor
-    negative_prompt_embeds: torch.Tensor | None = None
-    negative_text_ids: torch.Tensor | None = None
+    text_ids: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    negative: PromptEmbeds | None = None
 
-    def to(self, device: torch.device | str) -> PromptEmbeds:
+    @property
+    def negative_prompt_embeds(self) -> torch.Tensor | None:
+        return None if self.negative is None else self.negative.prompt_embeds
+
+    @property
+    def negative_text_ids(self) -> torch.Tensor | None:
+        return None if self.negative is None else self.negative.text_ids
+
+    def to(self, device: torch.device | str, *, negative: PromptEmbeds | None = None) -> PromptEmbeds:
+        """A copy on `device`; `negative` (already moved, to keep one shared copy) replaces the moved negative."""
+
         def move(value: torch.Tensor | None) -> torch.Tensor | None:
             return None if value is None else value.to(device)
 
+        if negative is None and self.negative is not None:
+            negative = self.negative.to(device)
         return PromptEmbeds(
             self.prompt,
             move(self.prompt_embeds),
             move(self.text_ids),
-            move(self.negative_prompt_embeds),
-            move(self.negative_text_ids),
+            {name: move(value) for name, value in self.extra.items()},
+            negative,
         )
+
+
+def stack_embeds(embeds: list[PromptEmbeds], name: str, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One field of many prompts' embeddings as a batch: `prompt_embeds`, `text_ids`, or a key of `extra`."""
+    values = [getattr(item, name) if name in ("prompt_embeds", "text_ids") else item.extra[name] for item in embeds]
+    return torch.cat(values).to(device, dtype) if dtype is not None else torch.cat(values).to(device)
+
+
+def negatives(embeds: list[PromptEmbeds]) -> list[PromptEmbeds]:
+    """The CFG negatives of `embeds`, one per prompt (raises if a prompt was encoded without CFG)."""
+    if any(item.negative is None for item in embeds):
+        raise ValueError("CFG is on but a prompt was encoded without its negative; encode prompts with this generator.")
+    return [item.negative for item in embeds]
 
 
 @dataclass
 class GenerationOutput:
     images: torch.Tensor  # [N, 3, H, W] float32 in [0, 1]
-    clean_latents: torch.Tensor  # [N, *noise_shape]: the transformer-space latents the sampler ended on
+    clean_latents: torch.Tensor  # [N, *noise_shape]: the denoiser-space latents the sampler ended on
 
 
 class FlowGenerator(ABC):
-    """Turns initial noises into images for one pipeline, at a fixed resolution."""
+    """Turns initial noises into images for one pipeline, at a fixed resolution.
+
+    A family sets its class attributes (`family`, `pipeline_class`, `lora_targets`) and implements
+    the abstract methods; batching, the sampling callback and the dtype handling are shared.
+    """
+
+    family: ClassVar[str]
+    pipeline_class: ClassVar[str]
+    # LoRA target presets (`--lora_target_modules attention|attention_ff|all_linear`): regexes over
+    # full module names of this family's denoiser (peft matches bare names by suffix, which is ambiguous).
+    lora_targets: ClassVar[dict[str, str]]
 
     def __init__(
         self,
@@ -70,6 +114,7 @@ class FlowGenerator(ABC):
         guidance_scale: float | None = None,
         eval_batch_size: int = 8,
         default_resolution: int | None = None,
+        preview_steps: int | None = None,
     ) -> None:
         multiple = self.resolution_multiple(pipe)
         default_resolution = default_resolution or self.native_resolution(pipe)
@@ -89,6 +134,8 @@ class FlowGenerator(ABC):
         self.num_inference_steps = num_inference_steps or self.default_num_inference_steps()
         self.guidance_scale = self.default_guidance_scale() if guidance_scale is None else guidance_scale
         self.eval_batch_size = eval_batch_size
+        # Search previews: the family's default unless set; never more steps than the final image.
+        self.preview_steps = preview_steps or min(self.default_preview_steps(), self.num_inference_steps)
 
     # ---- family-specific pieces -------------------------------------------------------------
     @staticmethod
@@ -104,21 +151,38 @@ class FlowGenerator(ABC):
     @abstractmethod
     def default_num_inference_steps(self) -> int: ...
 
+    def default_preview_steps(self) -> int:
+        """Sampler steps of a search preview when none are given (the final image's, unless a family says fewer)."""
+        return self.num_inference_steps
+
     @abstractmethod
     def default_guidance_scale(self) -> float: ...
 
     @property
+    def uses_cfg(self) -> bool:
+        """Whether sampling runs a second, negative-prompt pass (true classifier-free guidance)."""
+        return self.guidance_scale > 1.0
+
+    @property
     @abstractmethod
-    def noise_shape(self) -> tuple[int, ...]:
-        """Shape of one initial noise (without batch), in the space `latents=` takes."""
+    def noise_shape(self) -> tuple[int, int, int]:
+        """Shape `(C, h, w)` of one initial noise as the search sees it: per channel, before any packing."""
 
     @abstractmethod
     def encode_prompt(self, prompt: str) -> PromptEmbeds: ...
 
+    def to_pipeline_latents(self, noises: torch.Tensor) -> torch.Tensor:
+        """`[N, C, h, w]` search noises -> what the pipeline's `latents=` takes (identity unless the family packs)."""
+        return noises
+
+    def from_pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The latents the pipeline hands `callback_on_step_end` -> `[N, C, h, w]` (inverse of `to_pipeline_latents`)."""
+        return latents
+
     @abstractmethod
-    def _generate_batch(
-        self, noises: torch.Tensor, embeds: list[PromptEmbeds], num_inference_steps: int
-    ) -> GenerationOutput: ...
+    def pipeline_kwargs(self, embeds: list[PromptEmbeds]) -> dict[str, Any]:
+        """Everything but `latents`, size, steps and the callback that the pipeline call needs:
+        the batch's prompt conditioning (and negatives under CFG) and the guidance arguments."""
 
     @abstractmethod
     def sampler_sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:
@@ -128,7 +192,11 @@ class FlowGenerator(ABC):
     def predict_velocity(
         self, transformer, noisy_latents: torch.Tensor, sigmas: torch.Tensor, embeds: list[PromptEmbeds]
     ) -> torch.Tensor:
-        """The (conditional) velocity prediction of `transformer` at `noisy_latents`, noise level `sigmas`."""
+        """The conditional velocity of `transformer` at `noisy_latents` `[N, C, h, w]`, noise level `sigmas` `[N]`.
+
+        In the sampler's convention, `x_next = x + (sigma_next - sigma) * v`, so `v = noise - x0`
+        (what the DPO target is), whatever sign or timestep scale the family's denoiser uses.
+        """
 
     # ---- shared ---------------------------------------------------------------------------------
     @property
@@ -138,6 +206,24 @@ class FlowGenerator(ABC):
     @property
     def transformer(self):
         return self.pipe.transformer
+
+    @property
+    def latents_dtype(self) -> torch.dtype:
+        """The dtype the pipeline's latents start in (the denoiser's, for most families)."""
+        return self.pipe.transformer.dtype
+
+    def scheduler_sigmas(self, num_inference_steps: int, *, sigmas=None, mu: float | None = None) -> torch.Tensor:
+        """`set_timesteps` on a copy of the pipeline's scheduler, as the pipeline calls it; trailing 0 dropped."""
+        scheduler = self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)
+        kwargs: dict[str, Any] = {"device": "cpu"}
+        if sigmas is not None:
+            kwargs["sigmas"] = list(sigmas)
+        else:
+            kwargs["num_inference_steps"] = num_inference_steps
+        if mu is not None:
+            kwargs["mu"] = mu
+        scheduler.set_timesteps(**kwargs)
+        return scheduler.sigmas[:-1].float().clone()
 
     def initial_noise(self, seed: int, batch_size: int = 1) -> torch.Tensor:
         """Standard Gaussian noise from `seed`, drawn on the CPU so it is the same on every device."""
@@ -183,162 +269,79 @@ class FlowGenerator(ABC):
             latents.append(output.clean_latents)
         return GenerationOutput(images=torch.cat(images), clean_latents=torch.cat(latents))
 
+    def pipeline_call(self, noises: torch.Tensor, embeds: list[PromptEmbeds], num_inference_steps: int) -> dict[str, Any]:
+        """The keyword arguments of one pipeline call from `noises`, without the callback: what a user
+        would pass to get the same images (`pipe(**generator.pipeline_call(...))`)."""
+        return dict(
+            latents=self.to_pipeline_latents(noises.to(self.device, self.latents_dtype)),
+            height=self.height,
+            width=self.width,
+            num_inference_steps=num_inference_steps,
+            output_type="pt",
+            **self.pipeline_kwargs(embeds),
+        )
 
-class Flux2KleinGenerator(FlowGenerator):
-    """`Flux2KleinPipeline`: distilled klein (4 steps, no CFG) and the undistilled klein base models.
-
-    Noise and clean latents live in the transformer's input space: patchified, batch-norm-normalised
-    `[N, transformer.in_channels, H/16, W/16]`, which is what the pipeline's `latents=` takes.
-    """
-
-    def __init__(
-        self,
-        pipe,
-        *,
-        max_sequence_length: int | None = FLUX2_KLEIN_MAX_SEQUENCE_LENGTH,
-        text_encoder_out_layers: Sequence[int] = FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS,
-        **kwargs,
-    ) -> None:
-        super().__init__(pipe, **kwargs)
-        self.max_sequence_length = max_sequence_length or FLUX2_KLEIN_MAX_SEQUENCE_LENGTH
-        self.text_encoder_out_layers = tuple(text_encoder_out_layers)
-        self._negative: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    @staticmethod
-    def resolution_multiple(pipe) -> int:
-        return pipe.vae_scale_factor * 2
-
-    @staticmethod
-    def native_resolution(pipe) -> int:
-        return pipe.default_sample_size * pipe.vae_scale_factor
-
-    @property
-    def is_distilled(self) -> bool:
-        return bool(self.pipe.config.get("is_distilled", False))
-
-    def default_num_inference_steps(self) -> int:
-        return 4 if self.is_distilled else 50
-
-    def default_guidance_scale(self) -> float:
-        return 1.0 if self.is_distilled else 4.0
-
-    @property
-    def uses_cfg(self) -> bool:
-        return self.guidance_scale > 1.0 and not self.is_distilled
-
-    @property
-    def noise_shape(self) -> tuple[int, int, int]:
-        multiple = self.resolution_multiple(self.pipe)
-        return (self.pipe.transformer.config.in_channels, self.height // multiple, self.width // multiple)
-
-    @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> PromptEmbeds:
-        def encode(text: str) -> tuple[torch.Tensor, torch.Tensor]:
-            return self.pipe.encode_prompt(
-                prompt=text,
-                device=self.device,
-                max_sequence_length=self.max_sequence_length,
-                text_encoder_out_layers=self.text_encoder_out_layers,
-            )
-
-        prompt_embeds, text_ids = encode(prompt)
-        if not self.uses_cfg:
-            return PromptEmbeds(prompt, prompt_embeds, text_ids)
-        # The pipeline's own negative prompt for CFG is the empty string: encode it once and
-        # share it between all prompts (one 512 x 7680 embedding, not one per prompt).
-        if self._negative is None:
-            self._negative = encode("")
-        return PromptEmbeds(prompt, prompt_embeds, text_ids, *self._negative)
-
-    def _generate_batch(self, noises, embeds, num_inference_steps):
+    def _generate_batch(self, noises: torch.Tensor, embeds: list[PromptEmbeds], num_inference_steps: int) -> GenerationOutput:
         final_latents: dict[str, torch.Tensor] = {}
-
-        transformer_dtype = self.pipe.transformer.dtype
+        latents_dtype = self.latents_dtype
 
         def keep_last_latents(pipe, step_index, timestep, callback_kwargs):
             latents = callback_kwargs["latents"]
             if step_index == pipe.num_timesteps - 1:
-                final_latents["packed"] = latents
+                final_latents["last"] = latents
             # Under accelerate's mixed precision the prepared transformer returns float32, and the
             # scheduler step turns the latents float32 with it; a bf16 VAE then fails to decode them.
             # Hand the pipeline back latents in the dtype it started with.
-            return {"latents": latents.to(transformer_dtype)}
+            return {"latents": latents.to(latents_dtype)}
 
-        call_kwargs = dict(
-            prompt_embeds=torch.cat([item.prompt_embeds for item in embeds]).to(self.device, transformer_dtype),
-            latents=noises.to(self.device, transformer_dtype),
-            height=self.height,
-            width=self.width,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=self.guidance_scale,
-            output_type="pt",
-            max_sequence_length=self.max_sequence_length,
-            text_encoder_out_layers=self.text_encoder_out_layers,
+        self.pipe.set_progress_bar_config(disable=True)
+        images = self.pipe(
+            **self.pipeline_call(noises, embeds, num_inference_steps),
             callback_on_step_end=keep_last_latents,
             callback_on_step_end_tensor_inputs=["latents"],
-        )
-        if self.uses_cfg:
-            call_kwargs["negative_prompt_embeds"] = torch.cat([item.negative_prompt_embeds for item in embeds]).to(
-                self.device, transformer_dtype
-            )
-        self.pipe.set_progress_bar_config(disable=True)
-        images = self.pipe(**call_kwargs).images
+        ).images
         # float32 whatever the model dtype: rewards resize on the CPU too, where bf16 interpolation is missing.
-        return GenerationOutput(images=images.float().clamp(0, 1), clean_latents=self._unpack(final_latents["packed"]))
-
-    def _unpack(self, packed: torch.Tensor) -> torch.Tensor:
-        """[B, h*w, C] (the sampler's token layout) -> [B, C, h, w] (the `latents=` layout)."""
-        channels, height, width = self.noise_shape
-        return packed.permute(0, 2, 1).reshape(packed.shape[0], channels, height, width)
-
-    @staticmethod
-    def _pack(latents: torch.Tensor) -> torch.Tensor:
-        return latents.flatten(2).permute(0, 2, 1)
-
-    def sampler_sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:
-        from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
-
-        steps = num_inference_steps or self.num_inference_steps
-        _, height, width = self.noise_shape
-        scheduler = self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)
-        linear = [1.0 - index / steps for index in range(steps)]
-        scheduler.set_timesteps(sigmas=linear, mu=compute_empirical_mu(height * width, steps), device="cpu")
-        return scheduler.sigmas[:-1].float().clone()
-
-    def predict_velocity(self, transformer, noisy_latents, sigmas, embeds):
-        batch = noisy_latents.shape[0]
-        prompt_embeds = torch.cat([item.prompt_embeds for item in embeds]).to(noisy_latents.device, noisy_latents.dtype)
-        text_ids = torch.cat([item.text_ids for item in embeds]).to(noisy_latents.device)
-        latent_ids = self.pipe._prepare_latent_ids(noisy_latents).to(noisy_latents.device)
-        prediction = transformer(
-            hidden_states=self._pack(noisy_latents),
-            timestep=sigmas.to(noisy_latents.dtype).expand(batch),
-            guidance=None,
-            encoder_hidden_states=prompt_embeds,
-            txt_ids=text_ids,
-            img_ids=latent_ids,
-            return_dict=False,
-        )[0]
-        return self._unpack(prediction)
+        return GenerationOutput(
+            images=images.float().clamp(0, 1), clean_latents=self.from_pipeline_latents(final_latents["last"])
+        )
 
 
-GENERATOR_CLASSES: dict[str, type[FlowGenerator]] = {
-    "Flux2KleinPipeline": Flux2KleinGenerator,
+# Pipeline class name -> "module:FlowGenerator subclass", imported on first use.
+GENERATOR_CLASSES: dict[str, str] = {
+    "Flux2KleinPipeline": "tscale_train.generators.flux2:Flux2KleinGenerator",
+    "Flux2Pipeline": "tscale_train.generators.flux2_dev:Flux2Generator",
+    "FluxPipeline": "tscale_train.generators.flux1:FluxGenerator",
+    "QwenImagePipeline": "tscale_train.generators.qwen_image:QwenImageGenerator",
+    "StableDiffusion3Pipeline": "tscale_train.generators.sd3:StableDiffusion3Generator",
+    "ZImagePipeline": "tscale_train.generators.z_image:ZImageGenerator",
 }
+
+
+def generator_class(pipeline_class_name: str) -> type[FlowGenerator]:
+    """The `FlowGenerator` subclass for a diffusers pipeline class name (as in `model_index.json`)."""
+    if pipeline_class_name not in GENERATOR_CLASSES:
+        raise ValueError(
+            f"pipelines of class {pipeline_class_name} are not supported; supported: {', '.join(sorted(GENERATOR_CLASSES))}."
+        )
+    module, _, name = GENERATOR_CLASSES[pipeline_class_name].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def generator_for_pipeline(pipe, **kwargs) -> FlowGenerator:
     """The `FlowGenerator` for a loaded diffusers pipeline.
 
     `kwargs` go to the generator class. Settings that a pipeline loaded by `loading.load_pipeline`
-    carries (a kit model's text-encoder layers, text length and default size; see
-    `loading.generator_defaults`) fill in whatever `kwargs` leave out or pass as None.
+    carries (a kit model's text-encoder layers, text length and default size, a known checkpoint's
+    steps and guidance; see `loading.generator_defaults`) fill in whatever `kwargs` leave out or pass as None.
     """
-    name = type(pipe).__name__
-    if name not in GENERATOR_CLASSES:
-        raise ValueError(
-            f"pipelines of class {name} are not supported yet; supported: {sorted(GENERATOR_CLASSES)}."
-        )
+    cls = generator_class(type(pipe).__name__)
     settings = dict(getattr(pipe, GENERATOR_DEFAULTS_ATTRIBUTE, None) or {})
     settings.update({key: value for key, value in kwargs.items() if value is not None or key not in settings})
-    return GENERATOR_CLASSES[name](pipe, **settings)
+    return cls(pipe, **settings)
+
+
+def __getattr__(name: str):
+    # `from tscale_train.generation import Flux2KleinGenerator` keeps working after the move.
+    if name == "Flux2KleinGenerator":
+        return generator_class("Flux2KleinPipeline")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

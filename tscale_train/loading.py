@@ -14,10 +14,11 @@ import torch
 
 from rewards.paths import looks_like_local_path
 
-from .generation import GENERATOR_DEFAULTS_ATTRIBUTE
+from .generation import GENERATOR_CLASSES, GENERATOR_DEFAULTS_ATTRIBUTE
 from .lora import LORA_WEIGHT_NAME
 
-SUPPORTED_PIPELINES = ("Flux2KleinPipeline",)
+# The diffusers pipeline classes that have a `FlowGenerator` (the class name in model_index.json).
+SUPPORTED_PIPELINES = tuple(GENERATOR_CLASSES)
 DEFAULT_MODEL = "black-forest-labs/FLUX.2-klein-4B"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _DTYPES = {
@@ -42,20 +43,32 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 # `tiny` is the distilled tiny klein, `tiny-base` the undistilled (CFG) flavour.
 TINY_MODELS = {"tiny": True, "tiny-base": False}
 # Kits beyond `tiny`, built on first use: `shapes-klein-4b` has FLUX.2-klein-4B's real widths with
-# one block of each kind.
-KIT_MODELS = ("shapes-klein-4b",)
+# one block of each kind; `tiny-<family>` is a tiny pipeline of each further family
+# (`tscale_train.tiny.FAMILY_KITS`).
+FAMILY_KIT_MODELS = ("tiny-flux1", "tiny-flux2-dev", "tiny-qwen-image", "tiny-sd3", "tiny-z-image")
+KIT_MODELS = ("shapes-klein-4b", *FAMILY_KIT_MODELS)
+
+# Settings that a known checkpoint needs and its pipeline class cannot say: a distilled model shares
+# its class with the undistilled one (Z-Image-Turbo is a `ZImagePipeline`, whose defaults are the base
+# model's 50 steps with CFG). From the model cards; an explicit setting still wins.
+KNOWN_MODEL_SETTINGS: dict[str, dict] = {
+    "Tongyi-MAI/Z-Image-Turbo": {"num_inference_steps": 9, "guidance_scale": 0.0},
+    "black-forest-labs/FLUX.1-schnell": {"num_inference_steps": 4, "guidance_scale": 0.0, "max_sequence_length": 256},
+}
 
 
 def is_tiny(model: str) -> bool:
-    """A model of the offline kit (`tiny`, `tiny-base`, `shapes-klein-4b`): uses the kit's reward models."""
+    """A model of the offline kit (`tiny`, `tiny-base`, `shapes-klein-4b`, `tiny-<family>`): uses the kit's reward models."""
     return model in TINY_MODELS or model in KIT_MODELS
 
 
 def _kit_pipeline_dir(model: str) -> Path:
-    from .tiny import shapes_pipeline_dir, tiny_pipeline_dir
+    from .tiny import family_pipeline_dir, shapes_pipeline_dir, tiny_pipeline_dir
 
     if model in TINY_MODELS:
         return tiny_pipeline_dir(distilled=TINY_MODELS[model])
+    if model in FAMILY_KIT_MODELS:
+        return family_pipeline_dir(model)
     return shapes_pipeline_dir()
 
 
@@ -70,11 +83,12 @@ def generator_defaults(model: str) -> dict:
     """`generator_for_pipeline` keyword arguments that `model` itself needs: {} for real models.
 
     A kit model (or a local copy of one) records its text-encoder layers, text length and default
-    size next to its pipeline; pass them on: `generator_for_pipeline(pipe, **generator_defaults(model))`.
+    size next to its pipeline, and a known hub checkpoint has its model card's steps and guidance
+    (`KNOWN_MODEL_SETTINGS`); pass them on: `generator_for_pipeline(pipe, **generator_defaults(model))`.
     """
     directory = _local_pipeline_dir(model)
     if directory is None:
-        return {}
+        return dict(KNOWN_MODEL_SETTINGS.get(model, {}))
     from .tiny import generator_settings
 
     return generator_settings(directory)
@@ -83,8 +97,8 @@ def generator_defaults(model: str) -> dict:
 def check_model_source(model: str) -> str:
     """Validate a `--model` value without loading anything; returns the local path or hub id.
 
-    Accepted: a kit model (`tiny`, `tiny-base`, `shapes-klein-4b`), a local pipeline directory (with
-    `model_index.json`), or a hub id `org/name`.
+    Accepted: a kit model (`tiny`, `tiny-base`, `shapes-klein-4b`, `tiny-<family>`), a local pipeline
+    directory (with `model_index.json` naming a supported class), or a hub id `org/name`.
     """
     if not model or not model.strip():
         raise ValueError("--model is empty; pass a hub id (e.g. black-forest-labs/FLUX.2-klein-4B), a local dir, or 'tiny'.")
@@ -97,9 +111,7 @@ def check_model_source(model: str) -> str:
         index = path / "model_index.json"
         if not index.is_file():
             raise ValueError(f"{str(path)!r} is not a diffusers pipeline directory (no model_index.json); save one with pipe.save_pretrained(dir).")
-        class_name = json.loads(index.read_text()).get("_class_name")
-        if class_name not in SUPPORTED_PIPELINES:
-            raise ValueError(f"{str(path)!r} holds a {class_name}; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}.")
+        _check_supported(json.loads(index.read_text()).get("_class_name"), str(path))
         return str(path)
     if not _HUB_ID.match(model):
         raise ValueError(
@@ -108,18 +120,50 @@ def check_model_source(model: str) -> str:
     return model
 
 
+def _check_supported(class_name: str | None, source: str) -> str:
+    if class_name not in SUPPORTED_PIPELINES:
+        raise ValueError(
+            f"{source!r} holds a {class_name}; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}. "
+            "Pass a checkpoint of one of those classes."
+        )
+    return class_name
+
+
+def pipeline_class_name(source: str) -> str:
+    """The diffusers pipeline class in `source`'s model_index.json (a local directory or a hub id),
+    checked against `SUPPORTED_PIPELINES`. For a hub id only that small file is fetched (or read from
+    the local cache offline), so an unsupported model is refused before any weights are downloaded."""
+    path = Path(source)
+    if path.is_dir():
+        index = path / "model_index.json"
+    else:
+        from huggingface_hub import constants, hf_hub_download
+
+        try:
+            index = Path(hf_hub_download(source, "model_index.json", local_files_only=constants.HF_HUB_OFFLINE))
+        except Exception as error:  # noqa: BLE001 - hub errors come in many classes; all mean "not reachable"
+            raise OSError(
+                f"could not read model_index.json of {source!r}: {str(error).splitlines()[0]} Check the hub id and "
+                "your network/HF_TOKEN; offline, pass a local directory or a kit model such as 'tiny'."
+            ) from error
+    return _check_supported(json.loads(index.read_text()).get("_class_name"), source)
+
+
 def load_pipeline(
     model: str = DEFAULT_MODEL,
     *,
     dtype: str | torch.dtype = "bfloat16",
     device: str | torch.device | None = None,
 ):
-    """Load a `Flux2KleinPipeline` from a hub id, a local directory, or the tiny kit (`tiny`).
+    """Load any supported pipeline (`SUPPORTED_PIPELINES`) from a hub id, a local directory, or a kit model.
 
-    A real checkpoint says itself whether it is distilled (`is_distilled` in its model_index.json);
-    the tiny kit ships both flavours, `tiny` (distilled) and `tiny-base`.
+    The class comes from the checkpoint's model_index.json, so `--model Tongyi-MAI/Z-Image-Turbo` loads a
+    `ZImagePipeline` and `--model black-forest-labs/FLUX.2-klein-4B` a `Flux2KleinPipeline`. A real
+    checkpoint says itself whether it is distilled where its class can tell (klein's `is_distilled`);
+    the settings a known checkpoint or a kit model needs besides travel with the pipeline
+    (`generator_defaults`). Remote code is never run.
     """
-    from diffusers import Flux2KleinPipeline
+    import diffusers
 
     source = check_model_source(model)
     torch_dtype = parse_dtype(dtype)
@@ -128,10 +172,11 @@ def load_pipeline(
         source = str(directory)
     from huggingface_hub import constants
 
+    pipeline_class = getattr(diffusers, pipeline_class_name(source))
     try:
         # Offline, ask for the local cache directly: diffusers would first try the Hub and log a
         # traceback about it before falling back.
-        pipe = Flux2KleinPipeline.from_pretrained(source, dtype=torch_dtype, local_files_only=constants.HF_HUB_OFFLINE)
+        pipe = pipeline_class.from_pretrained(source, dtype=torch_dtype, local_files_only=constants.HF_HUB_OFFLINE)
     except OSError as error:
         raise OSError(
             f"could not load {source!r}: {str(error).splitlines()[0]} If this is a hub id, check the name and your "
@@ -139,11 +184,8 @@ def load_pipeline(
         ) from error
     if device is not None:
         pipe.to(device)
-    if directory is not None:
-        # What `generator_defaults(model)` gives, carried by the pipeline for `generator_for_pipeline`.
-        from .tiny import generator_settings
-
-        setattr(pipe, GENERATOR_DEFAULTS_ATTRIBUTE, generator_settings(directory))
+    # What `generator_defaults(model)` gives, carried by the pipeline for `generator_for_pipeline`.
+    setattr(pipe, GENERATOR_DEFAULTS_ATTRIBUTE, generator_defaults(model))
     return pipe
 
 

@@ -11,36 +11,30 @@ from pathlib import Path
 
 import torch
 
+from .generators.flux2 import (
+    FLUX2_ALL_LINEAR_TARGETS,
+    FLUX2_ATTENTION_AND_FF_TARGETS,
+    FLUX2_ATTENTION_TARGETS,
+    FLUX2_LORA_TARGETS,
+)
+
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
-# peft matches plain `target_modules` names by suffix, and "attn.to_out" would also hit the double
-# blocks' `to_out` ModuleList; a regex over full module names is exact. These are every attention
-# projection of FLUX.2's double blocks and the fused projections of its single blocks.
-FLUX2_ATTENTION_TARGETS = (
-    r".*transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
-    r"|.*single_transformer_blocks\.\d+\.attn\.(to_qkv_mlp_proj|to_out)"
-)
-FLUX2_ATTENTION_AND_FF_TARGETS = (
-    FLUX2_ATTENTION_TARGETS
-    + r"|.*transformer_blocks\.\d+\.(ff|ff_context)\.(linear_in|linear_out)"
-)
-
-# Every linear that shapes the output, including the input/output projections and the final
-# modulation: needed where attention alone is too weak a lever (the tiny random model).
-FLUX2_ALL_LINEAR_TARGETS = FLUX2_ATTENTION_AND_FF_TARGETS + r"|x_embedder|proj_out|.*norm_out\.linear"
-
+# The FLUX.2 regexes, kept importable from here; every family's presets live with its generator
+# (`FlowGenerator.lora_targets`), under the same names.
 
 # Names accepted wherever a target regex is (`--lora_target_modules all_linear`).
-LORA_TARGET_PRESETS = {
-    "attention": FLUX2_ATTENTION_TARGETS,
-    "attention_ff": FLUX2_ATTENTION_AND_FF_TARGETS,
-    "all_linear": FLUX2_ALL_LINEAR_TARGETS,
-}
+LORA_TARGET_PRESETS = tuple(FLUX2_LORA_TARGETS)
+__all__ = [
+    "FLUX2_ALL_LINEAR_TARGETS", "FLUX2_ATTENTION_AND_FF_TARGETS", "FLUX2_ATTENTION_TARGETS", "LORA_TARGET_PRESETS",
+    "LORA_WEIGHT_NAME", "add_lora", "lora_state_dict", "resolve_lora_targets", "save_lora",
+]
 
 
-def resolve_lora_targets(target_modules: str) -> str:
-    """A preset name from `LORA_TARGET_PRESETS` -> its regex; anything else is taken as a regex."""
-    return LORA_TARGET_PRESETS.get(target_modules, target_modules)
+def resolve_lora_targets(target_modules: str, presets: dict[str, str] | None = None) -> str:
+    """A preset name -> its regex in `presets` (a family's `lora_targets`, FLUX.2's by default);
+    anything else is taken as a regex."""
+    return (presets or FLUX2_LORA_TARGETS).get(target_modules, target_modules)
 
 
 def add_lora(
@@ -52,11 +46,13 @@ def add_lora(
     target_modules: str = "attention",
     init: str | bool = True,
     adapter_name: str = "default",
+    presets: dict[str, str] | None = None,
 ) -> list[torch.nn.Parameter]:
     """Add a LoRA adapter to `transformer` (diffusers `PeftAdapterMixin.add_adapter`).
 
     Returns the trainable LoRA parameters, upcast to float32 so a bf16 model trains fp32 adapters.
-    `target_modules` is a regex over full module names or a `LORA_TARGET_PRESETS` name.
+    `target_modules` is a regex over full module names or a preset name of `presets` (the family's
+    `FlowGenerator.lora_targets`; FLUX.2's when not given).
     `init=True` is peft's default (B = 0: the adapted model starts equal to the base), "gaussian"
     and the other peft init names are passed through.
     """
@@ -69,7 +65,7 @@ def add_lora(
         lora_alpha=alpha if alpha is not None else rank,
         lora_dropout=dropout,
         init_lora_weights=init,
-        target_modules=resolve_lora_targets(target_modules),
+        target_modules=resolve_lora_targets(target_modules, presets),
     )
     transformer.add_adapter(config, adapter_name=adapter_name)
     if not any("lora_" in name for name, _ in transformer.named_parameters()):

@@ -40,7 +40,7 @@ class PromptEmbeddingCache:
         self.encoded_count = 0  # prompts run through the text encoder so far (misses)
         self._entries: OrderedDict[str, PromptEmbeds] = OrderedDict()
         self._pinned: dict[str, PromptEmbeds] = {}
-        self._shared_negative: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._shared_negative: PromptEmbeds | None = None
 
     def __len__(self) -> int:
         return len(self._entries) + len(self._pinned)
@@ -89,9 +89,8 @@ class PromptEmbeddingCache:
         return encoded
 
     def _to_cpu(self, embeds: PromptEmbeds) -> PromptEmbeds:
-        negative: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
-        if embeds.negative_prompt_embeds is not None:
-            if self._shared_negative is None:
-                self._shared_negative = (embeds.negative_prompt_embeds.to("cpu"), embeds.negative_text_ids.to("cpu"))
-            negative = self._shared_negative
-        return PromptEmbeds(embeds.prompt, embeds.prompt_embeds.to("cpu"), embeds.text_ids.to("cpu"), *negative)
+        if embeds.negative is None:
+            return embeds.to("cpu")
+        if self._shared_negative is None:
+            self._shared_negative = embeds.negative.to("cpu")
+        return embeds.to("cpu", negative=self._shared_negative)

@@ -160,7 +160,7 @@ def search_prompts(
     evaluate = _Evaluator(
         generator,
         reward,
-        preview_steps or generator.num_inference_steps,
+        preview_steps or generator.preview_steps,
         split_across=split_across,
         keep_latents=keep_latents,
         preview_size=preview_size,

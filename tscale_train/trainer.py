@@ -101,6 +101,7 @@ class OnlineDPOTrainer:
             width=config.width,
             guidance_scale=config.guidance_scale,
             eval_batch_size=config.eval_batch_size,
+            preview_steps=config.preview_steps,
         )
         self.prompt_cache = PromptEmbeddingCache(
             self.generator, config.max_cached_prompts, device=accelerator.device, offload=config.offload_text_encoder
@@ -125,6 +126,7 @@ class OnlineDPOTrainer:
             dropout=config.lora_dropout,
             target_modules=config.lora_target_modules,
             init=True if config.lora_init == "default" else config.lora_init,
+            presets=self.generator.lora_targets,
         )
         if config.gradient_checkpointing:
             self.pipe.transformer.enable_gradient_checkpointing()
@@ -146,7 +148,7 @@ class OnlineDPOTrainer:
             lora_parameters=self.lora_parameters,
             predict_velocity=self.generator.predict_velocity,
             sampler_sigmas=self.generator.sampler_sigmas,
-            preview_steps=config.preview_steps,
+            preview_steps=self.generator.preview_steps,
             beta=config.beta,
             sigma_sampling=config.sigma_sampling,
             logit_mean=config.logit_mean,

@@ -110,13 +110,14 @@ def generator_settings(pipeline_dir: str | Path) -> dict:
     """`FlowGenerator` keyword arguments a kit pipeline records in its `tscale_tiny.json`; {} elsewhere.
 
     `text_encoder_out_layers`, `max_sequence_length` and `default_resolution` (the marker's
-    `resolution`), whichever the marker holds.
+    `resolution`), whichever the marker holds, plus its `generator_kwargs` as they are.
     """
     marker = Path(pipeline_dir) / KIT_MARKER
     if not marker.is_file():
         return {}
     recorded = json.loads(marker.read_text())
-    settings: dict = {}
+    # Anything else a family's generator takes (steps, guidance, ...), passed through as recorded.
+    settings: dict = dict(recorded.get("generator_kwargs", {}))
     if "text_encoder_out_layers" in recorded:
         settings["text_encoder_out_layers"] = tuple(int(layer) for layer in recorded["text_encoder_out_layers"])
     if "max_sequence_length" in recorded:
@@ -166,3 +167,29 @@ def ensure_shapes_kit(kit_dir: str | Path | None = None, seed: int = 0) -> Path:
 def shapes_pipeline_dir(kit_dir: str | Path | None = None) -> Path:
     """The saved real-shape `Flux2KleinPipeline` directory (building it if needed)."""
     return ensure_shapes_kit(kit_dir)
+
+
+# One tiny kit per further pipeline family (`--model tiny-flux1`, ...): model name -> "module:builder".
+# A builder `build(out_dir: Path, seed: int) -> Path` saves the pipeline with `save_pretrained` and
+# writes `KIT_MARKER` ({"kind": ..., "resolution": ..., "generator_kwargs": {...}}). Each is built on
+# first use, inside the tiny kit directory, like the real-shape kit.
+FAMILY_KITS = {
+    "tiny-flux1": "tscale_train.tiny.flux1:build_tiny_flux1",
+    "tiny-flux2-dev": "tscale_train.tiny.flux2_dev:build_tiny_flux2_dev",
+    "tiny-qwen-image": "tscale_train.tiny.qwen_image:build_tiny_qwen_image",
+    "tiny-sd3": "tscale_train.tiny.sd3:build_tiny_sd3",
+    "tiny-z-image": "tscale_train.tiny.z_image:build_tiny_z_image",
+}
+FAMILY_KIT_VERSION = "v1"
+
+
+def family_pipeline_dir(model: str, kit_dir: str | Path | None = None, seed: int = 0) -> Path:
+    """The saved tiny pipeline of a `FAMILY_KITS` model (building it once if needed)."""
+    import importlib
+
+    if model not in FAMILY_KITS:
+        raise ValueError(f"unknown tiny family {model!r}; known: {', '.join(sorted(FAMILY_KITS))}.")
+    module, _, name = FAMILY_KITS[model].partition(":")
+    build = getattr(importlib.import_module(module), name)
+    target = ensure_tiny_kit(kit_dir) / model
+    return _build_once(target, lambda staging: build(staging, seed=seed), f"version={FAMILY_KIT_VERSION} seed={seed}\n")

@@ -1,0 +1,1 @@
+"""One `FlowGenerator` per diffusers pipeline family (see `tscale_train.generation`)."""

@@ -1,0 +1,144 @@
+"""FLUX.2: `Flux2KleinPipeline` (klein distilled and base)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..generation import FlowGenerator, PromptEmbeds, negatives, stack_embeds
+from ..real_configs import FLUX2_KLEIN_MAX_SEQUENCE_LENGTH, FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS
+
+# peft matches plain `target_modules` names by suffix, and "attn.to_out" would also hit the double
+# blocks' `to_out` ModuleList; a regex over full module names is exact. These are every attention
+# projection of FLUX.2's double blocks and the fused projections of its single blocks.
+FLUX2_ATTENTION_TARGETS = (
+    r".*transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+    r"|.*single_transformer_blocks\.\d+\.attn\.(to_qkv_mlp_proj|to_out)"
+)
+FLUX2_ATTENTION_AND_FF_TARGETS = FLUX2_ATTENTION_TARGETS + r"|.*transformer_blocks\.\d+\.(ff|ff_context)\.(linear_in|linear_out)"
+# Every linear that shapes the output, including the input/output projections and the final
+# modulation: needed where attention alone is too weak a lever (the tiny random model).
+FLUX2_ALL_LINEAR_TARGETS = FLUX2_ATTENTION_AND_FF_TARGETS + r"|x_embedder|proj_out|.*norm_out\.linear"
+FLUX2_LORA_TARGETS = {
+    "attention": FLUX2_ATTENTION_TARGETS,
+    "attention_ff": FLUX2_ATTENTION_AND_FF_TARGETS,
+    "all_linear": FLUX2_ALL_LINEAR_TARGETS,
+}
+
+
+class Flux2KleinGenerator(FlowGenerator):
+    """`Flux2KleinPipeline`: distilled klein (4 steps, no CFG) and the undistilled klein base models.
+
+    Noise and clean latents live in the transformer's input space: patchified, batch-norm-normalised
+    `[N, transformer.in_channels, H/16, W/16]`, which is what the pipeline's `latents=` takes.
+    """
+
+    family = "FLUX.2-klein"
+    pipeline_class = "Flux2KleinPipeline"
+    lora_targets = FLUX2_LORA_TARGETS
+
+    def __init__(
+        self,
+        pipe,
+        *,
+        max_sequence_length: int | None = FLUX2_KLEIN_MAX_SEQUENCE_LENGTH,
+        text_encoder_out_layers: Sequence[int] = FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS,
+        **kwargs,
+    ) -> None:
+        super().__init__(pipe, **kwargs)
+        self.max_sequence_length = max_sequence_length or FLUX2_KLEIN_MAX_SEQUENCE_LENGTH
+        self.text_encoder_out_layers = tuple(text_encoder_out_layers)
+        self._negative: PromptEmbeds | None = None
+
+    @staticmethod
+    def resolution_multiple(pipe) -> int:
+        return pipe.vae_scale_factor * 2
+
+    @staticmethod
+    def native_resolution(pipe) -> int:
+        return pipe.default_sample_size * pipe.vae_scale_factor
+
+    @property
+    def is_distilled(self) -> bool:
+        return bool(self.pipe.config.get("is_distilled", False))
+
+    def default_num_inference_steps(self) -> int:
+        return 4 if self.is_distilled else 50
+
+    def default_guidance_scale(self) -> float:
+        return 1.0 if self.is_distilled else 4.0
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.guidance_scale > 1.0 and not self.is_distilled
+
+    @property
+    def noise_shape(self) -> tuple[int, int, int]:
+        multiple = self.resolution_multiple(self.pipe)
+        return (self.pipe.transformer.config.in_channels, self.height // multiple, self.width // multiple)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> PromptEmbeds:
+        def encode(text: str) -> PromptEmbeds:
+            prompt_embeds, text_ids = self.pipe.encode_prompt(
+                prompt=text,
+                device=self.device,
+                max_sequence_length=self.max_sequence_length,
+                text_encoder_out_layers=self.text_encoder_out_layers,
+            )
+            return PromptEmbeds(text, prompt_embeds, text_ids)
+
+        embeds = encode(prompt)
+        if self.uses_cfg:
+            # The pipeline's own negative prompt for CFG is the empty string: encode it once and
+            # share it between all prompts (one 512 x 7680 embedding, not one per prompt).
+            if self._negative is None:
+                self._negative = encode("")
+            embeds.negative = self._negative
+        return embeds
+
+    def pipeline_kwargs(self, embeds: list[PromptEmbeds]) -> dict:
+        dtype = self.pipe.transformer.dtype
+        kwargs = dict(
+            prompt_embeds=stack_embeds(embeds, "prompt_embeds", self.device, dtype),
+            guidance_scale=self.guidance_scale,
+            max_sequence_length=self.max_sequence_length,
+            text_encoder_out_layers=self.text_encoder_out_layers,
+        )
+        if self.uses_cfg:
+            kwargs["negative_prompt_embeds"] = stack_embeds(negatives(embeds), "prompt_embeds", self.device, dtype)
+        return kwargs
+
+    def from_pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """[B, h*w, C] (the sampler's token layout) -> [B, C, h, w] (the `latents=` layout)."""
+        channels, height, width = self.noise_shape
+        return latents.permute(0, 2, 1).reshape(latents.shape[0], channels, height, width)
+
+    @staticmethod
+    def _pack(latents: torch.Tensor) -> torch.Tensor:
+        return latents.flatten(2).permute(0, 2, 1)
+
+    def sampler_sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:
+        from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
+
+        steps = num_inference_steps or self.num_inference_steps
+        _, height, width = self.noise_shape
+        linear = [1.0 - index / steps for index in range(steps)]
+        return self.scheduler_sigmas(steps, sigmas=linear, mu=compute_empirical_mu(height * width, steps))
+
+    def predict_velocity(self, transformer, noisy_latents, sigmas, embeds):
+        batch = noisy_latents.shape[0]
+        prompt_embeds = stack_embeds(embeds, "prompt_embeds", noisy_latents.device, noisy_latents.dtype)
+        text_ids = stack_embeds(embeds, "text_ids", noisy_latents.device)
+        latent_ids = self.pipe._prepare_latent_ids(noisy_latents).to(noisy_latents.device)
+        prediction = transformer(
+            hidden_states=self._pack(noisy_latents),
+            timestep=sigmas.to(noisy_latents.dtype).expand(batch),
+            guidance=None,
+            encoder_hidden_states=prompt_embeds,
+            txt_ids=text_ids,
+            img_ids=latent_ids,
+            return_dict=False,
+        )[0]
+        return self.from_pipeline_latents(prediction)
