@@ -143,7 +143,7 @@ def pipeline_class_name(source: str) -> str:
             index = Path(hf_hub_download(source, "model_index.json", local_files_only=constants.HF_HUB_OFFLINE))
         except Exception as error:  # noqa: BLE001 - hub errors come in many classes; all mean "not reachable"
             raise OSError(
-                f"could not read model_index.json of {source!r}: {str(error).splitlines()[0]} Check the hub id and "
+                f"could not load {source!r} (its model_index.json): {str(error).splitlines()[0]} Check the hub id and "
                 "your network/HF_TOKEN; offline, pass a local directory or a kit model such as 'tiny'."
             ) from error
     return _check_supported(json.loads(index.read_text()).get("_class_name"), source)
