@@ -2,6 +2,8 @@
 
     tscale ses --model black-forest-labs/FLUX.2-klein-4B --prompt "sketch, a cat" --budget 50 --out cat.png
     tscale ses --model tiny --prompt "sketch, a cat" --budget 20 --out cat.png      # offline, CPU
+    tscale ses --model tiny --prompt "a red cube" --budget 50 --compare random,ses --out cube.png   # best-of-N vs SES
+    tscale ses --model Tongyi-MAI/Z-Image-Turbo --prompt "a cat" --budget 30 --out cat.png         # any supported family
     tscale train --config recipes/configs/tiny.yaml                                  # the training loop
     tscale plan --config recipes/configs/flux2_klein_4b.yaml --gpu-memory 80          # memory, no weights loaded
     tscale export runs/cat --repo-id me/klein-cat-dpo [--include-pairs me/klein-cat-pairs] [--dry-run]
@@ -55,17 +57,15 @@ def parse_ses_args(argv: list[str]) -> tuple[ModelConfig, SearchConfig, SESArgum
     return model, search, ses
 
 
-def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SESArguments) -> list[dict]:
+def _load_for_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SESArguments):
+    """The process state, generator and reward of a `tscale ses` run (the only heavy part)."""
     import torch
     from accelerate import PartialState
 
     from .distributed import run_on_cpu
     from .generation import generator_for_pipeline
-    from .io_utils import atomic_write_json
     from .loading import load_lora, load_pipeline, load_reward_for
-    from .ses import search_prompts
 
-    prompts = ses_args.load_prompts()
     # cpu=True where there is no CUDA: otherwise 2 CPU processes each think they are rank 0 of 1.
     state = PartialState(cpu=run_on_cpu())
     device = torch.device(ses_args.device) if ses_args.device else state.device
@@ -87,6 +87,17 @@ def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SE
         eval_batch_size=search_config.eval_batch_size,
         preview_steps=search_config.preview_steps,
     )
+    return state, generator, reward
+
+
+def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SESArguments) -> list[dict]:
+    from .io_utils import atomic_write_json
+    from .ses import search_prompts
+
+    prompts = ses_args.load_prompts()
+    state, generator, reward = _load_for_ses(model_config, search_config, ses_args)
+    if ses_args.compare:
+        return run_compare(state, generator, reward, prompts, search_config, ses_args)
     # Many prompts over many processes (one node or several): each process searches its own prompts,
     # so no generation waits on a gather. One prompt: its candidates are split over the processes.
     shard_prompts = ses_args.prompts_file is not None and state.num_processes > 1
@@ -155,6 +166,67 @@ def _write_result(generator, result, summary: dict, ses_args: SESArguments, out:
         f"[{summary['index']}] base {summary['base_score']:.4f} -> SES {summary['best_score']:.4f} "
         f"(best candidate #{summary['best_index']} of {summary['budget']}) -> {image_path}"
     )
+
+
+def run_compare(state, generator, reward, prompts: list[str], search_config: SearchConfig, ses_args: SESArguments) -> list[dict]:
+    """`tscale ses --compare random,ses`: every method from the same seeds at the same budget; the main
+    process renders base and best images, writes the strip, the curves and a JSON, and prints the table."""
+    from .compare import (
+        compare_searches,
+        comparison_rows,
+        comparison_strip,
+        format_table,
+        plot_curves,
+        render_comparison,
+    )
+    from .config import SEARCH_METHODS
+    from .io_utils import atomic_save_image, atomic_write_json
+
+    methods = ses_args.compare_methods()
+    comparisons = compare_searches(
+        generator,
+        reward,
+        prompts,
+        [ses_args.seed + index for index in range(len(prompts))],
+        methods,
+        budget=search_config.budget,
+        config=search_config.ses_config(),
+        preview_steps=search_config.preview_steps,
+        split_across=state,  # the candidates of each batch are split over the processes
+        group_size=search_config.search_group_size,
+        progress=ses_args.progress,
+    )
+    if not state.is_main_process:
+        return []
+    out = Path(ses_args.out)
+    single = ses_args.prompt is not None
+    stem = out.with_suffix("") if single else out / "compare"
+    summaries = []
+    for index, comparison in enumerate(comparisons):
+        images = render_comparison(generator, reward, comparison, ses_args.steps)
+        labels = [f"base {comparison.final_scores['base']:.4f}"] + [
+            f"{SEARCH_METHODS[method]} {comparison.final_scores[method]:.4f}" for method in methods
+        ]
+        image_path = out if single else out / f"{index:04d}.png"
+        atomic_save_image(comparison_strip(images, labels), image_path)
+        summaries.append({
+            "index": index, "prompt": comparison.prompt, "seed": comparison.seed, "image": str(image_path),
+            "budget": search_config.budget, "base_score": comparison.base_score, "final_scores": comparison.final_scores,
+            **{method: {"best_score": item.search.best_score, "best_index": item.search.best_index,
+                        "scores": [float(score) for score in item.search.scores]}
+               for method, item in comparison.searches.items()},
+        })
+    rows = comparison_rows(comparisons)
+    title = (
+        f"{SEARCH_METHODS[methods[0]]} vs {', '.join(SEARCH_METHODS[m] for m in methods[1:])}: budget {search_config.budget}, "
+        f"seed {ses_args.seed}, reward {search_config.reward}, preview {generator.preview_steps} steps, "
+        f"final {ses_args.steps or generator.num_inference_steps} steps, {len(prompts)} prompt(s)"
+    )
+    plot_curves(comparisons, f"{stem}_curves.png", title=comparisons[0].prompt if single else f"{len(prompts)} prompts")
+    atomic_write_json(f"{stem}_compare.json", {"title": title, "table": rows, "prompts": summaries})
+    print(format_table(rows, title))
+    print(f"images: {out}; curves: {stem}_curves.png; scores: {stem}_compare.json")
+    return summaries
 
 
 def run_train(argv: list[str]) -> None:

@@ -132,6 +132,11 @@ def check_search_budget(budget: int, popsize: int) -> None:
         raise ValueError(f"popsize ({popsize}) is larger than budget ({budget}); lower --popsize or raise --budget.")
 
 
+# `search_prompts(method=...)` and `tscale ses --compare`: the search over noise, and the best-of-N
+# baseline it is compared with (i.i.d. fresh noises, drawn popsize at a time so both share the batch shape).
+SEARCH_METHODS = {"random": "best-of-N", "ses": "SES"}
+
+
 @dataclass
 class SESArguments:
     """What only `tscale ses` takes: prompts, a LoRA to load, the final image and the output files."""
@@ -150,6 +155,13 @@ class SESArguments:
     seed: int = field(default=0, **_help("seed of the base noise (prompt i of a file uses seed + i)"))
     device: str | None = field(default=None, **_help("default: the accelerate process's device (cuda if available)"))
     save_trace: bool = field(default=False, **_help("also write scores JSON, a reward plot and base-vs-SES image"))
+    compare: str | None = field(
+        default=None,
+        **_help(
+            "compare searches at the same budget and seed, e.g. 'random,ses' (random = best-of-N): writes OUT "
+            "(base and each method's best side by side), OUT_curves.png, OUT_compare.json and prints a table"
+        ),
+    )
     progress: bool = field(default=True, **_help("progress bar (--no-progress to hide it)"))
 
     def __post_init__(self) -> None:
@@ -165,6 +177,14 @@ class SESArguments:
             raise ValueError(f"--out {self.out!r} should be an image path ending in one of {', '.join(IMAGE_SUFFIXES)}.")
         check_writable_output(Path(self.out), directory=self.prompts_file is not None)
         _check_at_least(self, 1, "steps")
+        if self.compare is not None:
+            methods = self.compare_methods()
+            unknown = [method for method in methods if method not in SEARCH_METHODS]
+            if unknown or not methods or len(set(methods)) != len(methods):
+                raise ValueError(
+                    f"--compare {self.compare!r}: give distinct methods from {', '.join(SEARCH_METHODS)}, comma-separated, "
+                    "e.g. --compare random,ses."
+                )
         if self.device is not None:
             check_device(self.device)
         self.reward_overrides()
@@ -172,6 +192,10 @@ class SESArguments:
             from .loading import check_lora_source
 
             check_lora_source(self.lora)
+
+    def compare_methods(self) -> list[str]:
+        """`--compare random,ses` -> ["random", "ses"]; [] without --compare."""
+        return [method.strip() for method in (self.compare or "").split(",") if method.strip()]
 
     def reward_overrides(self) -> dict[str, str]:
         """`--reward-arg KEY=VALUE` pairs as keyword arguments of the reward's loader."""

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from search import SearchResult, SESConfig, SpectralEvolutionSearch
+from search import RandomSearch, SearchResult, SESConfig, SpectralEvolutionSearch
 
-from .config import check_search_budget
+from .config import SEARCH_METHODS, check_search_budget
 from .generation import FlowGenerator, PromptEmbeds, generator_for_pipeline
 
 if TYPE_CHECKING:
@@ -131,8 +131,12 @@ def search_prompts(
     preview_size: int | None = None,
     group_size: int | None = DEFAULT_SEARCH_GROUP_SIZE,
     progress: bool = True,
+    method: str = "ses",
 ) -> list[PromptSearch]:
     """Run one SES per (prompt, seed), in lockstep groups of `group_size` prompts sharing batches.
+
+    `method="random"` runs the best-of-N baseline instead (`SEARCH_METHODS`): the same base noise
+    first, then fresh Gaussian noises, `popsize` per batch, at the same budget.
 
     The base noise of search i is `generator.initial_noise(seeds[i])`, and the search's own random
     numbers come from a generator seeded with the same seed, so a result depends only on (prompt, seed),
@@ -148,6 +152,8 @@ def search_prompts(
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds.")
     check_search_budget(budget, config.popsize)
+    if method not in SEARCH_METHODS:
+        raise ValueError(f"unknown search method {method!r}; choose from {', '.join(SEARCH_METHODS)}.")
     if group_size is not None and group_size < 1:
         raise ValueError(f"group_size must be >= 1 (or None for one group), got {group_size}.")
     if embeds is None:
@@ -166,7 +172,7 @@ def search_prompts(
         preview_size=preview_size,
     )
     is_main = split_across is None or split_across.is_main_process
-    bar = tqdm(total=budget * len(prompts), desc="SES", unit="cand", disable=not (progress and is_main))
+    bar = tqdm(total=budget * len(prompts), desc=SEARCH_METHODS[method], unit="cand", disable=not (progress and is_main))
     step = group_size or max(1, len(prompts))
     results: list[PromptSearch] = []
     nan_count = 0
@@ -174,7 +180,7 @@ def search_prompts(
         group = slice(start, start + step)
         group_embeds = embeds(prompts[group]) if callable(embeds) else list(embeds[group])
         group_results, group_nans = _search_group(
-            generator, evaluate, prompts[group], seeds[group], group_embeds, budget, config, bar
+            generator, evaluate, prompts[group], seeds[group], group_embeds, budget, config, bar, method
         )
         results += group_results
         nan_count += group_nans
@@ -193,17 +199,17 @@ def _search_group(
     budget: int,
     config: SESConfig,
     bar,
+    method: str = "ses",
 ) -> tuple[list[PromptSearch], int]:
     """The searches of one group, in lockstep; returns their results and the count of NaN scores."""
-    searches = [
-        SpectralEvolutionSearch(
-            generator.initial_noise(seed)[0],
-            budget=budget,
-            config=config,
-            generator=torch.Generator().manual_seed(int(seed)),
-        )
-        for seed in seeds
-    ]
+
+    def start(seed: int):
+        base, rng = generator.initial_noise(seed)[0], torch.Generator().manual_seed(int(seed))
+        if method == "random":
+            return RandomSearch(base, budget, generator=rng, batch_size=config.popsize)
+        return SpectralEvolutionSearch(base, budget=budget, config=config, generator=rng)
+
+    searches = [start(seed) for seed in seeds]
     kept: list[dict[str, list[torch.Tensor]]] = [{} for _ in searches]
     nan_count = 0
     while not all(search.done for search in searches):
