@@ -33,7 +33,10 @@ LOCK_NAME = ".tscale.lock"
 PID_NAME = ".tscale.pid"
 METRICS_NAME = "metrics.jsonl"
 # What a run writes; `--overwrite_output_dir` removes these and leaves anything else.
-RUN_OUTPUTS = (METRICS_NAME, "pairs", "checkpoints", "eval", "logs", LORA_WEIGHT_NAME, "config.yaml")
+# What the run's model samples with (class, family, steps, guidance): the model card's usage snippet
+# reads it, so an exported LoRA of any family shows its own pipeline and settings.
+PIPELINE_INFO_NAME = "pipeline.json"
+RUN_OUTPUTS = (METRICS_NAME, "pairs", "checkpoints", "eval", "logs", LORA_WEIGHT_NAME, "config.yaml", PIPELINE_INFO_NAME)
 # How long a run that has the lock may take to write its pid file before its lock is judged stale.
 _PID_GRACE_SECONDS = 2.0
 
@@ -204,6 +207,19 @@ class RunDirectory:
             raise
 
     # ---- files -----------------------------------------------------------------------------------
+    def write_pipeline_info(self, generator) -> None:
+        """`pipeline.json`: the pipeline class, family, and the steps and guidance the run sampled with."""
+        info = {
+            "pipeline_class": type(generator.pipe).__name__,
+            "family": generator.family,
+            "num_inference_steps": generator.num_inference_steps,
+            "preview_steps": generator.preview_steps,
+            "guidance_scale": generator.guidance_scale,
+            "height": generator.height,
+            "width": generator.width,
+        }
+        atomic_write_text(self.path / PIPELINE_INFO_NAME, dumps_json(info, indent=2) + "\n")
+
     def write_config(self, config: dict[str, Any]) -> None:
         """`config.yaml`, atomically: a reader (or a crash) never sees half of it."""
         atomic_write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))

@@ -361,6 +361,7 @@ class OnlineDPOTrainer:
             self.resume(config.resume_from_checkpoint)
         if accelerator.is_main_process:
             self.run_dir.write_config(config.to_dict())  # only now: a refused resume leaves the run's config as it was
+            self.run_dir.write_pipeline_info(self.generator)
         if accelerator.is_main_process and config.report_to != "none":
             accelerator.init_trackers(config.tracker_project, config={k: v for k, v in config.to_dict().items() if v is not None})
         if self.start_round == 0 and config.eval_every > 0:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-CARD_TAGS = ["lora", "text-to-image", "diffusers", "flux2-klein", "dpo", "inference-time-scaling", "tscale-train"]
+CARD_TAGS = ["lora", "text-to-image", "diffusers", "dpo", "inference-time-scaling", "tscale-train"]
+# The Hub tag of each family (`FlowGenerator.family`), after the common ones.
+FAMILY_TAGS = {
+    "FLUX.2-klein": "flux2-klein", "FLUX.2": "flux2", "FLUX.1": "flux", "Qwen-Image": "qwen-image",
+    "Z-Image": "z-image", "Stable Diffusion 3": "sd3",
+}
 # Placeholders of the usage snippet; tests swap them for the tiny model and a local folder and run it.
 SNIPPET_START, SNIPPET_END = "```python\n", "```\n"
 
@@ -34,17 +39,29 @@ def plot_eval_curve(rows: list[dict], path: Path) -> bool:
     return True
 
 
+def pipeline_info(run_dir: Path) -> dict | None:
+    """The run's `pipeline.json` (written by the trainer), or None for older runs."""
+    import json
+
+    from ..run_dir import PIPELINE_INFO_NAME
+
+    path = Path(run_dir) / PIPELINE_INFO_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _finite(value) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def usage_snippet(base_model: str, repo_id: str, prompt: str, steps: int, guidance_scale: float) -> str:
+def usage_snippet(
+    base_model: str, repo_id: str, prompt: str, steps: int, guidance_scale: float, pipeline_class: str = "Flux2KleinPipeline"
+) -> str:
     return (
         "import torch\n"
-        "from diffusers import Flux2KleinPipeline\n\n"
+        f"from diffusers import {pipeline_class}\n\n"
         'device = "cuda" if torch.cuda.is_available() else "cpu"\n'
         "dtype = torch.bfloat16 if device == \"cuda\" else torch.float32\n"
-        f'pipe = Flux2KleinPipeline.from_pretrained("{base_model}", dtype=dtype).to(device)\n'
+        f'pipe = {pipeline_class}.from_pretrained("{base_model}", dtype=dtype).to(device)\n'
         f'pipe.load_lora_weights("{repo_id}")\n'
         f'image = pipe(prompt="{prompt}", num_inference_steps={steps}, guidance_scale={guidance_scale}).images[0]\n'
         'image.save("example.png")\n'
@@ -57,12 +74,19 @@ def write_model_card(folder: Path, source, rows: list[dict], *, repo_id: str, ex
 
     config = source.config
     base_model = config.get("model", "")
-    distilled = "base" not in base_model
-    steps = 4 if distilled else 50
-    guidance = config.get("guidance_scale") or (1.0 if distilled else 4.0)
+    info = pipeline_info(source.run_dir)
+    if info:
+        pipeline_class, family = info["pipeline_class"], info["family"]
+        steps, guidance = info["num_inference_steps"], info["guidance_scale"]
+    else:  # a run from before pipeline.json: the only family then was klein
+        pipeline_class, family = "Flux2KleinPipeline", "FLUX.2-klein"
+        distilled = "base" not in base_model
+        steps = 4 if distilled else 50
+        guidance = config.get("guidance_scale") or (1.0 if distilled else 4.0)
+    tags = [*CARD_TAGS[:3], FAMILY_TAGS.get(family, family.lower()), *CARD_TAGS[3:]]
     widget = [{"text": item["prompt"], "output": {"url": item["lora"]}} for item in examples]
     data = ModelCardData(
-        base_model=base_model, library_name="diffusers", tags=CARD_TAGS, pipeline_tag="text-to-image",
+        base_model=base_model, library_name="diffusers", tags=tags, pipeline_tag="text-to-image",
         widget=widget or None,
     )
     evals = [row for row in rows if _finite(row.get("eval/reward_budget0"))]
@@ -108,10 +132,10 @@ def write_model_card(folder: Path, source, rows: list[dict], *, repo_id: str, ex
         )
     prompt = examples[0]["prompt"] if examples else "a photo of a cat"
     sections.append(
-        "## Use it\n\n" + SNIPPET_START + usage_snippet(base_model, repo_id, prompt, steps, guidance) + SNIPPET_END
-        + "\nOr search on top of it: `tscale ses --model " + base_model + " --lora " + repo_id + " --prompt \"...\"`.\n"
-        "`pytorch_lora_weights_comfyui.safetensors`, when present, is the same adapter in the original FLUX.2 layout "
-        "for ComfyUI."
+        "## Use it\n\n" + SNIPPET_START + usage_snippet(base_model, repo_id, prompt, steps, guidance, pipeline_class) + SNIPPET_END
+        + "\nOr search on top of it: `tscale ses --model " + base_model + " --lora " + repo_id + " --prompt \"...\"`."
+        + ("\n`pytorch_lora_weights_comfyui.safetensors`, when present, is the same adapter in the original FLUX.2 layout "
+           "for ComfyUI." if family.startswith("FLUX.2") else "")
     )
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
     path = folder / "README.md"

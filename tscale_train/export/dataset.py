@@ -26,6 +26,7 @@ import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from ..io_utils import atomic_directory, disk_full_error
+from ..loading import is_tiny  # the offline kit's models: random weights, so their pairs are test data
 from ..pairs import PairStore, to_pickapic
 from ..prompts import PROMPT_FILE_SUFFIXES
 
@@ -37,9 +38,7 @@ _MARKER_KIND = "pair_dataset"
 # Parquet shards stay under this much arrow data each (the Hub recommends files of a few hundred MB).
 MAX_SHARD_BYTES = 500 * 2**20
 _SPLIT = "train"
-_TAGS = ["dpo", "preference", "pick-a-pic", "inference-time-scaling", "flux2-klein", "diffusion-dpo", "synthetic"]
-# The offline kit's models (tscale_train.loading): random weights, so their pairs are test data.
-_KIT_MODELS = ("tiny", "tiny-base", "shapes-klein-4b")
+_TAGS = ["dpo", "preference", "pick-a-pic", "inference-time-scaling", "diffusion-dpo", "synthetic"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # The columns of the Pick-a-Pic layout, as the card explains them.
@@ -99,20 +98,32 @@ def export_pair_dataset(run_dir: Path, out_dir: Path, *, repo_id: str | None = N
         written = sum(pq.read_metadata(path).num_rows for path in files)
         if written != pairs.num_rows:  # a truncated write that raised nothing
             raise OSError(f"wrote {written} of {pairs.num_rows} pairs to {out_dir / 'data'}; export again")
-        card = build_dataset_card(pairs, config, repo_id=repo_id)
+        card = build_dataset_card(pairs, config, repo_id=repo_id, family=_run_family(run_dir))
         card.save(staging / "README.md")
         marker = {"kind": _MARKER_KIND, "exporter": __name__, "num_pairs": pairs.num_rows, "files": len(files)}
         (staging / EXPORT_MARKER).write_text(json.dumps(marker) + "\n")
     return out_dir
 
 
-def build_dataset_card(pairs: datasets.Dataset, config: dict[str, Any], *, repo_id: str | None = None) -> DatasetCard:
-    """The dataset card of ``pairs`` (Pick-a-Pic layout) from the run's settings ``config``."""
+def _run_family(run_dir: Path) -> str:
+    """The run's model family from its ``pipeline.json``; runs from before it trained FLUX.2-klein."""
+    from .card import pipeline_info
+
+    info = pipeline_info(run_dir)
+    return info["family"] if info else "FLUX.2-klein"
+
+
+def build_dataset_card(
+    pairs: datasets.Dataset, config: dict[str, Any], *, repo_id: str | None = None, family: str = "FLUX.2-klein"
+) -> DatasetCard:
+    """The dataset card of ``pairs`` (Pick-a-Pic layout) from the run's settings ``config`` and model ``family``."""
+    from .card import FAMILY_TAGS
+
     model = str(config.get("model") or "unknown")
     card_data = DatasetCardData(
         pretty_name=f"{_model_name(model)} SES preference pairs",
         task_categories=["text-to-image"],
-        tags=list(_TAGS),
+        tags=[*_TAGS[:4], FAMILY_TAGS.get(family, family.lower()), *_TAGS[4:]],
         size_categories=[_size_category(pairs.num_rows)],
         configs=[
             {"config_name": "default", "data_files": [{"split": _SPLIT, "path": f"data/{_SPLIT}-*.parquet"}]}
@@ -181,7 +192,7 @@ def _is_hub_id(name: str) -> bool:
 def _model_name(model: str) -> str:
     if _is_hub_id(model):
         return model.split("/")[-1]
-    if model in _KIT_MODELS:
+    if is_tiny(model):
         return f"{model} (offline test model)"
     return Path(model).name or model
 
@@ -189,7 +200,7 @@ def _model_name(model: str) -> str:
 def _model_text(model: str) -> str:
     if _is_hub_id(model):
         return f"[`{model}`](https://huggingface.co/{model})"
-    if model in _KIT_MODELS:
+    if is_tiny(model):
         return f"`{model}` (tscale-train's offline random-weight test model)"
     return f"a local pipeline `{Path(model).name or model}`"
 
@@ -241,7 +252,7 @@ def _card_body(pairs: datasets.Dataset, config: dict[str, Any], repo_id: str | N
     )
     test_note = (
         "\n> These pairs come from a random-weight test model: they are for testing pipelines only.\n"
-        if model in _KIT_MODELS else ""
+        if is_tiny(model) else ""
     )
     return f"""# {_model_name(model)} SES preference pairs
 
