@@ -54,6 +54,8 @@ KIT_MODELS = ("shapes-klein-4b", *FAMILY_KIT_MODELS)
 KNOWN_MODEL_SETTINGS: dict[str, dict] = {
     "Tongyi-MAI/Z-Image-Turbo": {"num_inference_steps": 9, "guidance_scale": 0.0},
     "black-forest-labs/FLUX.1-schnell": {"num_inference_steps": 4, "guidance_scale": 0.0, "max_sequence_length": 256},
+    "stabilityai/stable-diffusion-3.5-large-turbo": {"num_inference_steps": 4, "guidance_scale": 0.0},
+    "stabilityai/stable-diffusion-3.5-medium": {"num_inference_steps": 40, "guidance_scale": 4.5},
 }
 
 

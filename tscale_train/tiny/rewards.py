@@ -88,7 +88,7 @@ def _atomic_build(out_dir: str | Path, kind: str, seed: int, build: Callable[[Pa
     return out_dir
 
 
-def _byte_level_clip_vocab() -> dict[str, int]:
+def byte_level_clip_vocab() -> dict[str, int]:
     """CLIP's BPE vocabulary without merges: bytes, bytes + "</w>", then the two special tokens."""
     from tokenizers.pre_tokenizers import ByteLevel
 
@@ -105,7 +105,7 @@ def build_tiny_pickscore(out_dir: str | Path, seed: int = 0) -> Path:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     def build(directory: Path) -> None:
-        tokenizer = CLIPTokenizer(vocab=_byte_level_clip_vocab(), merges=[], model_max_length=77)
+        tokenizer = CLIPTokenizer(vocab=byte_level_clip_vocab(), merges=[], model_max_length=77)
         image_processor = CLIPImageProcessor(
             size={"shortest_edge": TINY_IMAGE_SIZE},
             crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},

@@ -1,0 +1,167 @@
+"""FLUX.1: `FluxPipeline` (FLUX.1-dev, guidance-distilled, and FLUX.1-schnell, timestep-distilled)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..generation import FlowGenerator, PromptEmbeds, stack_embeds
+
+# Regexes over full module names (peft `fullmatch`es a string `target_modules`). "(.*\.)?" before
+# `transformer_blocks` lets a wrapper's prefix through but not `single_`, so each alternative names
+# one kind of block. FLUX.1's single blocks have no attention output projection of their own: their
+# `proj_out` projects the concatenated attention and MLP outputs, and it counts as attention here,
+# as FLUX.2's fused `attn.to_out` does.
+FLUX1_ATTENTION_TARGETS = (
+    r"(.*\.)?transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+    r"|(.*\.)?single_transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v)|proj_out)"
+)
+FLUX1_ATTENTION_AND_FF_TARGETS = (
+    FLUX1_ATTENTION_TARGETS
+    + r"|(.*\.)?transformer_blocks\.\d+\.(ff|ff_context)\.net\.(0\.proj|2)"
+    + r"|(.*\.)?single_transformer_blocks\.\d+\.proj_mlp"
+)
+# As FLUX.2's preset: plus the input and output projections and the final modulation.
+FLUX1_ALL_LINEAR_TARGETS = FLUX1_ATTENTION_AND_FF_TARGETS + r"|x_embedder|proj_out|norm_out\.linear"
+FLUX1_LORA_TARGETS = {
+    "attention": FLUX1_ATTENTION_TARGETS,
+    "attention_ff": FLUX1_ATTENTION_AND_FF_TARGETS,
+    "all_linear": FLUX1_ALL_LINEAR_TARGETS,
+}
+
+# `FluxPipeline.__call__` defaults (FLUX.1-dev's model card: 28 steps at guidance 3.5) and its T5 length.
+FLUX1_DEV_STEPS = 28
+FLUX1_DEV_GUIDANCE = 3.5
+FLUX1_MAX_SEQUENCE_LENGTH = 512
+# FLUX.1-schnell's card: 4 steps; it has no guidance embedding, so its guidance value is unused.
+FLUX1_SCHNELL_STEPS = 4
+# Search previews of a 28-step FLUX.1-dev: with dynamic shifting, 10 steps already give the final
+# composition and colours, which is what a reward ranks, at about a third of the cost.
+FLUX1_DEV_PREVIEW_STEPS = 10
+
+
+class FluxGenerator(FlowGenerator):
+    """`FluxPipeline`: FLUX.1-dev (28 steps, guidance 3.5 into the guidance embedding) and FLUX.1-schnell.
+
+    Neither model runs true classifier-free guidance (one transformer pass per step): dev was
+    distilled to take the guidance scale as an input, schnell takes none. The pipeline's
+    `true_cfg_scale` is left at its default (off).
+
+    The search noise is the VAE latent before packing, `[16, H/8, W/8]`; the pipeline's `latents=`
+    takes it packed into 2x2 patches, `[N, (H/16)*(W/16), 64]`.
+    """
+
+    family = "FLUX.1"
+    pipeline_class = "FluxPipeline"
+    lora_targets = FLUX1_LORA_TARGETS
+
+    def __init__(self, pipe, *, max_sequence_length: int | None = FLUX1_MAX_SEQUENCE_LENGTH, **kwargs) -> None:
+        super().__init__(pipe, **kwargs)
+        self.max_sequence_length = max_sequence_length or FLUX1_MAX_SEQUENCE_LENGTH
+
+    @staticmethod
+    def resolution_multiple(pipe) -> int:
+        # 8x VAE downsampling, then 2x2 packing.
+        return pipe.vae_scale_factor * 2
+
+    @staticmethod
+    def native_resolution(pipe) -> int:
+        return pipe.default_sample_size * pipe.vae_scale_factor
+
+    @property
+    def has_guidance_embedding(self) -> bool:
+        """True for guidance-distilled FLUX.1-dev; FLUX.1-schnell's transformer has no guidance input."""
+        return bool(self.pipe.transformer.config.guidance_embeds)
+
+    def default_num_inference_steps(self) -> int:
+        return FLUX1_DEV_STEPS if self.has_guidance_embedding else FLUX1_SCHNELL_STEPS
+
+    def default_preview_steps(self) -> int:
+        return FLUX1_DEV_PREVIEW_STEPS if self.has_guidance_embedding else FLUX1_SCHNELL_STEPS
+
+    def default_guidance_scale(self) -> float:
+        return FLUX1_DEV_GUIDANCE if self.has_guidance_embedding else 0.0
+
+    @property
+    def uses_cfg(self) -> bool:
+        return False
+
+    @property
+    def noise_shape(self) -> tuple[int, int, int]:
+        # What `FluxPipeline.prepare_latents` draws before packing.
+        multiple = self.resolution_multiple(self.pipe)
+        channels = self.pipe.transformer.config.in_channels // 4
+        return (channels, 2 * (self.height // multiple), 2 * (self.width // multiple))
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> PromptEmbeds:
+        # The pipeline's text ids are zeros of the sequence length for every prompt: they are made
+        # where needed rather than stored, since they have no batch axis to stack along.
+        prompt_embeds, pooled_prompt_embeds, _ = self.pipe.encode_prompt(
+            prompt=prompt, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
+        )
+        return PromptEmbeds(prompt, prompt_embeds, extra={"pooled_prompt_embeds": pooled_prompt_embeds})
+
+    def pipeline_kwargs(self, embeds: list[PromptEmbeds]) -> dict[str, Any]:
+        dtype = self.pipe.transformer.dtype
+        return dict(
+            prompt_embeds=stack_embeds(embeds, "prompt_embeds", self.device, dtype),
+            pooled_prompt_embeds=stack_embeds(embeds, "pooled_prompt_embeds", self.device, dtype),
+            guidance_scale=self.guidance_scale,
+            max_sequence_length=self.max_sequence_length,
+        )
+
+    def to_pipeline_latents(self, noises: torch.Tensor) -> torch.Tensor:
+        """[N, C, h, w] -> [N, (h/2)*(w/2), 4C], the pipeline's own packing."""
+        batch, channels, height, width = noises.shape
+        return self.pipe._pack_latents(noises, batch, channels, height, width)
+
+    def from_pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """[N, (h/2)*(w/2), 4C] -> [N, C, h, w], the pipeline's own unpacking."""
+        _, height, width = self.noise_shape
+        return self._unpack(latents, height, width)
+
+    def _unpack(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        # `_unpack_latents` takes the image size in pixels.
+        scale = self.pipe.vae_scale_factor
+        return self.pipe._unpack_latents(latents, height * scale, width * scale, scale)
+
+    def sampler_sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        steps = num_inference_steps or self.num_inference_steps
+        config = self.pipe.scheduler.config
+        # As `FluxPipeline.__call__`: linear sigmas, shifted with a mu from the packed sequence length.
+        sigmas = None if config.get("use_flow_sigmas", False) else np.linspace(1.0, 1 / steps, steps)
+        _, height, width = self.noise_shape
+        mu = calculate_shift(
+            (height // 2) * (width // 2),
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        return self.scheduler_sigmas(steps, sigmas=sigmas, mu=mu)
+
+    def predict_velocity(self, transformer, noisy_latents, sigmas, embeds):
+        batch, _, height, width = noisy_latents.shape
+        device, dtype = noisy_latents.device, noisy_latents.dtype
+        prompt_embeds = stack_embeds(embeds, "prompt_embeds", device, dtype)
+        guidance = None
+        if self.has_guidance_embedding:
+            guidance = torch.full([batch], self.guidance_scale, device=device, dtype=torch.float32)
+        prediction = transformer(
+            hidden_states=self.to_pipeline_latents(noisy_latents),
+            # FLUX.1's transformer takes sigma in [0, 1] (the pipeline divides its timesteps by 1000).
+            timestep=sigmas.to(device, dtype).expand(batch),
+            guidance=guidance,
+            pooled_projections=stack_embeds(embeds, "pooled_prompt_embeds", device, dtype),
+            encoder_hidden_states=prompt_embeds,
+            txt_ids=torch.zeros(prompt_embeds.shape[1], 3, device=device, dtype=dtype),
+            img_ids=self.pipe._prepare_latent_image_ids(batch, height // 2, width // 2, device, dtype),
+            return_dict=False,
+        )[0]
+        # The transformer predicts the flow velocity noise - x0 itself (the scheduler steps along it).
+        return self._unpack(prediction, height, width)
