@@ -56,11 +56,12 @@ class ModelConfig:
 
     model: str = field(
         default="black-forest-labs/FLUX.2-klein-4B",
-        **_help("hub id, local pipeline dir, or offline 'tiny', 'tiny-base', 'shapes-klein-4b'"),
+        **_help("hub id or local pipeline dir of a supported family, or an offline kit: 'tiny', 'tiny-base', "
+                "'tiny-flux1', 'tiny-flux2-dev', 'tiny-qwen-image', 'tiny-sd3', 'tiny-z-image', 'shapes-klein-4b'"),
     )
     dtype: str = field(default="auto", **_help("auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16"))
-    height: int | None = field(default=None, **_help("image height (default: the model's, 1024 for klein)"))
-    width: int | None = field(default=None, **_help("image width (default: the model's, 1024 for klein)"))
+    height: int | None = field(default=None, **_help("image height (default: the model's, 1024 for the real ones)"))
+    width: int | None = field(default=None, **_help("image width (default: the model's, 1024 for the real ones)"))
     guidance_scale: float | None = field(default=None, **_help("CFG scale; default 1 (distilled) or 4 (base)"))
 
     def __post_init__(self) -> None:
