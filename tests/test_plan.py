@@ -210,3 +210,146 @@ def test_unknown_yaml_field_is_an_error(tmp_path, capsys):
     config.write_text("model: tiny\nnot_a_field: 3\n")
     assert _cli(["--config", str(config)]) == 2
     assert "unknown fields ['not_a_field']" in capsys.readouterr().err
+
+
+# ---- further families: FLUX.1 and Z-Image ------------------------------------------------------------
+FLUX1_DEV = "black-forest-labs/FLUX.1-dev"
+Z_IMAGE_TURBO = "Tongyi-MAI/Z-Image-Turbo"
+FAMILY_MODELS = [FLUX1_DEV, Z_IMAGE_TURBO]
+GIB = 1024**3
+
+# Published parameter counts: FLUX.1-dev's transformer is "12 B" (11.90 B), its text encoders CLIP-L's
+# text tower (123 M) and T5-XXL's encoder (4.76 B); Z-Image-Turbo's transformer is "6 B" (6.15 B) and its
+# text encoder Qwen3-4B (4.02 B, tied embeddings); both use FLUX.1's 16-channel VAE (83.8 M).
+PUBLISHED_PARAMETERS = {
+    FLUX1_DEV: {"transformer": 11.90e9, "text_encoder": 0.123e9 + 4.76e9, "vae": 83.8e6},
+    Z_IMAGE_TURBO: {"transformer": 6.15e9, "text_encoder": 4.02e9, "vae": 83.8e6},
+}
+
+
+@pytest.mark.parametrize("model", FAMILY_MODELS)
+def test_bundled_configs_build_on_meta_with_the_published_parameter_counts(model):
+    from tscale_train.plan import resolve_pipeline_spec
+    from tscale_train.plan.components import component_bytes, meta_text_encoders, meta_transformer
+
+    spec = resolve_pipeline_spec(model)
+    assert spec.source == "bundled config" and spec.pipeline_class == {
+        FLUX1_DEV: "FluxPipeline", Z_IMAGE_TURBO: "ZImagePipeline"}[model]
+    assert (spec.default_resolution, spec.resolution_multiple, spec.max_sequence_length) == (1024, 16, 512)
+    # Built on the meta device: shapes only, nothing loaded.
+    transformer = meta_transformer(spec, torch.bfloat16, None)
+    assert {parameter.device.type for parameter in transformer.parameters()} == {"meta"}
+    encoders = meta_text_encoders(spec, torch.bfloat16)
+    assert len(encoders) == (2 if model == FLUX1_DEV else 1)
+    assert {p.device.type for encoder in encoders.values() for p in encoder.parameters()} == {"meta"}
+    parameters = {name: size / 2 for name, size in component_bytes(spec, torch.bfloat16).items()}  # bf16
+    for name, published in PUBLISHED_PARAMETERS[model].items():
+        assert parameters[name] == pytest.approx(published, rel=0.01), (name, parameters[name])
+
+
+@pytest.mark.parametrize("model", FAMILY_MODELS)
+def test_dpo_plan_at_1024_fits_80gb_with_checkpointing_and_not_without(model):
+    from tscale_train.plan import LoraSpec, measure_dpo, resolve_pipeline_spec
+    from tscale_train.plan.measure import _with_blocks
+
+    default = plan_training(OnlineDPOConfig(model=model, height=1024, width=1024))
+    assert default.fits and default.peak_gib < 60, format_plan_table(default)
+    weights = PUBLISHED_PARAMETERS[model]["transformer"] * 2 / GIB
+    assert default.breakdown["dpo"]["transformer"] == pytest.approx(weights, rel=0.01)
+    # Text encoders are offloaded in training: prompt encoding is the only phase holding them.
+    text_encoder = PUBLISHED_PARAMETERS[model]["text_encoder"] * 2 / GIB
+    assert default.breakdown["encode"]["text encoder"] == pytest.approx(text_encoder, rel=0.01)
+    assert "text encoder (not offloaded)" not in default.breakdown["dpo"]
+
+    heavy = plan_training(
+        OnlineDPOConfig(model=model, height=1024, width=1024, gradient_checkpointing=False, train_batch_size=4),
+        suggest=False,
+    )
+    assert not heavy.fits and heavy.peak_phase == "dpo"
+    # 8 samples of 4096 image + 512 text tokens through every block, all activations kept: ~260-290 GiB.
+    assert 150 < heavy.phases["dpo"] < 400, heavy.phases
+
+    def activations(plan):
+        return next(value for name, value in plan.breakdown["dpo"].items() if name.startswith("activations"))
+
+    # Per sample, checkpointing keeps only each block's inputs: an order of magnitude less.
+    assert activations(heavy) / 8 > 5 * activations(default) / 2
+
+    # The block extrapolation behind these figures is exact: a 2 + 2 block model measured whole equals the
+    # extrapolation from the (cached) 1 + 1, 2 + 1 and 1 + 2 measurements of the plan above.
+    spec = resolve_pipeline_spec(model)
+    two_each = _with_blocks(spec, dict.fromkeys(spec.family.block_keys, 2))
+    args = (two_each, torch.bfloat16, LoraSpec(16, "attention"), 1, 1024, 1024, True, True)
+    assert measure_dpo(*args) == measure_dpo(*args, extrapolate=False)
+
+
+@pytest.mark.parametrize("model", FAMILY_MODELS)
+def test_cli_plans_further_families(model, capsys):
+    assert _cli(["--model", model, "--height", "1024", "--width", "1024"]) == 0
+    table = capsys.readouterr().out
+    assert f"training run: {model} (bundled config), 1024x1024" in table
+    for text in ("encode prompts", "DPO step", "checkpointed", "fits an 80 GiB card: yes"):
+        assert text in table
+    assert _cli(["--ses", "--model", model, "--height", "1024", "--width", "1024", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["kind"] == "ses" and data["fits"] and set(data["phases"]) == {"encode", "search"}
+    # `tscale ses` keeps the text encoders, the transformer and the reward model on the GPU together.
+    resident = sum(PUBLISHED_PARAMETERS[model].values()) * 2 / GIB
+    assert resident < data["phases"]["encode"] < resident + 10
+
+
+def test_z_image_turbo_has_no_cfg_and_z_image_cfg_doubles_the_forward_batch():
+    from tscale_train.plan import measure_sampling, resolve_pipeline_spec
+
+    turbo = plan_ses(Z_IMAGE_TURBO, height=1024, width=1024, eval_batch_size=4)
+    assert turbo.settings["guidance_scale"] == 0.0  # the model card's, though the pipeline class defaults to 5
+    z_image = resolve_pipeline_spec(Z_IMAGE_TURBO)
+    flux1 = resolve_pipeline_spec(FLUX1_DEV)
+    assert z_image.uses_cfg(5.0) and not z_image.uses_cfg(0.0)
+    assert not flux1.uses_cfg(flux1.default_guidance_scale)  # dev's 3.5 goes into its guidance embedding
+    args = (torch.bfloat16, None, 2, 512, 512)
+    # `ZImagePipeline` runs cond and uncond in one forward of twice the batch; FLUX-style pipelines run a
+    # second forward at the same batch, which costs only the negative embeddings and one more prediction.
+    assert measure_sampling(z_image, *args, True, False) > 1.8 * measure_sampling(z_image, *args, False, False)
+    assert measure_sampling(flux1, *args, True, False) < 1.2 * measure_sampling(flux1, *args, False, False)
+
+
+def _write_pipeline_dir(directory: Path, pipeline_class: str, components: dict[str, dict]) -> Path:
+    """A pipeline directory holding only configs, as `save_pretrained` lays them out."""
+    index = {"_class_name": pipeline_class}
+    for name, config in components.items():
+        (directory / name).mkdir(parents=True)
+        (directory / name / "config.json").write_text(json.dumps(config, default=list))
+        index[name] = ["diffusers", config.get("_class_name", "")]
+    (directory / "model_index.json").write_text(json.dumps(index))
+    return directory
+
+
+def test_a_local_flux1_dir_is_read_with_both_text_encoders(tmp_path):
+    from transformers import CLIPTextConfig, T5Config
+
+    from tscale_train import real_configs
+    from tscale_train.plan import resolve_pipeline_spec
+    from tscale_train.plan.components import component_bytes
+
+    directory = _write_pipeline_dir(tmp_path / "flux1", "FluxPipeline", {
+        "transformer": {"_class_name": "FluxTransformer2DModel", **real_configs.FLUX1_DEV_TRANSFORMER},
+        "vae": {"_class_name": "AutoencoderKL", **real_configs.FLUX1_VAE},
+    })
+    CLIPTextConfig(**real_configs.CLIP_L_TEXT_ENCODER).save_pretrained(directory / "text_encoder")
+    T5Config(**real_configs.T5_XXL_TEXT_ENCODER).save_pretrained(directory / "text_encoder_2")
+    local = resolve_pipeline_spec(str(directory))
+    bundled = resolve_pipeline_spec(FLUX1_DEV)
+    assert (local.source, local.pipeline_class, local.max_sequence_length) == ("local dir", "FluxPipeline", 512)
+    assert local.text_encoder_2_json is not None
+    assert component_bytes(local, torch.bfloat16) == component_bytes(bundled, torch.bfloat16)
+
+
+def test_a_family_without_a_plan_description_is_a_one_line_error(tmp_path, capsys):
+    directory = _write_pipeline_dir(tmp_path / "sd3", "StableDiffusion3Pipeline", {
+        "transformer": {"_class_name": "SD3Transformer2DModel"},
+    })
+    assert _cli(["--model", str(directory)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("tscale plan: error:") and "no description of StableDiffusion3Pipeline" in error
+    assert "FluxPipeline" in error and "ZImagePipeline" in error

@@ -28,8 +28,9 @@ Three things make fake tensors on a CPU-only machine behave like the GPU run (me
   accelerate bf16 mixed precision of the GPU runs is emulated by `_CudaAutocast`.
 
 The package, one job per module: `tracker` (the fake GPU: live-memory tracker, GPU attention
-kernels, CUDA autocast), `components` (what the model is: component configs, meta-device
-components, their bytes), `measure` (the measured transients of each forward/backward),
+kernels, CUDA autocast), `families` (what differs between pipeline families: FLUX.2-klein, FLUX.1,
+Z-Image), `components` (what the model is: component configs, meta-device components, their bytes),
+`measure` (the measured transients of each forward/backward),
 `memory` (the `MemoryPlan` type and GiB helpers), `estimate` (the plan of a training run or of
 `tscale ses`, CPU memory), `suggest` (the overrides that would make a plan fit) and `cli`
 (`tscale plan`).
@@ -38,6 +39,7 @@ components, their bytes), `measure` (the measured transients of each forward/bac
 from .cli import add_plan_parser, format_plan_table, main, run_plan
 from .components import LoraSpec, PipelineSpec, resolve_pipeline_spec
 from .estimate import DEFAULT_GPU_MEMORY_GIB, MemoryPlan, plan_ses, plan_training
+from .families import PLAN_FAMILIES, PlanFamily, plan_family
 from .measure import measure_decode, measure_dpo, measure_encode, measure_reward, measure_sampling
 from .tracker import LiveMemoryTracker, fake_gpu, module_bytes
 
@@ -46,7 +48,9 @@ __all__ = [
     "LiveMemoryTracker",
     "LoraSpec",
     "MemoryPlan",
+    "PLAN_FAMILIES",
     "PipelineSpec",
+    "PlanFamily",
     "add_plan_parser",
     "fake_gpu",
     "format_plan_table",
@@ -57,6 +61,7 @@ __all__ = [
     "measure_reward",
     "measure_sampling",
     "module_bytes",
+    "plan_family",
     "plan_ses",
     "plan_training",
     "resolve_pipeline_spec",

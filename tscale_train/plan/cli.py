@@ -63,13 +63,17 @@ PLAN_HELP = "estimate the peak GPU/CPU memory of a training run or a ses command
 
 def plan_option_parser() -> argparse.ArgumentParser:
     """The options of the plan itself; every other flag is a setting of the planned run."""
+    from ..real_configs import known_models
+
     parser = argparse.ArgumentParser(
         prog="tscale plan",
         description=PLAN_HELP,
         epilog=(
             "Every other flag is a setting of the planned run, in the vocabulary of `tscale train` "
             "(e.g. --config recipes/configs/flux2_klein_4b.yaml --train_batch_size 2), or with --ses of "
-            "`tscale ses` (e.g. --model black-forest-labs/FLUX.2-klein-4B --eval-batch-size 8)."
+            "`tscale ses` (e.g. --model black-forest-labs/FLUX.2-klein-4B --eval-batch-size 8). "
+            f"Configs bundled for planning offline: {', '.join(known_models())}; any other model of a planned "
+            "family (FLUX.2-klein, FLUX.1, Z-Image) plans from a local pipeline dir or the local HF cache."
         ),
     )
     parser.add_argument("--gpu-memory", type=float, default=DEFAULT_GPU_MEMORY_GIB, help="GiB of the card (default 80)")

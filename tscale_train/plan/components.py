@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .families import PlanFamily, plan_family
 from .tracker import module_bytes
 
 SHAPES_MODEL_NAME = "shapes-klein-4b"
@@ -19,7 +21,11 @@ SHAPES_MODEL_NAME = "shapes-klein-4b"
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    """The component configs of a pipeline (as JSON, so the spec is hashable for caching)."""
+    """The component configs of a pipeline (as JSON, so the spec is hashable for caching).
+
+    `pipeline_class` (the diffusers class in model_index.json) picks the family description
+    (`families.PlanFamily`); `text_encoder_2_json` is FLUX.1's T5 next to its CLIP.
+    """
 
     model: str
     source: str
@@ -32,6 +38,13 @@ class PipelineSpec:
     max_sequence_length: int
     text_encoder_out_layers: tuple[int, ...]
     reward_clip_json: str | None = None  # a CLIPConfig for CLIP-style rewards of this model (tiny: the kit's)
+    pipeline_class: str = "Flux2KleinPipeline"
+    text_encoder_2_json: str | None = None
+    guidance_scale: float | None = None  # the model's own default (model card, kit), else the family's
+
+    @property
+    def family(self) -> PlanFamily:
+        return plan_family(self.pipeline_class)
 
     @property
     def transformer(self) -> dict:
@@ -41,6 +54,11 @@ class PipelineSpec:
     def text_encoder(self) -> dict:
         return json.loads(self.text_encoder_json)
 
+    def text_encoder_configs(self) -> dict[str, dict]:
+        """Each text encoder's config by pipeline component name (`text_encoder`, `text_encoder_2`)."""
+        configs = {"text_encoder": self.text_encoder_json, "text_encoder_2": self.text_encoder_2_json}
+        return {name: json.loads(configs[name]) for name, _ in self.family.text_encoders}
+
     @property
     def vae(self) -> dict:
         return json.loads(self.vae_json)
@@ -49,23 +67,36 @@ class PipelineSpec:
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.get("block_out_channels", (128, 256, 512, 512))) - 1)
 
+    @property
+    def default_guidance_scale(self) -> float:
+        return self.guidance_scale if self.guidance_scale is not None else self.family.default_guidance(self)
+
+    def uses_cfg(self, guidance_scale: float) -> bool:
+        """Whether sampling at this guidance runs the negative prompt too (true classifier-free guidance)."""
+        return self.family.uses_cfg(self, guidance_scale)
+
+    def latent_numel(self, height: int, width: int) -> int:
+        """Elements of one sample's latents (the search noise `[C, h, w]`, however the family packs it)."""
+        factor = self.vae_scale_factor
+        return self.vae.get("latent_channels", 32) * (height // factor) * (width // factor)
+
 
 def _to_json(config: Any) -> str:
     return json.dumps(dict(config), sort_keys=True, default=list)
 
 
 def _read_pipeline_dir(model: str, directory: Path, source: str) -> PipelineSpec:
-    """Read the component configs of a saved `Flux2KleinPipeline` directory (no weights)."""
-    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+    """Read the component configs of a saved pipeline directory of a planned family (no weights)."""
+    import diffusers
     from transformers import AutoConfig
 
-    index = json.loads((directory / "model_index.json").read_text())
-    transformer = Flux2Transformer2DModel.load_config(str(directory), subfolder="transformer")
-    vae = AutoencoderKLFlux2.load_config(str(directory), subfolder="vae")
-    text_encoder = AutoConfig.from_pretrained(str(directory / "text_encoder")).to_dict()
-    from ..real_configs import FLUX2_KLEIN_MAX_SEQUENCE_LENGTH, FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS
     from ..tiny import generator_settings
 
+    index = json.loads((directory / "model_index.json").read_text())
+    family = plan_family(index.get("_class_name"))
+    transformer = getattr(diffusers, family.transformer_class).load_config(str(directory), subfolder="transformer")
+    vae = getattr(diffusers, family.vae_class).load_config(str(directory), subfolder="vae")
+    text_encoders = [AutoConfig.from_pretrained(str(directory / name)).to_dict() for name, _ in family.text_encoders]
     extra = generator_settings(directory)  # a kit pipeline's recorded settings; {} for real ones
     vae_scale_factor = 2 ** (len(vae.get("block_out_channels", (128, 256, 512, 512))) - 1)
     reward_clip = None
@@ -76,20 +107,22 @@ def _read_pipeline_dir(model: str, directory: Path, source: str) -> PipelineSpec
         model=model,
         source=source,
         transformer_json=_to_json(transformer),
-        text_encoder_json=_to_json(text_encoder),
+        text_encoder_json=_to_json(text_encoders[0]),
         vae_json=_to_json(vae),
         is_distilled=bool(index.get("is_distilled", False)),
         default_resolution=int(extra.get("default_resolution", 128 * vae_scale_factor)),
         resolution_multiple=vae_scale_factor * 2,
-        max_sequence_length=int(extra.get("max_sequence_length", FLUX2_KLEIN_MAX_SEQUENCE_LENGTH)),
-        text_encoder_out_layers=tuple(extra.get("text_encoder_out_layers", FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS)),
+        max_sequence_length=int(extra.get("max_sequence_length", family.max_sequence_length)),
+        text_encoder_out_layers=tuple(extra.get("text_encoder_out_layers", family.text_encoder_out_layers)),
         reward_clip_json=reward_clip,
+        pipeline_class=family.pipeline_class,
+        text_encoder_2_json=_to_json(text_encoders[1]) if len(text_encoders) > 1 else None,
+        guidance_scale=extra.get("guidance_scale"),
     )
 
 
 def _known_spec(model: str, known: dict, source: str) -> PipelineSpec:
-    from ..real_configs import FLUX2_KLEIN_MAX_SEQUENCE_LENGTH, FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS
-
+    family = plan_family(known.get("pipeline_class", "Flux2KleinPipeline"))
     vae_scale_factor = 2 ** (len(known["vae"]["block_out_channels"]) - 1)
     return PipelineSpec(
         model=model,
@@ -97,12 +130,28 @@ def _known_spec(model: str, known: dict, source: str) -> PipelineSpec:
         transformer_json=_to_json(known["transformer"]),
         text_encoder_json=_to_json(known["text_encoder"]),
         vae_json=_to_json(known["vae"]),
-        is_distilled=bool(known["is_distilled"]),
+        is_distilled=bool(known.get("is_distilled", False)),
         default_resolution=128 * vae_scale_factor,
         resolution_multiple=vae_scale_factor * 2,
-        max_sequence_length=FLUX2_KLEIN_MAX_SEQUENCE_LENGTH,
-        text_encoder_out_layers=tuple(FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS),
+        max_sequence_length=int(known.get("max_sequence_length", family.max_sequence_length)),
+        text_encoder_out_layers=tuple(family.text_encoder_out_layers),
+        pipeline_class=family.pipeline_class,
+        text_encoder_2_json=_to_json(known["text_encoder_2"]) if "text_encoder_2" in known else None,
     )
+
+
+def _with_model_card_settings(spec: PipelineSpec, model: str) -> PipelineSpec:
+    """A known checkpoint's model-card guidance and text length (`loading.KNOWN_MODEL_SETTINGS`: e.g.
+    Z-Image-Turbo runs without CFG, though its pipeline class defaults to it)."""
+    from ..loading import KNOWN_MODEL_SETTINGS
+
+    settings = KNOWN_MODEL_SETTINGS.get(model, {})
+    overrides: dict[str, Any] = {}
+    if "guidance_scale" in settings:
+        overrides["guidance_scale"] = float(settings["guidance_scale"])
+    if "max_sequence_length" in settings:
+        overrides["max_sequence_length"] = int(settings["max_sequence_length"])
+    return dataclasses.replace(spec, **overrides) if overrides else spec
 
 
 def _hub_cache_dir(model: str) -> Path | None:
@@ -120,36 +169,44 @@ def _hub_cache_dir(model: str) -> Path | None:
 
 @functools.lru_cache(maxsize=16)
 def resolve_pipeline_spec(model: str) -> PipelineSpec:
-    """Component configs for `model`: the tiny kit's dir, a local dir, the HF cache, or the bundled copy.
+    """Component configs for `model`: the kit's dir, a local dir, the HF cache, or the bundled copy.
 
     Raises ValueError/FileNotFoundError with the fix for a model it cannot describe.
     """
-    from ..real_configs import FLUX2_KLEIN_4B, known_pipeline_config
+    from ..real_configs import FLUX2_KLEIN_4B, known_models, known_pipeline_config
 
     if model == SHAPES_MODEL_NAME:
         # The real-shape kit: FLUX.2-klein-4B dimensions with one double and one single block.
         known = known_pipeline_config(FLUX2_KLEIN_4B)
         known["transformer"].update(num_layers=1, num_single_layers=1)
         return _known_spec(model, known, "bundled klein-4B config, 1 + 1 blocks")
-    from ..loading import TINY_MODELS, check_model_source
+    from ..loading import FAMILY_KIT_MODELS, TINY_MODELS, check_model_source
 
     if model in TINY_MODELS:
         from ..tiny import tiny_pipeline_dir
 
         return _read_pipeline_dir(model, tiny_pipeline_dir(distilled=TINY_MODELS[model]), "tiny kit")
+    if model in FAMILY_KIT_MODELS:
+        from ..tiny import family_pipeline_dir
+
+        return _read_pipeline_dir(model, family_pipeline_dir(model), "tiny kit")
     source = check_model_source(model)
     if Path(source).is_dir():
         return _read_pipeline_dir(model, Path(source), "local dir")
     cached = _hub_cache_dir(source)
-    if cached is not None:
-        return _read_pipeline_dir(model, cached, "HF cache")
     known = known_pipeline_config(source)
+    if cached is not None:
+        try:
+            return _with_model_card_settings(_read_pipeline_dir(model, cached, "HF cache"), source)
+        except OSError:  # a partly cached snapshot (e.g. without text_encoder_2/config.json)
+            if known is None:
+                raise
     if known is None:
         raise ValueError(
             f"no component configs for {model!r}: it is not in the local HF cache and not a bundled model "
-            "(black-forest-labs/FLUX.2-klein-4B, black-forest-labs/FLUX.2-klein-base-4B); pass a local pipeline dir."
+            f"({', '.join(known_models())}); pass a local pipeline dir."
         )
-    return _known_spec(model, known, "bundled config")
+    return _with_model_card_settings(_known_spec(model, known, "bundled config"), source)
 
 
 def reward_clip_config_json(reward: str, spec: PipelineSpec) -> str | None:
@@ -175,15 +232,20 @@ class LoraSpec:
 
 
 def meta_transformer(spec: PipelineSpec, dtype: torch.dtype, lora: LoraSpec | None, checkpointing: bool = False):
-    from diffusers import Flux2Transformer2DModel
+    """The family's transformer on the meta device (no weights), with the LoRA and checkpointing of a run.
+
+    A LoRA preset name (`attention`, ...) is the family generator's (`FlowGenerator.lora_targets`).
+    """
+    import diffusers
 
     from ..lora import add_lora
 
+    family = spec.family
     with _quiet_diffusers(), torch.device("meta"):
-        transformer = Flux2Transformer2DModel.from_config(spec.transformer).to(dtype)
+        transformer = getattr(diffusers, family.transformer_class).from_config(spec.transformer).to(dtype)
     transformer.requires_grad_(False)
     if lora is not None:
-        add_lora(transformer, rank=lora.rank, target_modules=lora.target_modules)
+        add_lora(transformer, rank=lora.rank, target_modules=lora.target_modules, presets=family.lora_presets())
     if checkpointing:
         transformer.enable_gradient_checkpointing()
     return transformer
@@ -203,19 +265,26 @@ def _quiet_diffusers() -> Iterator[None]:
 
 
 def _meta_vae(spec: PipelineSpec, dtype: torch.dtype):
-    from diffusers import AutoencoderKLFlux2
+    import diffusers
 
     with _quiet_diffusers(), torch.device("meta"):
-        return AutoencoderKLFlux2.from_config(spec.vae).to(dtype).requires_grad_(False)
+        return getattr(diffusers, spec.family.vae_class).from_config(spec.vae).to(dtype).requires_grad_(False)
 
 
-def _meta_text_encoder(spec: PipelineSpec, dtype: torch.dtype):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+def meta_text_encoders(spec: PipelineSpec, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
+    """The family's text encoders on the meta device, by pipeline component name, in encoding order."""
+    import transformers
 
-    config = Qwen3Config.from_dict(spec.text_encoder)
-    config._attn_implementation = "sdpa"
-    with torch.device("meta"):
-        return Qwen3ForCausalLM(config).to(dtype).requires_grad_(False).eval()
+    configs = spec.text_encoder_configs()
+    encoders = {}
+    for name, class_name in spec.family.text_encoders:
+        model_class = getattr(transformers, class_name)
+        config = model_class.config_class.from_dict(configs[name])
+        # The GPU attention kernel where the model has one (T5 has only its own eager attention).
+        config._attn_implementation = "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
+        with torch.device("meta"):
+            encoders[name] = model_class(config).to(dtype).requires_grad_(False).eval()
+    return encoders
 
 
 def _meta_clip(clip_json: str, dtype: torch.dtype = torch.float32):
@@ -229,13 +298,13 @@ def _meta_clip(clip_json: str, dtype: torch.dtype = torch.float32):
 
 @functools.lru_cache(maxsize=64)
 def component_bytes(spec: PipelineSpec, dtype: torch.dtype, lora: LoraSpec | None = None) -> dict[str, int]:
-    """Weights of each component: transformer, lora (fp32), vae, text_encoder (in `dtype`)."""
+    """Weights of each component: transformer, lora (fp32), vae, text_encoder (all of them; in `dtype`)."""
     transformer = meta_transformer(spec, dtype, lora)
     sizes = {
         "transformer": module_bytes(transformer, lambda name: "lora_" not in name),
         "lora": module_bytes(transformer, lambda name: "lora_" in name),
         "vae": module_bytes(_meta_vae(spec, dtype)),
-        "text_encoder": module_bytes(_meta_text_encoder(spec, dtype)),
+        "text_encoder": sum(module_bytes(encoder) for encoder in meta_text_encoders(spec, dtype).values()),
     }
     return sizes
 

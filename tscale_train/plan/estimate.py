@@ -64,8 +64,8 @@ def plan_training(config, num_processes: int = 1, gpu_memory_gib: float = DEFAUL
     dtype = config.torch_dtype("cuda")  # planned for the GPU: "auto" is bfloat16 there
     # The GPU accelerate configs run bf16 mixed precision: the trainer's forwards run under autocast.
     autocast = dtype != torch.float32
-    guidance = config.guidance_scale if config.guidance_scale is not None else (1.0 if spec.is_distilled else 4.0)
-    cfg = guidance > 1.0 and not spec.is_distilled
+    guidance = config.guidance_scale if config.guidance_scale is not None else spec.default_guidance_scale
+    cfg = spec.uses_cfg(guidance)
     lora = LoraSpec(config.lora_rank, config.lora_target_modules)
     sizes = component_bytes(spec, dtype, lora)
     reward_clip = reward_clip_config_json(config.reward, spec)
@@ -164,6 +164,7 @@ def _notes(spec: PipelineSpec, autocast: bool) -> list[str]:
     ]
     if autocast:
         notes.append("forwards measured under bf16 autocast (the GPU accelerate configs use mixed_precision bf16)")
+    notes.extend(spec.family.notes)
     return notes
 
 
@@ -174,10 +175,9 @@ def _training_cpu(
     """CPU memory per process: offloaded models, the prompt embeddings (the LRU cache and the round's),
     a round's latents and pairs."""
     item = torch.empty((), dtype=dtype).element_size()
-    multiple = spec.resolution_multiple
-    latent = spec.transformer["in_channels"] * (height // multiple) * (width // multiple)
+    latent = spec.latent_numel(height, width)
     prompts_here = math.ceil(config.prompts_per_round / num_processes)
-    embedding = spec.max_sequence_length * spec.transformer["joint_attention_dim"] * item
+    embedding = spec.family.prompt_embedding_numel(spec) * item
     parts = {
         "Python + CUDA libraries": PROCESS_CPU_OVERHEAD_GIB * GIB,
         "text encoder (offloaded)": sizes["text_encoder"] if config.offload_text_encoder else 0,
@@ -229,8 +229,8 @@ def plan_ses(
     spec = resolve_pipeline_spec(model)
     height, width = _resolution(spec, height, width)
     torch_dtype = torch.bfloat16 if dtype == "auto" else parse_dtype(dtype)
-    guidance = guidance_scale if guidance_scale is not None else (1.0 if spec.is_distilled else 4.0)
-    cfg = guidance > 1.0 and not spec.is_distilled
+    guidance = guidance_scale if guidance_scale is not None else spec.default_guidance_scale
+    cfg = spec.uses_cfg(guidance)
     sizes = component_bytes(spec, torch_dtype, None)
     clip_json = reward_clip_config_json(reward, spec)
     lora_bytes = 0

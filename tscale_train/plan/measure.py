@@ -1,4 +1,8 @@
-"""The measured transients: peak bytes of sampling, DPO, decode, reward and encode forwards on fake tensors."""
+"""The measured transients: peak bytes of sampling, DPO, decode, reward and encode forwards on fake tensors.
+
+What differs between pipeline families (the transformer's inputs and output, the encode call, how CFG
+batches) comes from the spec's `families.PlanFamily`; the measurements themselves are shared.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,10 @@ from .components import (
     LoraSpec,
     PipelineSpec,
     _meta_clip,
-    _meta_text_encoder,
     _meta_vae,
     _to_json,
     component_bytes,
+    meta_text_encoders,
     meta_transformer,
 )
 from .tracker import _FAKE_DEVICE, LiveMemoryTracker, _backward, _CudaAutocast, fake_gpu
@@ -25,30 +29,20 @@ def _autocast(enabled: bool):
     return _CudaAutocast(torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
-def _transformer_inputs(spec: PipelineSpec, batch: int, tokens_h: int, tokens_w: int, dtype: torch.dtype):
-    channels = spec.transformer["in_channels"]
-    joint = spec.transformer["joint_attention_dim"]
-    text = spec.max_sequence_length
-    return dict(
-        hidden_states=torch.randn(batch, tokens_h * tokens_w, channels, device=_FAKE_DEVICE, dtype=dtype),
-        timestep=torch.rand(batch, device=_FAKE_DEVICE, dtype=dtype),
-        guidance=None,
-        encoder_hidden_states=torch.randn(batch, text, joint, device=_FAKE_DEVICE, dtype=dtype),
-        txt_ids=torch.zeros(batch, text, 4, device=_FAKE_DEVICE, dtype=torch.long),
-        img_ids=torch.zeros(batch, tokens_h * tokens_w, 4, device=_FAKE_DEVICE, dtype=torch.long),
-        return_dict=False,
-    )
-
-
-def _with_blocks(spec: PipelineSpec, double: int, single: int) -> PipelineSpec:
+def _with_blocks(spec: PipelineSpec, counts: dict[str, int]) -> PipelineSpec:
     config = spec.transformer
-    config.update(num_layers=double, num_single_layers=single)
+    config.update(counts)
     return dataclasses.replace(spec, transformer_json=_to_json(config))
 
 
-def _blocks(spec: PipelineSpec) -> tuple[int, int]:
+def _blocks(spec: PipelineSpec) -> dict[str, int]:
+    """The transformer's block counts, by config key (`PlanFamily.block_keys`)."""
     config = spec.transformer
-    return int(config["num_layers"]), int(config["num_single_layers"])
+    return {key: int(config[key]) for key in spec.family.block_keys}
+
+
+def _clone(value):
+    return [item.clone() for item in value] if isinstance(value, list) else value.clone()
 
 
 def measure_sampling(
@@ -58,11 +52,10 @@ def measure_sampling(
     """Peak bytes of one no-grad denoising step; see `_measure_sampling`.
 
     Without grad every block frees its transient before the next one runs and the residual streams
-    keep their size, so the peak of a 1 + 1 block model is the peak of the full one (checked
-    against the full 25-block klein at 1024px); measuring 2 blocks instead of 25 is ~10x faster.
+    keep their size, so the peak of a model with one block of each kind is the peak of the full one
+    (checked against the full 25-block klein at 1024px); measuring 2 blocks instead of 25 is ~10x faster.
     """
-    double, single = _blocks(spec)
-    small = _with_blocks(spec, min(double, 1), min(single, 1))
+    small = _with_blocks(spec, {key: min(count, 1) for key, count in _blocks(spec).items()})
     return _measure_sampling(small, dtype, lora, batch, height, width, cfg, autocast)
 
 
@@ -73,19 +66,23 @@ def measure_dpo(
     """(peak bytes of one DPO micro-step, bytes of the LoRA gradients); see `_measure_dpo`.
 
     Each block adds the same saved activations (its inputs with checkpointing, everything without),
-    so the peak is linear in the block counts: measured at (1, 1), (2, 1) and (1, 2) blocks and
-    extrapolated, which equals the full 25-block measurement to the byte (checked at 1024px with and
-    without checkpointing) at about half the time. `extrapolate=False` measures the full model.
+    so the peak is linear in the block counts: measured with one block of each kind, then with two of
+    one kind at a time, and extrapolated, which equals the full measurement to the byte (checked for
+    klein at 1024px with and without checkpointing, and in the tests for every family) at a fraction of
+    the time. `extrapolate=False` measures the full model.
     """
-    double, single = _blocks(spec)
-    if not extrapolate or double < 2 or single < 2:
+    counts = _blocks(spec)
+    if not extrapolate or any(count < 2 for count in counts.values()):
         return _measure_dpo(spec, dtype, lora, pairs, height, width, checkpointing, autocast)
     args = (dtype, lora, pairs, height, width, checkpointing, autocast)
-    base, _ = _measure_dpo(_with_blocks(spec, 1, 1), *args)
-    per_double = _measure_dpo(_with_blocks(spec, 2, 1), *args)[0] - base
-    per_single = _measure_dpo(_with_blocks(spec, 1, 2), *args)[0] - base
+    ones = dict.fromkeys(counts, 1)
+    base, _ = _measure_dpo(_with_blocks(spec, ones), *args)
+    peak = base
+    for key, count in counts.items():
+        per_block = _measure_dpo(_with_blocks(spec, {**ones, key: 2}), *args)[0] - base
+        peak += (count - 1) * per_block
     lora_grads = component_bytes(spec, dtype, lora)["lora"]
-    return base + (double - 1) * per_double + (single - 1) * per_single, lora_grads
+    return peak, lora_grads
 
 
 @functools.lru_cache(maxsize=128)
@@ -93,25 +90,35 @@ def _measure_sampling(
     spec: PipelineSpec, dtype: torch.dtype, lora: LoraSpec | None, batch: int, height: int, width: int,
     cfg: bool, autocast: bool,
 ) -> int:
-    """Peak bytes of one no-grad denoising step at `batch` (the pipeline's cond, then uncond, forward).
+    """Peak bytes of one no-grad denoising step at `batch`, with CFG as the family's pipeline runs it.
 
-    With CFG the klein pipeline runs the conditional and unconditional forwards one after the other
-    at the same batch, so CFG adds one prediction and the negative embeddings, not a doubled batch.
+    The klein and FLUX.1 pipelines run the conditional and unconditional forwards one after the other at
+    the same batch, so CFG adds one prediction and the negative embeddings, not a doubled batch; the
+    Z-Image pipeline runs both in one forward of twice the batch.
     """
-    tokens_h, tokens_w = height // spec.resolution_multiple, width // spec.resolution_multiple
+    family = spec.family
     transformer = meta_transformer(spec, dtype, lora)
     with fake_gpu():
         transformer = transformer.to_empty(device=_FAKE_DEVICE)
         tracker = LiveMemoryTracker()
         with tracker, torch.no_grad(), _autocast(autocast):
-            inputs = _transformer_inputs(spec, batch, tokens_h, tokens_w, dtype)
-            negative = inputs["encoder_hidden_states"].clone() if cfg else None
-            prediction = transformer(**inputs)[0]
-            if cfg:
-                uncond = transformer(**dict(inputs, encoder_hidden_states=negative))[0]
-                prediction = uncond + 2.0 * (prediction - uncond)
-            latents = inputs["hidden_states"] - 0.25 * prediction.to(dtype)
-            del latents, prediction, negative, inputs
+            if cfg and family.cfg_batched:
+                inputs, latents = family.inputs(spec, 2 * batch, height, width, dtype)
+                both = family.prediction(transformer(**inputs))
+                positive, negative = both[:batch].float(), both[batch:].float()
+                del both
+                prediction = positive + 2.0 * (positive - negative)
+                del positive, negative
+                latents = latents[:batch]
+            else:
+                inputs, latents = family.inputs(spec, batch, height, width, dtype)
+                negative = {key: _clone(inputs[key]) for key in family.text_inputs} if cfg else None
+                prediction = family.prediction(transformer(**inputs))
+                if cfg:
+                    uncond = family.prediction(transformer(**dict(inputs, **negative)))
+                    prediction = uncond + 2.0 * (prediction - uncond)
+            latents = latents - 0.25 * prediction.to(latents.dtype)
+            del latents, prediction, inputs
         return tracker.peak
 
 
@@ -165,21 +172,15 @@ def measure_reward(clip_json: str | None, batch: int, height: int, width: int) -
 
 @functools.lru_cache(maxsize=16)
 def measure_encode(spec: PipelineSpec, dtype: torch.dtype) -> int:
-    """Peak bytes of encoding one prompt of `max_sequence_length` tokens, as `Flux2KleinPipeline` does
-    (all hidden states, three of them stacked into the transformer's text input)."""
-    text_encoder = _meta_text_encoder(spec, dtype)
-    length = spec.max_sequence_length
+    """Peak bytes of encoding one prompt of `max_sequence_length` tokens, as the family's pipeline does
+    (`PlanFamily.encode`: klein stacks three hidden states, FLUX.1 runs CLIP then T5, Z-Image keeps
+    Qwen3's second to last hidden state)."""
+    encoders = meta_text_encoders(spec, dtype)
     with fake_gpu():
-        text_encoder = text_encoder.to_empty(device=_FAKE_DEVICE)
+        encoders = {name: encoder.to_empty(device=_FAKE_DEVICE) for name, encoder in encoders.items()}
         tracker = LiveMemoryTracker()
         with tracker, torch.no_grad():
-            input_ids = torch.zeros(1, length, dtype=torch.long, device=_FAKE_DEVICE)
-            output = text_encoder(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), output_hidden_states=True, use_cache=False
-            )
-            stacked = torch.stack([output.hidden_states[k] for k in spec.text_encoder_out_layers], dim=1)
-            embeds = stacked.permute(0, 2, 1, 3).reshape(1, length, -1).clone()
-            del output, stacked, embeds
+            spec.family.encode(spec, encoders)
         return tracker.peak
 
 
@@ -196,7 +197,7 @@ def _measure_dpo(
     """
     from ..dpo import flow_dpo_loss
 
-    tokens_h, tokens_w = height // spec.resolution_multiple, width // spec.resolution_multiple
+    family = spec.family
     transformer = meta_transformer(spec, dtype, lora, checkpointing=checkpointing)
     with fake_gpu():
         transformer = transformer.to_empty(device=_FAKE_DEVICE)
@@ -204,25 +205,24 @@ def _measure_dpo(
         lora_parameters = [p for name, p in transformer.named_parameters() if "lora_" in name]
         tracker = LiveMemoryTracker()
         with tracker:
-            inputs = _transformer_inputs(spec, 2 * pairs, tokens_h, tokens_w, dtype)
-            channels = inputs["hidden_states"].shape[-1]
-            target = torch.randn(2 * pairs, tokens_h * tokens_w, channels, device=_FAKE_DEVICE)
+            inputs, latents = family.inputs(spec, 2 * pairs, height, width, dtype)
+            target = torch.randn(latents.shape, device=_FAKE_DEVICE)
             with torch.no_grad(), _autocast(autocast):
                 transformer.disable_adapters()
-                reference = transformer(**inputs)[0].float()
+                reference = family.prediction(transformer(**inputs)).float()
                 transformer.enable_adapters()
             for parameter in lora_parameters:
                 parameter.requires_grad_(True)
             # The emulated autocast stays on through the backward: checkpointing recomputes each block
             # there, under the autocast state of the forward, as torch.utils.checkpoint restores it.
             with _autocast(autocast):
-                prediction = transformer(**inputs)[0].float()  # accelerate's convert_to_fp32
+                prediction = family.prediction(transformer(**inputs)).float()  # accelerate's convert_to_fp32
                 loss, _ = flow_dpo_loss(
                     prediction[:pairs], prediction[pairs:], reference[:pairs], reference[pairs:],
                     target[:pairs], target[pairs:], beta=100.0,
                 )
                 _backward(loss)
-            del loss, prediction, reference, inputs, target
+            del loss, prediction, reference, inputs, latents, target
             grads = sum(p.grad.numel() * p.grad.element_size() for p in lora_parameters if p.grad is not None)
             if lora_parameters and any(p.grad is None for p in lora_parameters):
                 raise RuntimeError("the planned DPO backward left LoRA parameters without gradients")
