@@ -62,7 +62,9 @@ class ModelConfig:
     dtype: str = field(default="auto", **_help("auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16"))
     height: int | None = field(default=None, **_help("image height (default: the model's, 1024 for the real ones)"))
     width: int | None = field(default=None, **_help("image width (default: the model's, 1024 for the real ones)"))
-    guidance_scale: float | None = field(default=None, **_help("CFG scale; default 1 (distilled) or 4 (base)"))
+    guidance_scale: float | None = field(
+        default=None, **_help("guidance (CFG or embedded, per family); default: the model's, see the README's family table")
+    )
 
     def __post_init__(self) -> None:
         from .loading import check_model_source

@@ -1,0 +1,271 @@
+"""Z-Image (`ZImagePipeline`) on the tiny kit `tiny-z-image`: generation from noise, LoRAs, SES and DPO training.
+
+The kit mirrors Z-Image-Turbo (few steps, guidance 0: no CFG); a second generator on the same
+pipeline runs the base model's CFG (guidance 5) to check the negative-prompt path.
+"""
+
+import json
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tscale_train.generation import generator_for_pipeline
+from tscale_train.generators.z_image import Z_IMAGE_LORA_TARGETS, ZImageGenerator
+from tscale_train.loading import generator_defaults, load_lora, load_pipeline
+from tscale_train.lora import add_lora, save_lora
+
+MODEL = "tiny-z-image"
+REPO = Path(__file__).resolve().parents[1]
+# Byte-level tokens: prompts of different lengths give caption features of different lengths.
+PROMPTS = ["a cat", "a red cube on a wooden table", "sunset", "two dogs playing in the deep snow"]
+
+
+def load_tiny():
+    return load_pipeline(MODEL, dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def pipe(kit_dir):
+    return load_tiny()
+
+
+@pytest.fixture(scope="module")
+def generator(pipe):
+    return generator_for_pipeline(pipe, eval_batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def cfg_generator(pipe):
+    return generator_for_pipeline(pipe, guidance_scale=5.0, eval_batch_size=3)
+
+
+@pytest.fixture(params=["turbo", "cfg"])
+def any_generator(request, generator, cfg_generator):
+    return generator if request.param == "turbo" else cfg_generator
+
+
+def test_kit_loads_as_a_turbo_like_z_image(pipe, generator):
+    from transformers import Qwen3Model
+
+    assert type(generator) is ZImageGenerator and type(pipe).__name__ == "ZImagePipeline"
+    assert isinstance(pipe.text_encoder, Qwen3Model)
+    assert (generator.num_inference_steps, generator.guidance_scale, generator.uses_cfg) == (4, 0.0, False)
+    assert generator.preview_steps == 4 and generator.max_sequence_length == 64
+    assert (generator.height, generator.width) == (64, 64)
+    assert generator.noise_shape == (16, 8, 8)  # [16, H/8, W/8]
+    assert generator.latents_dtype == torch.float32
+    assert not pipe.scheduler.config.use_dynamic_shifting and pipe.scheduler.config.shift == 3.0
+    assert generator_defaults(MODEL) == {
+        "num_inference_steps": 4, "guidance_scale": 0.0, "max_sequence_length": 64, "default_resolution": 64,
+    }
+
+
+def test_defaults_of_the_base_model_and_of_turbo(pipe):
+    base = ZImageGenerator(pipe)  # what a checkpoint without known settings gets: the pipeline's defaults
+    assert (base.height, base.num_inference_steps, base.guidance_scale, base.preview_steps) == (1024, 50, 5.0, 10)
+    assert base.uses_cfg and base.max_sequence_length == 512
+    turbo = ZImageGenerator(pipe, **generator_defaults("Tongyi-MAI/Z-Image-Turbo"))
+    assert (turbo.num_inference_steps, turbo.guidance_scale, turbo.preview_steps, turbo.uses_cfg) == (9, 0.0, 9, False)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        ZImageGenerator(pipe, height=72, width=64)
+
+
+def test_generation_is_the_pipelines_own_from_that_noise(any_generator, pipe):
+    """The pipeline, encoding the prompt (and under CFG its default negative) itself, makes the same images."""
+    generator = any_generator
+    prompts = PROMPTS[:3]
+    noises = generator.initial_noise(5, batch_size=3)
+    latents = generator.to_pipeline_latents(noises)
+    assert latents.shape == (3, 16, 8, 8) and latents.dtype == torch.float32
+    torch.testing.assert_close(generator.from_pipeline_latents(latents), noises, atol=0, rtol=0)
+    ours = generator.generate(noises, [generator.encode_prompt(prompt) for prompt in prompts]).images
+    theirs = pipe(
+        prompt=prompts, latents=latents, height=64, width=64, num_inference_steps=generator.num_inference_steps,
+        guidance_scale=generator.guidance_scale, max_sequence_length=generator.max_sequence_length, output_type="pt",
+    ).images
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    other = generator.generate(generator.initial_noise(6), generator.encode_prompt(prompts[0])).images
+    assert (other - ours[:1]).abs().max() > 1e-3  # the noise is really used
+
+
+def test_clean_latents_and_sigmas_are_the_pipelines(any_generator, pipe):
+    generator = any_generator
+    embeds = generator.encode_prompt("a cat")
+    noises = generator.initial_noise(7, batch_size=2)
+    kept = generator.generate(noises, embeds).clean_latents
+    reference = pipe(
+        **generator.pipeline_call(noises, [embeds] * 2, generator.num_inference_steps) | {"output_type": "latent"}
+    ).images
+    torch.testing.assert_close(kept, reference, atol=1e-6, rtol=0)
+    torch.testing.assert_close(generator.sampler_sigmas(), pipe.scheduler.sigmas[:-1].float(), atol=1e-6, rtol=0)
+    for steps in (1, 7):
+        generator.generate(noises[:1], embeds, num_inference_steps=steps)
+        torch.testing.assert_close(generator.sampler_sigmas(steps), pipe.scheduler.sigmas[:-1].float(), atol=1e-6, rtol=0)
+    assert generator.sampler_sigmas(1).tolist() == [1.0]
+
+
+def test_predict_velocity_reproduces_a_one_step_sample(generator, pipe):
+    """x0 = noise - sigma * v at sigma = 1: one Euler step from pure noise, as the sampler takes it."""
+    embeds = [generator.encode_prompt(prompt) for prompt in PROMPTS[:2]]
+    noises = generator.initial_noise(11, batch_size=2)
+    one_step = generator.generate(noises, embeds, num_inference_steps=1).clean_latents
+    sigma = generator.sampler_sigmas(1)
+    with torch.no_grad():
+        velocity = generator.predict_velocity(pipe.transformer, noises, sigma, embeds)
+    torch.testing.assert_close(noises - sigma * velocity, one_step, atol=1e-5, rtol=0)
+
+
+def test_predict_velocity_integrates_to_the_samplers_latents(generator, pipe):
+    """Every sigma of the schedule, not only sigma = 1: Euler steps with `predict_velocity` end where the pipeline does."""
+    embeds = [generator.encode_prompt(prompt) for prompt in PROMPTS[:2]]
+    latents = generator.initial_noise(12, batch_size=2)
+    expected = generator.generate(latents, embeds).clean_latents
+    sigmas = generator.sampler_sigmas().tolist() + [0.0]
+    with torch.no_grad():
+        for sigma, following in zip(sigmas[:-1], sigmas[1:], strict=True):
+            velocity = generator.predict_velocity(pipe.transformer, latents, torch.tensor([sigma] * 2), embeds)
+            latents = latents + (following - sigma) * velocity
+    torch.testing.assert_close(latents, expected, atol=1e-5, rtol=0)
+
+
+def test_batched_generation_equals_one_at_a_time(any_generator):
+    """Caption features of different lengths share a batch (the transformer pads and masks them)."""
+    generator = any_generator
+    embeds = [generator.encode_prompt(prompt) for prompt in PROMPTS + PROMPTS[:1]]
+    assert len({item.prompt_embeds.shape[1] for item in embeds}) == len(PROMPTS)
+    noises = generator.initial_noise(3, batch_size=5)
+    batched = generator.generate(noises, embeds)
+    single = [generator.generate(noises[i : i + 1], embeds[i]) for i in range(5)]
+    torch.testing.assert_close(batched.images, torch.cat([out.images for out in single]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(batched.clean_latents, torch.cat([out.clean_latents for out in single]), atol=1e-4, rtol=0)
+    assert batched.images.shape == (5, 3, 64, 64)
+
+
+def test_cfg_shares_one_negative_and_changes_the_images(generator, cfg_generator):
+    first, second = cfg_generator.encode_prompt("a cat"), cfg_generator.encode_prompt("a dog")
+    assert first.negative is not None and first.negative is second.negative
+    assert first.prompt_embeds.ndim == 3 and first.prompt_embeds.shape[0] == 1
+    plain = generator.encode_prompt("a cat")
+    assert plain.negative is None
+    torch.testing.assert_close(plain.prompt_embeds, first.prompt_embeds)
+    noises = generator.initial_noise(0, batch_size=2)
+    assert (cfg_generator.generate(noises, first).images - generator.generate(noises, plain).images).abs().max() > 1e-3
+
+
+def test_ses_end_to_end_through_the_cli(tmp_path, kit_dir):
+    from PIL import Image
+
+    from tscale_train import cli
+
+    out = tmp_path / "cube.png"
+    code = cli.main(["ses", "--model", MODEL, "--no-progress", "--prompt", "a red cube", "--budget", "6",
+                     "--popsize", "3", "--out", str(out)])
+    assert code == 0
+    assert Image.open(out).size == (64, 64)
+
+
+def _lora_modules(transformer) -> dict[str, torch.nn.Module]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return {name: module.get_base_layer() for name, module in transformer.named_modules() if isinstance(module, BaseTunerLayer)}
+
+
+@pytest.mark.parametrize("preset, count", [("attention", 16), ("attention_ff", 28), ("all_linear", 35)])
+def test_lora_presets_and_save_load(preset, count, tmp_path, kit_dir):
+    """Each preset hits only Linear modules; the saved LoRA loads into a fresh pipeline and acts the same there.
+
+    Counts: 4 blocks (1 noise refiner, 1 context refiner, 2 main) x 4 projections, x 3 SwiGLU linears,
+    then 3 block modulations, the patch and caption embedders and the final layer's 2 linears.
+    """
+    adapted = load_tiny()
+    add_lora(adapted.transformer, rank=4, target_modules=preset, presets=ZImageGenerator.lora_targets, init="gaussian")
+    hit = _lora_modules(adapted.transformer)
+    assert len(hit) == count, sorted(hit)
+    assert all(type(module) is torch.nn.Linear for module in hit.values())
+    with torch.no_grad():  # B = 0 would make the LoRA invisible
+        for name, parameter in adapted.transformer.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.2)
+    save_lora(type(adapted), adapted.transformer, tmp_path)
+    fresh = load_tiny()
+    load_lora(fresh, str(tmp_path))
+    assert sorted(_lora_modules(fresh.transformer)) == sorted(hit)
+
+    generator = generator_for_pipeline(fresh)
+    embeds = [generator.encode_prompt("a cat")] * 2
+    noisy, sigmas = generator.initial_noise(1, batch_size=2), torch.tensor([0.9, 0.4])
+    with torch.no_grad():
+        loaded = generator.predict_velocity(fresh.transformer, noisy, sigmas, embeds)
+        expected = generator.predict_velocity(adapted.transformer, noisy, sigmas, embeds)
+        base = generator.predict_velocity(load_tiny().transformer, noisy, sigmas, embeds)
+    torch.testing.assert_close(loaded, expected, atol=1e-5, rtol=0)
+    assert (loaded - base).abs().max() > 1e-3
+
+
+def test_the_regexes_name_whole_modules_only():
+    import re
+
+    attention = re.compile(Z_IMAGE_LORA_TARGETS["attention"])
+    assert attention.fullmatch("layers.3.attention.to_out.0") and attention.fullmatch("context_refiner.0.attention.to_k")
+    assert not attention.fullmatch("layers.3.attention.to_out") and not attention.fullmatch("layers.3.attention.norm_q")
+    all_linear = re.compile(Z_IMAGE_LORA_TARGETS["all_linear"])
+    assert all_linear.fullmatch("all_x_embedder.2-1") and all_linear.fullmatch("all_final_layer.2-1.adaLN_modulation.1")
+    assert not all_linear.fullmatch("t_embedder.mlp.0") and not all_linear.fullmatch("all_final_layer.2-1.adaLN_modulation")
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_online_dpo_trains_a_z_image_lora(tmp_path, kit_dir):
+    from tscale_train import cli
+
+    out = tmp_path / "run"
+    code = cli.main([
+        "train", "--model", MODEL, "--dtype", "float32", "--reward", "rewards.synthetic:brightness",
+        "--budget", "4", "--popsize", "2", "--k_elites", "2", "--rounds", "2", "--prompts_per_round", "4",
+        "--epochs_per_round", "2", "--train_batch_size", "2", "--lora_rank", "4", "--lora_target_modules", "all_linear",
+        "--beta", "1.0", "--learning_rate", "1e-3", "--eval_every", "1", "--eval_budget", "2", "--max_eval_prompts", "2",
+        "--checkpoint_every", "0", "--output_dir", str(out), "--no_progress",
+    ])
+    assert code == 0
+    rows = _metrics(out)
+    assert [row["round"] for row in rows] == [-1, 0, 1]
+    assert all(math.isfinite(row["eval/reward_budget0"]) for row in rows)
+    assert all(math.isfinite(row["train/loss"]) for row in rows[1:])
+    assert rows[1]["train/implicit_acc_new"] == 0.0  # LoRA B = 0 at the start: theta == ref
+
+    plain, adapted = load_tiny(), load_tiny()
+    load_lora(adapted, str(out))
+    images = []
+    for loaded in (plain, adapted):
+        generator = generator_for_pipeline(loaded)
+        images.append(generator.generate(generator.initial_noise(0), generator.encode_prompt("a cat")).images)
+    assert (images[0] - images[1]).abs().max() > 1e-3
+
+
+def test_recipe_configs_parse_and_the_tiny_one_runs_a_round_through_the_recipe(tmp_path, monkeypatch, kit_dir):
+    from tscale_train.config import parse_config
+
+    real = parse_config(["--config", str(REPO / "recipes/configs/z_image_turbo.yaml")])
+    assert real.model == "Tongyi-MAI/Z-Image-Turbo" and (real.height, real.width) == (1024, 1024)
+    assert real.dtype == "bfloat16" and real.gradient_checkpointing and real.train_batch_size == 1
+    assert real.beta == 100.0 and real.lora_rank == 16 and real.lora_target_modules == "attention"
+    tiny_config = REPO / "recipes/configs/tiny_z_image.yaml"
+    assert parse_config(["--config", str(tiny_config)]).model == MODEL
+
+    out = tmp_path / "recipe"
+    monkeypatch.setattr(sys, "argv", [
+        "z_image_turbo_dpo.py", "--config", str(tiny_config), "--rounds", "1", "--budget", "4", "--popsize", "2",
+        "--prompts_per_round", "2", "--epochs_per_round", "1", "--max_eval_prompts", "2", "--eval_budget", "2",
+        "--output_dir", str(out), "--no_progress",
+    ])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO / "recipes/z_image_turbo_dpo.py"), run_name="__main__")
+    assert exit_info.value.code == 0
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    assert _metrics(out)[-1]["train/num_pairs"] == 2

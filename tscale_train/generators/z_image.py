@@ -1,0 +1,162 @@
+"""Z-Image: `ZImagePipeline` (Tongyi-MAI Z-Image and the distilled Z-Image-Turbo, one class).
+
+What sets the family apart from FLUX-style pipelines:
+
+- the transformer takes LISTS: one `[C, 1, h, w]` latent per sample (a frame axis) and one caption
+  feature `[seq_i, dim]` per sample, of the prompt's own length (padding tokens are dropped by
+  `encode_prompt`), and returns a list of `[C, 1, h, w]`;
+- its timestep is `1 - sigma` (the pipeline passes `(1000 - t) / 1000`) and the pipeline negates its
+  output before the Euler step, so the sampler's velocity (noise - x0) is minus the model's output;
+- CFG is on whenever `guidance_scale > 0` and reads `pos + scale * (pos - neg)`; the pipeline's
+  `cfg_normalization` and `cfg_truncation` keep their defaults (off);
+- latents stay float32 whatever the model's dtype (the pipeline asserts it after each step).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..generation import FlowGenerator, PromptEmbeds, negatives
+
+# Pipeline defaults (the undistilled Z-Image); Z-Image-Turbo's 9 steps without CFG come from its
+# model card through `loading.KNOWN_MODEL_SETTINGS`.
+Z_IMAGE_DEFAULT_STEPS = 50
+Z_IMAGE_DEFAULT_GUIDANCE_SCALE = 5.0
+Z_IMAGE_MAX_SEQUENCE_LENGTH = 512
+# Search previews of the 50-step base model; Turbo (9 steps) previews at its full step count.
+Z_IMAGE_PREVIEW_STEPS = 10
+# `ZImagePipeline.__call__` falls back to 1024 x 1024.
+Z_IMAGE_NATIVE_RESOLUTION = 1024
+
+# Regexes over full module names (peft matches bare names by suffix, which is ambiguous). Z-Image's
+# blocks are single-stream: the noise refiner (image tokens), the context refiner (caption tokens) and
+# the main `layers` (both), all with the same `attention.to_q|to_k|to_v|to_out.0` and SwiGLU
+# `feed_forward.w1|w2|w3`.
+_BLOCKS = r".*(noise_refiner|context_refiner|layers)\.\d+"
+Z_IMAGE_ATTENTION_TARGETS = _BLOCKS + r"\.attention\.(to_q|to_k|to_v|to_out\.0)"
+Z_IMAGE_ATTENTION_AND_FF_TARGETS = Z_IMAGE_ATTENTION_TARGETS + "|" + _BLOCKS + r"\.feed_forward\.(w1|w2|w3)"
+# Plus every other linear that shapes the output: the blocks' timestep modulation, the patch and caption
+# embedders and the final layer (as FLUX.2's preset, the timestep embedder itself is left alone).
+Z_IMAGE_ALL_LINEAR_TARGETS = (
+    Z_IMAGE_ATTENTION_AND_FF_TARGETS
+    + r"|.*(noise_refiner|layers)\.\d+\.adaLN_modulation\.0"
+    + r"|all_x_embedder\.[^.]+|cap_embedder\.1|all_final_layer\.[^.]+\.(linear|adaLN_modulation\.1)"
+)
+Z_IMAGE_LORA_TARGETS = {
+    "attention": Z_IMAGE_ATTENTION_TARGETS,
+    "attention_ff": Z_IMAGE_ATTENTION_AND_FF_TARGETS,
+    "all_linear": Z_IMAGE_ALL_LINEAR_TARGETS,
+}
+
+
+class ZImageGenerator(FlowGenerator):
+    """`ZImagePipeline`: Z-Image (50 steps, CFG 5) and Z-Image-Turbo (9 steps, no CFG).
+
+    Noise and clean latents are the pipeline's own `latents`: `[N, 16, H/8, W/8]` (the transformer
+    patchifies 2x2 inside), float32, in the VAE's scaled and shifted space.
+    """
+
+    family = "Z-Image"
+    pipeline_class = "ZImagePipeline"
+    lora_targets = Z_IMAGE_LORA_TARGETS
+
+    def __init__(self, pipe, *, max_sequence_length: int | None = Z_IMAGE_MAX_SEQUENCE_LENGTH, **kwargs) -> None:
+        super().__init__(pipe, **kwargs)
+        self.max_sequence_length = max_sequence_length or Z_IMAGE_MAX_SEQUENCE_LENGTH
+        self._negative: PromptEmbeds | None = None
+
+    @staticmethod
+    def resolution_multiple(pipe) -> int:
+        return pipe.vae_scale_factor * 2
+
+    @staticmethod
+    def native_resolution(pipe) -> int:
+        return Z_IMAGE_NATIVE_RESOLUTION
+
+    def default_num_inference_steps(self) -> int:
+        return Z_IMAGE_DEFAULT_STEPS
+
+    def default_preview_steps(self) -> int:
+        return Z_IMAGE_PREVIEW_STEPS
+
+    def default_guidance_scale(self) -> float:
+        return Z_IMAGE_DEFAULT_GUIDANCE_SCALE
+
+    @property
+    def uses_cfg(self) -> bool:
+        # The pipeline's own test (`do_classifier_free_guidance`): its formula has no guidance at 0, not 1.
+        return self.guidance_scale > 0
+
+    @property
+    def latents_dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @property
+    def noise_shape(self) -> tuple[int, int, int]:
+        multiple = self.resolution_multiple(self.pipe)
+        # As `ZImagePipeline.prepare_latents`: 2 latent pixels per transformer patch side.
+        return (self.pipe.transformer.config.in_channels, 2 * (self.height // multiple), 2 * (self.width // multiple))
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> PromptEmbeds:
+        def encode(text: str) -> PromptEmbeds:
+            (features,), _ = self.pipe.encode_prompt(
+                prompt=text,
+                device=self.device,
+                do_classifier_free_guidance=False,
+                max_sequence_length=self.max_sequence_length,
+            )
+            # `[seq, dim]` with the padding dropped: its length is the prompt's own.
+            return PromptEmbeds(text, features.unsqueeze(0))
+
+        embeds = encode(prompt)
+        if self.uses_cfg:
+            # The pipeline's default negative prompt is "": encode it once and share it between prompts.
+            if self._negative is None:
+                self._negative = encode("")
+            embeds.negative = self._negative
+        return embeds
+
+    def _caption_features(self, embeds: list[PromptEmbeds], device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+        """The per-sample `[seq_i, dim]` list the pipeline and the transformer take (lengths differ: no stacking)."""
+        return [item.prompt_embeds[0].to(device, dtype) for item in embeds]
+
+    def pipeline_kwargs(self, embeds: list[PromptEmbeds]) -> dict:
+        dtype = self.pipe.transformer.dtype
+        kwargs = dict(
+            prompt_embeds=self._caption_features(embeds, self.device, dtype),
+            guidance_scale=self.guidance_scale,
+            max_sequence_length=self.max_sequence_length,
+        )
+        if self.uses_cfg:
+            kwargs["negative_prompt_embeds"] = self._caption_features(negatives(embeds), self.device, dtype)
+        return kwargs
+
+    def sampler_sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:
+        from diffusers.pipelines.z_image.pipeline_z_image import calculate_shift, get_default_z_image_sigmas
+
+        steps = num_inference_steps or self.num_inference_steps
+        _, height, width = self.noise_shape
+        config = self.pipe.scheduler.config
+        # As `ZImagePipeline.__call__` (`mu` only matters when the scheduler shifts dynamically).
+        mu = calculate_shift(
+            (height // 2) * (width // 2),
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        return self.scheduler_sigmas(steps, sigmas=get_default_z_image_sigmas(steps), mu=mu)
+
+    def predict_velocity(self, transformer, noisy_latents, sigmas, embeds):
+        dtype = noisy_latents.dtype
+        # The pipeline's timestep: (1000 - t) / 1000 with t = 1000 * sigma, in float32.
+        timestep = (1000 - sigmas.float().to(noisy_latents.device) * 1000) / 1000
+        outputs = transformer(
+            list(noisy_latents.unsqueeze(2).unbind(dim=0)),
+            timestep.expand(noisy_latents.shape[0]),
+            self._caption_features(embeds, noisy_latents.device, dtype),
+            return_dict=False,
+        )[0]
+        # The pipeline steps with minus the model's output.
+        return -torch.stack(outputs).squeeze(2)
