@@ -200,7 +200,9 @@ def run_compare(state, generator, reward, prompts: list[str], search_config: Sea
         return []
     out = Path(ses_args.out)
     single = ses_args.prompt is not None
-    stem = out.with_suffix("") if single else out / "compare"
+    # One prompt: cube.png, cube_curves.png, cube_compare.json; a prompts file: DIR/0000.png ..., DIR/curves.png, DIR/compare.json.
+    curves_path = f"{out.with_suffix('')}_curves.png" if single else out / "curves.png"
+    json_path = f"{out.with_suffix('')}_compare.json" if single else out / "compare.json"
     summaries = []
     for index, comparison in enumerate(comparisons):
         images = render_comparison(generator, reward, comparison, ses_args.steps)
@@ -222,10 +224,10 @@ def run_compare(state, generator, reward, prompts: list[str], search_config: Sea
         f"seed {ses_args.seed}, reward {search_config.reward}, preview {generator.preview_steps} steps, "
         f"final {ses_args.steps or generator.num_inference_steps} steps, {len(prompts)} prompt(s)"
     )
-    plot_curves(comparisons, f"{stem}_curves.png", title=comparisons[0].prompt if single else f"{len(prompts)} prompts")
-    atomic_write_json(f"{stem}_compare.json", {"title": title, "table": rows, "prompts": summaries})
+    plot_curves(comparisons, curves_path, title=comparisons[0].prompt if single else f"{len(prompts)} prompts")
+    atomic_write_json(json_path, {"title": title, "table": rows, "prompts": summaries})
     print(format_table(rows, title))
-    print(f"images: {out}; curves: {stem}_curves.png; scores: {stem}_compare.json")
+    print(f"images: {out}; curves: {curves_path}; scores: {json_path}")
     return summaries
 
 
