@@ -6,26 +6,22 @@ generator on the same pipeline runs without CFG, for the velocity checks and the
 
 import re
 
+import family_checks
 import pytest
 import torch
 
 from tscale_train.generation import generator_for_pipeline
 from tscale_train.generators.qwen_image import QWEN_IMAGE_LORA_TARGETS, QwenImageGenerator
-from tscale_train.loading import generator_defaults, load_lora, load_pipeline
-from tscale_train.lora import add_lora, save_lora
+from tscale_train.loading import load_pipeline
 
 MODEL = "tiny-qwen-image"
 # Prompts of different token lengths, so a batch of them is padded and masked.
 PROMPTS = ["a cat", "a red cube on a wooden table", "sunset", "two dogs playing in the deep snow"]
 
 
-def load_tiny():
-    return load_pipeline(MODEL, dtype="float32", device="cpu")
-
-
 @pytest.fixture(scope="module")
 def pipe(kit_dir):
-    return load_tiny()
+    return load_pipeline(MODEL, dtype="float32", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +56,13 @@ def test_kit_loads_as_qwen_image_with_the_kit_settings(pipe, generator):
     assert type(generator) is QwenImageGenerator and type(pipe).__name__ == "QwenImagePipeline"
     assert isinstance(pipe.text_encoder, Qwen2_5_VLForConditionalGeneration)
     assert isinstance(pipe.vae, AutoencoderKLQwenImage) and pipe.vae_scale_factor == 8
-    assert generator_defaults(MODEL) == {"num_inference_steps": 4, "preview_steps": 2, "default_resolution": 64}
-    assert (generator.num_inference_steps, generator.preview_steps, generator.guidance_scale) == (4, 2, 4.0)
-    assert generator.uses_cfg and generator.negative_prompt == " "
-    assert (generator.height, generator.width) == (64, 64)
-    assert generator.noise_shape == (16, 8, 8)  # [16, H/8, W/8], before 2x2 packing
+    family_checks.check_kit_settings(
+        pipe, generator, MODEL, generator_class=QwenImageGenerator,
+        kit_defaults={"num_inference_steps": 4, "preview_steps": 2, "default_resolution": 64},
+        steps_preview_guidance=(4, 2, 4.0), uses_cfg=True,
+        noise_shape=(16, 8, 8),  # [16, H/8, W/8], before 2x2 packing
+    )
+    assert generator.negative_prompt == " "
     assert pipe.scheduler.config.shift_terminal == 0.02 and pipe.scheduler.config.max_image_seq_len == 8192
 
 
@@ -124,10 +122,10 @@ def test_clean_latents_and_sigmas_are_the_pipelines(any_generator, pipe):
         num_inference_steps=generator.num_inference_steps, output_type="latent",
     )
     torch.testing.assert_close(kept, generator.from_pipeline_latents(packed), atol=1e-6, rtol=0)
-    torch.testing.assert_close(generator.sampler_sigmas(), pipe.scheduler.sigmas[:-1].float(), atol=1e-6, rtol=0)
+    family_checks.check_sigmas_are_the_pipelines(generator, pipe, generator.num_inference_steps)
     for steps in (2, 7):
         generator.generate(noises[:1], embeds, num_inference_steps=steps)
-        torch.testing.assert_close(generator.sampler_sigmas(steps), pipe.scheduler.sigmas[:-1].float(), atol=1e-6, rtol=0)
+        family_checks.check_sigmas_are_the_pipelines(generator, pipe, steps)
     # The schedule is stretched to end at shift_terminal: 0.02 before the final 0.
     assert generator.sampler_sigmas(2).tolist() == pytest.approx([1.0, 0.02])
 
@@ -150,15 +148,7 @@ def test_predict_velocity_integrates_to_the_samplers_latents(plain_generator, pi
     generator = plain_generator
     embeds = [generator.encode_prompt(prompt) for prompt in PROMPTS[:2]]
     assert embeds[0].prompt_embeds.shape[1] != embeds[1].prompt_embeds.shape[1]
-    latents = generator.initial_noise(12, batch_size=2)
-    expected = generator.generate(latents, embeds, num_inference_steps=3).clean_latents
-    sigmas = generator.sampler_sigmas(3).tolist() + [0.0]
-    assert sigmas[0] == 1.0
-    with torch.no_grad():
-        for sigma, following in zip(sigmas[:-1], sigmas[1:], strict=True):
-            velocity = generator.predict_velocity(pipe.transformer, latents, torch.tensor([sigma] * 2), embeds)
-            latents = latents + (following - sigma) * velocity
-    torch.testing.assert_close(latents, expected, atol=1e-5, rtol=0)
+    family_checks.check_euler_walk(pipe, generator, embeds, steps=3)
 
 
 def test_batched_generation_equals_one_at_a_time(generator):
@@ -166,12 +156,7 @@ def test_batched_generation_equals_one_at_a_time(generator):
     (under CFG, so the conditional and the negative pass both run batched)."""
     embeds = [generator.encode_prompt(prompt) for prompt in PROMPTS + PROMPTS[:1]]
     assert len({item.prompt_embeds.shape[1] for item in embeds}) == len(PROMPTS)
-    noises = generator.initial_noise(3, batch_size=5)
-    batched = generator.generate(noises, embeds)
-    single = [generator.generate(noises[i : i + 1], embeds[i]) for i in range(5)]
-    torch.testing.assert_close(batched.images, torch.cat([out.images for out in single]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(batched.clean_latents, torch.cat([out.clean_latents for out in single]), atol=1e-4, rtol=0)
-    assert batched.images.shape == (5, 3, 64, 64)
+    family_checks.check_batched_equals_one_at_a_time(generator, embeds, latent_shape=(16, 8, 8))
 
 
 def test_cfg_shares_one_negative_and_changes_the_images(generator, plain_generator):
@@ -187,25 +172,7 @@ def test_cfg_shares_one_negative_and_changes_the_images(generator, plain_generat
 
 
 def test_ses_end_to_end_through_the_cli(tmp_path, kit_dir):
-    import json
-
-    from PIL import Image
-
-    from tscale_train import cli
-
-    out = tmp_path / "cube.png"
-    code = cli.main(["ses", "--model", MODEL, "--no-progress", "--prompt", "a red cube", "--budget", "6",
-                     "--popsize", "3", "--save-trace", "--out", str(out)])
-    assert code == 0
-    assert Image.open(out).size == (64, 64)
-    trace = json.loads((tmp_path / "cube_trace.json").read_text())
-    assert len(trace["scores"]) == 6 and trace["best_score"] >= trace["base_score"]
-
-
-def _lora_modules(transformer) -> dict[str, torch.nn.Module]:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return {name: module.get_base_layer() for name, module in transformer.named_modules() if isinstance(module, BaseTunerLayer)}
+    family_checks.check_ses_from_the_cli(tmp_path, MODEL)
 
 
 @pytest.mark.parametrize("preset, count", [("attention", 16), ("attention_ff", 24), ("all_linear", 32)])
@@ -215,30 +182,8 @@ def test_lora_presets_and_save_load(preset, count, tmp_path, pipe):
     Counts: 2 double-stream blocks x 8 attention projections, x 4 MLP linears (image and text), then
     2 modulations per block, the image and text input projections, the final modulation and projection.
     """
-    adapted = load_tiny()
-    add_lora(adapted.transformer, rank=4, target_modules=preset, presets=QwenImageGenerator.lora_targets, init="gaussian")
-    hit = _lora_modules(adapted.transformer)
-    assert len(hit) == count, sorted(hit)
-    assert all(type(module) is torch.nn.Linear for module in hit.values())
+    hit = family_checks.check_lora_preset_round_trip(tmp_path, MODEL, QwenImageGenerator, preset, base=pipe, count=count)
     assert not any(name.startswith("time_text_embed") for name in hit)
-    with torch.no_grad():  # B = 0 would make the LoRA invisible
-        for name, parameter in adapted.transformer.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(std=0.2)
-    save_lora(type(adapted), adapted.transformer, tmp_path)
-    fresh = load_tiny()
-    load_lora(fresh, str(tmp_path))
-    assert sorted(_lora_modules(fresh.transformer)) == sorted(hit)
-
-    generator = generator_for_pipeline(fresh)
-    embeds = [generator.encode_prompt("a cat")] * 2
-    noisy, sigmas = generator.initial_noise(1, batch_size=2), torch.tensor([0.9, 0.4])
-    with torch.no_grad():
-        loaded = generator.predict_velocity(fresh.transformer, noisy, sigmas, embeds)
-        expected = generator.predict_velocity(adapted.transformer, noisy, sigmas, embeds)
-        base = generator.predict_velocity(pipe.transformer, noisy, sigmas, embeds)
-    torch.testing.assert_close(loaded, expected, atol=1e-5, rtol=0)
-    assert (loaded - base).abs().max() > 1e-3
 
 
 def test_the_regexes_name_whole_modules_only():

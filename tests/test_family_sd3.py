@@ -1,17 +1,16 @@
 """SD3 / SD3.5 (`StableDiffusion3Pipeline`, `StableDiffusion3Generator`) on the tiny kit `tiny-sd3`."""
 
-import json
 import re
 from types import SimpleNamespace
 
+import family_checks
 import pytest
 import torch
-from PIL import Image
 
 from tscale_train.generation import generator_for_pipeline
 from tscale_train.generators.sd3 import StableDiffusion3Generator
-from tscale_train.loading import load_lora, load_pipeline
-from tscale_train.lora import add_lora, save_lora
+from tscale_train.loading import load_pipeline
+from tscale_train.lora import add_lora
 from tscale_train.tiny.sd3 import TINY_MAX_SEQUENCE_LENGTH as TEXT_LENGTH
 
 MODEL = "tiny-sd3"
@@ -40,18 +39,14 @@ def unguided(pipe):
 
 
 def test_the_kit_settings_reach_the_generator(pipe, generator):
-    from tscale_train.loading import generator_defaults
-
-    assert generator_defaults(MODEL) == {
-        "max_sequence_length": TEXT_LENGTH, "num_inference_steps": 4, "preview_steps": 2, "default_resolution": 64,
-    }
-    assert type(generator) is StableDiffusion3Generator and generator.is_sd35
-    assert (generator.height, generator.width, generator.max_sequence_length) == (64, 64, TEXT_LENGTH)
-    assert (generator.num_inference_steps, generator.preview_steps, generator.guidance_scale) == (4, 2, 3.5)
-    assert generator.uses_cfg
-    assert generator.noise_shape == (16, 8, 8)
-    with pytest.raises(ValueError, match="multiples of 16"):
-        generator_for_pipeline(pipe, height=64, width=56)
+    family_checks.check_kit_settings(
+        pipe, generator, MODEL, generator_class=StableDiffusion3Generator,
+        kit_defaults={
+            "max_sequence_length": TEXT_LENGTH, "num_inference_steps": 4, "preview_steps": 2, "default_resolution": 64,
+        },
+        steps_preview_guidance=(4, 2, 3.5), uses_cfg=True, noise_shape=(16, 8, 8), off_grid=(64, 56),
+    )
+    assert generator.is_sd35 and generator.max_sequence_length == TEXT_LENGTH
 
 
 def test_real_model_defaults(pipe):
@@ -92,8 +87,7 @@ def test_search_noise_is_the_pipelines_own_noise(pipe, generator, embeds):
         guidance_scale=3.5, max_sequence_length=TEXT_LENGTH, output_type="pt",
     ).images
     torch.testing.assert_close(ours.images, with_latents, atol=1e-6, rtol=0)
-    other = generator.generate(generator.initial_noise(6, batch_size=2), embeds)
-    assert (other.images - ours.images).abs().max() > 1e-3
+    family_checks.check_the_noise_is_used(generator, embeds, ours.images)
 
 
 def test_cfg_negative_is_encoded_once_and_changes_the_image(generator, unguided, embeds):
@@ -111,91 +105,33 @@ def test_cfg_negative_is_encoded_once_and_changes_the_image(generator, unguided,
 
 @pytest.mark.parametrize("steps", [4, 3])
 def test_clean_latents_and_sigmas_are_the_pipelines(pipe, generator, embeds, steps):
-    noises = generator.initial_noise(7, batch_size=2)
-    kept = generator.generate(noises, embeds, num_inference_steps=steps).clean_latents
-    final = pipe(**{**generator.pipeline_call(noises, [embeds] * 2, steps), "output_type": "latent"}).images
+    kept, final = family_checks.pipeline_final_latents(pipe, generator, generator.initial_noise(7, batch_size=2), embeds, steps)
     torch.testing.assert_close(kept, final, atol=1e-6, rtol=0)
-    sigmas = generator.sampler_sigmas(steps)
-    torch.testing.assert_close(sigmas, pipe.scheduler.sigmas[:-1].float())
-    assert len(sigmas) == steps and sigmas[0] == 1.0 and torch.all(sigmas[1:] < sigmas[:-1])
+    family_checks.check_sigmas_are_the_pipelines(generator, pipe, steps)
 
 
 def test_predict_velocity_reproduces_a_one_step_sample(pipe, unguided):
     """x0 = noise - sigma * v at sigma = 1, with CFG off (the velocity is the conditional one)."""
-    embeds = unguided.encode_prompt("a dog")
-    noises = unguided.initial_noise(11, batch_size=2)
-    one_step = unguided.generate(noises, embeds, num_inference_steps=1).clean_latents
-    sigma = unguided.sampler_sigmas(1)
-    assert sigma.tolist() == [1.0]
-    with torch.no_grad():
-        velocity = unguided.predict_velocity(pipe.transformer, noises, sigma, [embeds] * 2)
-    assert velocity.shape == noises.shape
-    torch.testing.assert_close(noises - sigma * velocity, one_step, atol=1e-5, rtol=0)
+    family_checks.check_one_step_velocity(pipe, unguided, [unguided.encode_prompt("a dog")] * 2)
 
 
 def test_predict_velocity_walks_the_sampler(pipe, unguided):
     """Euler steps along `predict_velocity` over `sampler_sigmas` end where the pipeline's sampler ends (CFG off)."""
-    embeds = unguided.encode_prompt(PROMPT)
-    noises = unguided.initial_noise(12, batch_size=2)
-    final = unguided.generate(noises, embeds).clean_latents
-    sigmas = unguided.sampler_sigmas().tolist() + [0.0]
-    latents = noises
-    with torch.no_grad():
-        for sigma, following in zip(sigmas[:-1], sigmas[1:], strict=True):
-            velocity = unguided.predict_velocity(pipe.transformer, latents, torch.tensor([sigma] * 2), [embeds] * 2)
-            latents = latents + (following - sigma) * velocity
-    torch.testing.assert_close(latents, final, atol=1e-5, rtol=0)
+    family_checks.check_euler_walk(pipe, unguided, [unguided.encode_prompt(PROMPT)] * 2)
 
 
 def test_batched_generation_equals_one_at_a_time(generator):
     prompts = [generator.encode_prompt(text) for text in ("a cat", "a dog", "a cat", "a tree", "a dog")]
-    noises = generator.initial_noise(3, batch_size=5)
-    batched = generator.generate(noises, prompts)
-    single = [generator.generate(noises[i : i + 1], prompts[i]) for i in range(5)]
-    torch.testing.assert_close(batched.images, torch.cat([out.images for out in single]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(batched.clean_latents, torch.cat([out.clean_latents for out in single]), atol=1e-4, rtol=0)
-    assert batched.images.shape == (5, 3, 64, 64) and batched.clean_latents.shape == (5, 16, 8, 8)
+    family_checks.check_batched_equals_one_at_a_time(generator, prompts, latent_shape=(16, 8, 8))
 
 
 def test_ses_from_the_cli(tmp_path, kit_dir):
-    from tscale_train import cli
-
-    out = tmp_path / "cube.png"
-    args = ["ses", "--model", MODEL, "--no-progress", "--prompt", PROMPT, "--budget", "6", "--popsize", "3",
-            "--save-trace", "--out", str(out)]
-    assert cli.main(args) == 0
-    assert Image.open(out).size == (64, 64)
-    trace = json.loads((tmp_path / "cube_trace.json").read_text())
-    assert len(trace["scores"]) == 6 and trace["best_score"] == max(trace["scores"]) >= trace["base_score"]
+    family_checks.check_ses_from_the_cli(tmp_path, MODEL)
 
 
 @pytest.mark.parametrize("preset", ["attention", "attention_ff", "all_linear"])
 def test_lora_presets_save_and_load(tmp_path, pipe, preset):
-    adapted = load_pipeline(MODEL, dtype="float32")
-    add_lora(adapted.transformer, rank=4, target_modules=preset, presets=StableDiffusion3Generator.lora_targets,
-             init="gaussian")
-    targets = {name.rpartition(".lora_")[0] for name, _ in adapted.transformer.named_parameters() if ".lora_" in name}
-    assert targets
-    modules = dict(adapted.transformer.named_modules())
-    assert all(isinstance(modules[name].base_layer, torch.nn.Linear) for name in targets)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in adapted.transformer.named_parameters():
-            if ".lora_B" in name:  # peft starts B at zero: make the adapter change the output
-                parameter.normal_(std=0.2)
-    save_lora(type(adapted), adapted.transformer, tmp_path)
-    fresh = load_pipeline(MODEL, dtype="float32")
-    load_lora(fresh, str(tmp_path))
-
-    generator = generator_for_pipeline(fresh)
-    embeds = [generator.encode_prompt(PROMPT)] * 2
-    noises, sigmas = generator.initial_noise(0, batch_size=2), torch.tensor([0.9, 0.4])
-    with torch.no_grad():
-        expected, loaded, base = (
-            generator.predict_velocity(model.transformer, noises, sigmas, embeds) for model in (adapted, fresh, pipe)
-        )
-    torch.testing.assert_close(loaded, expected, atol=1e-5, rtol=0)
-    assert (expected - base).abs().max() > 1e-3
+    family_checks.check_lora_preset_round_trip(tmp_path, MODEL, StableDiffusion3Generator, preset, base=pipe)
 
 
 def test_attention_preset_covers_sd35_medium_dual_attention():
@@ -209,7 +145,7 @@ def test_attention_preset_covers_sd35_medium_dual_attention():
         pos_embed_max_size=8, dual_attention_layers=(0,), qk_norm="rms_norm",
     )
     add_lora(transformer, rank=2, target_modules="attention", presets=StableDiffusion3Generator.lora_targets)
-    targets = {name.rpartition(".lora_")[0] for name, _ in transformer.named_parameters() if ".lora_" in name}
+    targets = set(family_checks.lora_base_layers(transformer))
     assert {f"transformer_blocks.0.attn2.{leaf}" for leaf in ("to_q", "to_k", "to_v", "to_out.0")} <= targets
     assert not any("ff" in name or "norm" in name for name in targets)
 
@@ -231,10 +167,8 @@ def test_the_kit_is_deterministic_and_loads_back(tmp_path, pipe):
 
     from tscale_train.tiny.sd3 import build_tiny_sd3
 
-    rebuilt = StableDiffusion3Pipeline.from_pretrained(build_tiny_sd3(tmp_path / "kit", seed=0), local_files_only=True)
-    for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
-        ours, theirs = getattr(pipe, name).state_dict(), getattr(rebuilt, name).state_dict()
-        assert ours.keys() == theirs.keys()
-        assert all(torch.equal(ours[key], theirs[key]) for key in ours), name
+    rebuilt = family_checks.check_kit_rebuilds_identically(
+        tmp_path, pipe, StableDiffusion3Pipeline, build_tiny_sd3,
+        ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"), "sd3",
+    )
     assert rebuilt.tokenizer_3(PROMPT).input_ids == pipe.tokenizer_3(PROMPT).input_ids
-    assert json.loads((tmp_path / "kit" / "tscale_tiny.json").read_text())["kind"] == "sd3"

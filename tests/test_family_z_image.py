@@ -10,13 +10,13 @@ import runpy
 import sys
 from pathlib import Path
 
+import family_checks
 import pytest
 import torch
 
 from tscale_train.generation import generator_for_pipeline
 from tscale_train.generators.z_image import Z_IMAGE_LORA_TARGETS, ZImageGenerator
 from tscale_train.loading import generator_defaults, load_lora, load_pipeline
-from tscale_train.lora import add_lora, save_lora
 
 MODEL = "tiny-z-image"
 REPO = Path(__file__).resolve().parents[1]
@@ -53,15 +53,16 @@ def test_kit_loads_as_a_turbo_like_z_image(pipe, generator):
 
     assert type(generator) is ZImageGenerator and type(pipe).__name__ == "ZImagePipeline"
     assert isinstance(pipe.text_encoder, Qwen3Model)
-    assert (generator.num_inference_steps, generator.guidance_scale, generator.uses_cfg) == (4, 0.0, False)
-    assert generator.preview_steps == 4 and generator.max_sequence_length == 64
-    assert (generator.height, generator.width) == (64, 64)
-    assert generator.noise_shape == (16, 8, 8)  # [16, H/8, W/8]
-    assert generator.latents_dtype == torch.float32
+    family_checks.check_kit_settings(
+        pipe, generator, MODEL, generator_class=ZImageGenerator,
+        kit_defaults={
+            "num_inference_steps": 4, "guidance_scale": 0.0, "max_sequence_length": 64, "default_resolution": 64,
+        },
+        steps_preview_guidance=(4, 4, 0.0), uses_cfg=False,
+        noise_shape=(16, 8, 8),  # [16, H/8, W/8]
+    )
+    assert generator.max_sequence_length == 64 and generator.latents_dtype == torch.float32
     assert not pipe.scheduler.config.use_dynamic_shifting and pipe.scheduler.config.shift == 3.0
-    assert generator_defaults(MODEL) == {
-        "num_inference_steps": 4, "guidance_scale": 0.0, "max_sequence_length": 64, "default_resolution": 64,
-    }
 
 
 def test_defaults_of_the_base_model_and_of_turbo(pipe):
@@ -96,40 +97,23 @@ def test_clean_latents_and_sigmas_are_the_pipelines(any_generator, pipe):
     generator = any_generator
     embeds = generator.encode_prompt("a cat")
     noises = generator.initial_noise(7, batch_size=2)
-    kept = generator.generate(noises, embeds).clean_latents
-    reference = pipe(
-        **generator.pipeline_call(noises, [embeds] * 2, generator.num_inference_steps) | {"output_type": "latent"}
-    ).images
+    kept, reference = family_checks.pipeline_final_latents(pipe, generator, noises, embeds, generator.num_inference_steps)
     torch.testing.assert_close(kept, reference, atol=1e-6, rtol=0)
-    torch.testing.assert_close(generator.sampler_sigmas(), pipe.scheduler.sigmas[:-1].float(), atol=1e-6, rtol=0)
+    family_checks.check_sigmas_are_the_pipelines(generator, pipe, generator.num_inference_steps)
     for steps in (1, 7):
         generator.generate(noises[:1], embeds, num_inference_steps=steps)
-        torch.testing.assert_close(generator.sampler_sigmas(steps), pipe.scheduler.sigmas[:-1].float(), atol=1e-6, rtol=0)
+        family_checks.check_sigmas_are_the_pipelines(generator, pipe, steps)
     assert generator.sampler_sigmas(1).tolist() == [1.0]
 
 
 def test_predict_velocity_reproduces_a_one_step_sample(generator, pipe):
     """x0 = noise - sigma * v at sigma = 1: one Euler step from pure noise, as the sampler takes it."""
-    embeds = [generator.encode_prompt(prompt) for prompt in PROMPTS[:2]]
-    noises = generator.initial_noise(11, batch_size=2)
-    one_step = generator.generate(noises, embeds, num_inference_steps=1).clean_latents
-    sigma = generator.sampler_sigmas(1)
-    with torch.no_grad():
-        velocity = generator.predict_velocity(pipe.transformer, noises, sigma, embeds)
-    torch.testing.assert_close(noises - sigma * velocity, one_step, atol=1e-5, rtol=0)
+    family_checks.check_one_step_velocity(pipe, generator, [generator.encode_prompt(prompt) for prompt in PROMPTS[:2]])
 
 
 def test_predict_velocity_integrates_to_the_samplers_latents(generator, pipe):
     """Every sigma of the schedule, not only sigma = 1: Euler steps with `predict_velocity` end where the pipeline does."""
-    embeds = [generator.encode_prompt(prompt) for prompt in PROMPTS[:2]]
-    latents = generator.initial_noise(12, batch_size=2)
-    expected = generator.generate(latents, embeds).clean_latents
-    sigmas = generator.sampler_sigmas().tolist() + [0.0]
-    with torch.no_grad():
-        for sigma, following in zip(sigmas[:-1], sigmas[1:], strict=True):
-            velocity = generator.predict_velocity(pipe.transformer, latents, torch.tensor([sigma] * 2), embeds)
-            latents = latents + (following - sigma) * velocity
-    torch.testing.assert_close(latents, expected, atol=1e-5, rtol=0)
+    family_checks.check_euler_walk(pipe, generator, [generator.encode_prompt(prompt) for prompt in PROMPTS[:2]])
 
 
 def test_batched_generation_equals_one_at_a_time(any_generator):
@@ -137,12 +121,7 @@ def test_batched_generation_equals_one_at_a_time(any_generator):
     generator = any_generator
     embeds = [generator.encode_prompt(prompt) for prompt in PROMPTS + PROMPTS[:1]]
     assert len({item.prompt_embeds.shape[1] for item in embeds}) == len(PROMPTS)
-    noises = generator.initial_noise(3, batch_size=5)
-    batched = generator.generate(noises, embeds)
-    single = [generator.generate(noises[i : i + 1], embeds[i]) for i in range(5)]
-    torch.testing.assert_close(batched.images, torch.cat([out.images for out in single]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(batched.clean_latents, torch.cat([out.clean_latents for out in single]), atol=1e-4, rtol=0)
-    assert batched.images.shape == (5, 3, 64, 64)
+    family_checks.check_batched_equals_one_at_a_time(generator, embeds, latent_shape=(16, 8, 8))
 
 
 def test_cfg_shares_one_negative_and_changes_the_images(generator, cfg_generator):
@@ -157,21 +136,7 @@ def test_cfg_shares_one_negative_and_changes_the_images(generator, cfg_generator
 
 
 def test_ses_end_to_end_through_the_cli(tmp_path, kit_dir):
-    from PIL import Image
-
-    from tscale_train import cli
-
-    out = tmp_path / "cube.png"
-    code = cli.main(["ses", "--model", MODEL, "--no-progress", "--prompt", "a red cube", "--budget", "6",
-                     "--popsize", "3", "--out", str(out)])
-    assert code == 0
-    assert Image.open(out).size == (64, 64)
-
-
-def _lora_modules(transformer) -> dict[str, torch.nn.Module]:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return {name: module.get_base_layer() for name, module in transformer.named_modules() if isinstance(module, BaseTunerLayer)}
+    family_checks.check_ses_from_the_cli(tmp_path, MODEL)
 
 
 @pytest.mark.parametrize("preset, count", [("attention", 16), ("attention_ff", 28), ("all_linear", 35)])
@@ -181,29 +146,7 @@ def test_lora_presets_and_save_load(preset, count, tmp_path, kit_dir):
     Counts: 4 blocks (1 noise refiner, 1 context refiner, 2 main) x 4 projections, x 3 SwiGLU linears,
     then 3 block modulations, the patch and caption embedders and the final layer's 2 linears.
     """
-    adapted = load_tiny()
-    add_lora(adapted.transformer, rank=4, target_modules=preset, presets=ZImageGenerator.lora_targets, init="gaussian")
-    hit = _lora_modules(adapted.transformer)
-    assert len(hit) == count, sorted(hit)
-    assert all(type(module) is torch.nn.Linear for module in hit.values())
-    with torch.no_grad():  # B = 0 would make the LoRA invisible
-        for name, parameter in adapted.transformer.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(std=0.2)
-    save_lora(type(adapted), adapted.transformer, tmp_path)
-    fresh = load_tiny()
-    load_lora(fresh, str(tmp_path))
-    assert sorted(_lora_modules(fresh.transformer)) == sorted(hit)
-
-    generator = generator_for_pipeline(fresh)
-    embeds = [generator.encode_prompt("a cat")] * 2
-    noisy, sigmas = generator.initial_noise(1, batch_size=2), torch.tensor([0.9, 0.4])
-    with torch.no_grad():
-        loaded = generator.predict_velocity(fresh.transformer, noisy, sigmas, embeds)
-        expected = generator.predict_velocity(adapted.transformer, noisy, sigmas, embeds)
-        base = generator.predict_velocity(load_tiny().transformer, noisy, sigmas, embeds)
-    torch.testing.assert_close(loaded, expected, atol=1e-5, rtol=0)
-    assert (loaded - base).abs().max() > 1e-3
+    family_checks.check_lora_preset_round_trip(tmp_path, MODEL, ZImageGenerator, preset, count=count)
 
 
 def test_the_regexes_name_whole_modules_only():

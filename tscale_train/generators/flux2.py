@@ -1,4 +1,4 @@
-"""FLUX.2: `Flux2KleinPipeline` (klein distilled and base)."""
+"""FLUX.2: `Flux2KleinPipeline` (klein distilled and base), and what it shares with `Flux2Pipeline` (FLUX.2-dev)."""
 
 from __future__ import annotations
 
@@ -27,12 +27,69 @@ FLUX2_LORA_TARGETS = {
 }
 
 
-class Flux2KleinGenerator(FlowGenerator):
-    """`Flux2KleinPipeline`: distilled klein (4 steps, no CFG) and the undistilled klein base models.
+def pack_flux2_latents(latents: torch.Tensor) -> torch.Tensor:
+    """[N, C, h, w] -> [N, h*w, C]: the row-major tokens FLUX.2's pipelines (`_pack_latents`) hand the transformer."""
+    return latents.flatten(2).permute(0, 2, 1)
+
+
+def unpack_flux2_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of `pack_flux2_latents`: [N, h*w, C] -> [N, C, h, w]."""
+    return tokens.permute(0, 2, 1).reshape(tokens.shape[0], -1, height, width)
+
+
+class Flux2LatentsGenerator(FlowGenerator):
+    """What FLUX.2's pipelines (`Flux2KleinPipeline`, `Flux2Pipeline`) share: the latent layout and the
+    prompt encoding.
 
     Noise and clean latents live in the transformer's input space: patchified, batch-norm-normalised
-    `[N, transformer.in_channels, H/16, W/16]`, which is what the pipeline's `latents=` takes.
+    `[N, transformer.in_channels, H/16, W/16]`, which is what the pipelines' `latents=` takes before
+    they pack it into tokens. Subclasses set `max_sequence_length` and `text_encoder_out_layers`.
     """
+
+    max_sequence_length: int
+    text_encoder_out_layers: tuple[int, ...]
+
+    @staticmethod
+    def resolution_multiple(pipe) -> int:
+        # 8x VAE downsampling, then 2x2 patchifying.
+        return pipe.vae_scale_factor * 2
+
+    @staticmethod
+    def native_resolution(pipe) -> int:
+        return pipe.default_sample_size * pipe.vae_scale_factor
+
+    @property
+    def noise_shape(self) -> tuple[int, int, int]:
+        # What the pipelines' `prepare_latents` draw before packing.
+        multiple = self.resolution_multiple(self.pipe)
+        return (self.pipe.transformer.config.in_channels, self.height // multiple, self.width // multiple)
+
+    def _encode(self, text: str) -> PromptEmbeds:
+        prompt_embeds, text_ids = self.pipe.encode_prompt(
+            prompt=text,
+            device=self.device,
+            max_sequence_length=self.max_sequence_length,
+            text_encoder_out_layers=self.text_encoder_out_layers,
+        )
+        return PromptEmbeds(text, prompt_embeds, text_ids)
+
+    def _conditioning_kwargs(self, embeds: list[PromptEmbeds]) -> dict:
+        """The prompt conditioning and the guidance scale, as both pipelines take them."""
+        return dict(
+            prompt_embeds=stack_embeds(embeds, "prompt_embeds", self.device, self.pipe.transformer.dtype),
+            guidance_scale=self.guidance_scale,
+            max_sequence_length=self.max_sequence_length,
+            text_encoder_out_layers=self.text_encoder_out_layers,
+        )
+
+    def from_pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """[N, h*w, C] (the sampler's tokens) -> [N, C, h, w] (the `latents=` layout)."""
+        _, height, width = self.noise_shape
+        return unpack_flux2_latents(latents, height, width)
+
+
+class Flux2KleinGenerator(Flux2LatentsGenerator):
+    """`Flux2KleinPipeline`: distilled klein (4 steps, no CFG) and the undistilled klein base models."""
 
     family = "FLUX.2-klein"
     pipeline_class = "Flux2KleinPipeline"
@@ -50,14 +107,6 @@ class Flux2KleinGenerator(FlowGenerator):
         self.max_sequence_length = max_sequence_length or FLUX2_KLEIN_MAX_SEQUENCE_LENGTH
         self.text_encoder_out_layers = tuple(text_encoder_out_layers)
         self._negative: PromptEmbeds | None = None
-
-    @staticmethod
-    def resolution_multiple(pipe) -> int:
-        return pipe.vae_scale_factor * 2
-
-    @staticmethod
-    def native_resolution(pipe) -> int:
-        return pipe.default_sample_size * pipe.vae_scale_factor
 
     @property
     def is_distilled(self) -> bool:
@@ -78,51 +127,24 @@ class Flux2KleinGenerator(FlowGenerator):
     def uses_cfg(self) -> bool:
         return self.guidance_scale > 1.0 and not self.is_distilled
 
-    @property
-    def noise_shape(self) -> tuple[int, int, int]:
-        multiple = self.resolution_multiple(self.pipe)
-        return (self.pipe.transformer.config.in_channels, self.height // multiple, self.width // multiple)
-
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> PromptEmbeds:
-        def encode(text: str) -> PromptEmbeds:
-            prompt_embeds, text_ids = self.pipe.encode_prompt(
-                prompt=text,
-                device=self.device,
-                max_sequence_length=self.max_sequence_length,
-                text_encoder_out_layers=self.text_encoder_out_layers,
-            )
-            return PromptEmbeds(text, prompt_embeds, text_ids)
-
-        embeds = encode(prompt)
+        embeds = self._encode(prompt)
         if self.uses_cfg:
             # The pipeline's own negative prompt for CFG is the empty string: encode it once and
             # share it between all prompts (one 512 x 7680 embedding, not one per prompt).
             if self._negative is None:
-                self._negative = encode("")
+                self._negative = self._encode("")
             embeds.negative = self._negative
         return embeds
 
     def pipeline_kwargs(self, embeds: list[PromptEmbeds]) -> dict:
-        dtype = self.pipe.transformer.dtype
-        kwargs = dict(
-            prompt_embeds=stack_embeds(embeds, "prompt_embeds", self.device, dtype),
-            guidance_scale=self.guidance_scale,
-            max_sequence_length=self.max_sequence_length,
-            text_encoder_out_layers=self.text_encoder_out_layers,
-        )
+        kwargs = self._conditioning_kwargs(embeds)
         if self.uses_cfg:
-            kwargs["negative_prompt_embeds"] = stack_embeds(negatives(embeds), "prompt_embeds", self.device, dtype)
+            kwargs["negative_prompt_embeds"] = stack_embeds(
+                negatives(embeds), "prompt_embeds", self.device, self.pipe.transformer.dtype
+            )
         return kwargs
-
-    def from_pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """[B, h*w, C] (the sampler's token layout) -> [B, C, h, w] (the `latents=` layout)."""
-        channels, height, width = self.noise_shape
-        return latents.permute(0, 2, 1).reshape(latents.shape[0], channels, height, width)
-
-    @staticmethod
-    def _pack(latents: torch.Tensor) -> torch.Tensor:
-        return latents.flatten(2).permute(0, 2, 1)
 
     def sampler_sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:
         from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
@@ -138,7 +160,7 @@ class Flux2KleinGenerator(FlowGenerator):
         text_ids = stack_embeds(embeds, "text_ids", noisy_latents.device)
         latent_ids = self.pipe._prepare_latent_ids(noisy_latents).to(noisy_latents.device)
         prediction = transformer(
-            hidden_states=self._pack(noisy_latents),
+            hidden_states=pack_flux2_latents(noisy_latents),
             timestep=sigmas.to(noisy_latents.dtype).expand(batch),
             guidance=None,
             encoder_hidden_states=prompt_embeds,

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..generation import FlowGenerator, PromptEmbeds, stack_embeds
-from .flux2 import FLUX2_LORA_TARGETS
+from ..generation import PromptEmbeds, stack_embeds
+from .flux2 import FLUX2_LORA_TARGETS, Flux2LatentsGenerator, pack_flux2_latents, unpack_flux2_latents
 
 # `Flux2Pipeline.__call__` defaults: 50 steps at guidance 4, the Mistral hidden states of layers 10,
 # 20 and 30 (of 40) stacked, prompts of up to 512 tokens (the system message included).
@@ -23,16 +23,13 @@ FLUX2_DEV_MAX_SEQUENCE_LENGTH = 512
 FLUX2_DEV_PREVIEW_STEPS = 10
 
 
-class Flux2Generator(FlowGenerator):
+class Flux2Generator(Flux2LatentsGenerator):
     """`Flux2Pipeline`: FLUX.2-dev, 50 steps, guidance 4 fed to the transformer's guidance embedding.
 
     The model is guidance-distilled: one transformer pass per step, no negative prompt (the pipeline
-    has none). Noise and clean latents live in the transformer's input space, as for klein:
-    patchified, batch-norm-normalised `[N, transformer.in_channels, H/16, W/16]`, which is what the
-    pipeline's `latents=` takes before it packs it into tokens.
+    has none). Noise and clean latents are laid out as for klein (`Flux2LatentsGenerator`).
 
-    Not a `Flux2KleinGenerator`: they share the latent layout and `encode_prompt`'s signature, but
-    klein's class is built around step distillation and true CFG with a negative prompt, neither of
+    Not a `Flux2KleinGenerator`: they share the latent layout and the prompt encoding, but klein's class is built around step distillation and true CFG with a negative prompt, neither of
     which FLUX.2-dev has, while its guidance embedding is what klein lacks.
     """
 
@@ -53,15 +50,6 @@ class Flux2Generator(FlowGenerator):
         self.max_sequence_length = max_sequence_length or FLUX2_DEV_MAX_SEQUENCE_LENGTH
         self.text_encoder_out_layers = tuple(text_encoder_out_layers)
 
-    @staticmethod
-    def resolution_multiple(pipe) -> int:
-        # 8x VAE downsampling, then 2x2 patchifying.
-        return pipe.vae_scale_factor * 2
-
-    @staticmethod
-    def native_resolution(pipe) -> int:
-        return pipe.default_sample_size * pipe.vae_scale_factor
-
     def default_num_inference_steps(self) -> int:
         return FLUX2_DEV_STEPS
 
@@ -76,39 +64,12 @@ class Flux2Generator(FlowGenerator):
         # The guidance scale is an input of the distilled transformer, never a second pass.
         return False
 
-    @property
-    def noise_shape(self) -> tuple[int, int, int]:
-        # What `Flux2Pipeline.prepare_latents` draws before packing.
-        multiple = self.resolution_multiple(self.pipe)
-        return (self.pipe.transformer.config.in_channels, self.height // multiple, self.width // multiple)
-
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> PromptEmbeds:
-        prompt_embeds, text_ids = self.pipe.encode_prompt(
-            prompt=prompt,
-            device=self.device,
-            max_sequence_length=self.max_sequence_length,
-            text_encoder_out_layers=self.text_encoder_out_layers,
-        )
-        return PromptEmbeds(prompt, prompt_embeds, text_ids)
+        return self._encode(prompt)
 
     def pipeline_kwargs(self, embeds: list[PromptEmbeds]) -> dict[str, Any]:
-        return dict(
-            prompt_embeds=stack_embeds(embeds, "prompt_embeds", self.device, self.pipe.transformer.dtype),
-            guidance_scale=self.guidance_scale,
-            max_sequence_length=self.max_sequence_length,
-            text_encoder_out_layers=self.text_encoder_out_layers,
-        )
-
-    def from_pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """[N, h*w, C] (the sampler's tokens) -> [N, C, h, w] (the `latents=` layout)."""
-        _, height, width = self.noise_shape
-        return self._unpack(latents, height, width)
-
-    @staticmethod
-    def _unpack(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        # Inverse of `Flux2Pipeline._pack_latents`, which lays the tokens out row-major.
-        return tokens.permute(0, 2, 1).reshape(tokens.shape[0], -1, height, width)
+        return self._conditioning_kwargs(embeds)
 
     def sampler_sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:
         from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
@@ -126,7 +87,7 @@ class Flux2Generator(FlowGenerator):
         batch, _, height, width = noisy_latents.shape
         device, dtype = noisy_latents.device, noisy_latents.dtype
         prediction = transformer(
-            hidden_states=self.pipe._pack_latents(noisy_latents),
+            hidden_states=pack_flux2_latents(noisy_latents),
             # The pipeline hands the transformer sigma in [0, 1] (its timesteps / 1000).
             timestep=sigmas.to(device, dtype).expand(batch),
             # As the pipeline: the guidance scale in float32, one per sample (the transformer scales it).
@@ -137,4 +98,4 @@ class Flux2Generator(FlowGenerator):
             return_dict=False,
         )[0]
         # The transformer predicts the flow velocity noise - x0 itself (the scheduler steps along it).
-        return self._unpack(prediction, height, width)
+        return unpack_flux2_latents(prediction, height, width)

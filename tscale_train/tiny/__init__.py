@@ -106,6 +106,15 @@ def _build_once(target: Path, build: Callable[[Path], object], stamp: str, *, ex
     return target
 
 
+def save_kit_pipeline(pipe, out_dir: str | Path, marker: dict) -> Path:
+    """`save_pretrained` a kit pipeline into `out_dir` and write its `KIT_MARKER` (`marker` as JSON) next
+    to it, which `generator_settings` reads back; returns `out_dir`."""
+    out_dir = Path(out_dir)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    (out_dir / KIT_MARKER).write_text(json.dumps(marker, indent=2))
+    return out_dir
+
+
 def generator_settings(pipeline_dir: str | Path) -> dict:
     """`FlowGenerator` keyword arguments a kit pipeline records in its `tscale_tiny.json`; {} elsewhere.
 

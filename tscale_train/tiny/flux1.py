@@ -9,11 +9,11 @@ Every component is the class `black-forest-labs/FLUX.1-dev` uses, only smaller: 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from . import save_kit_pipeline
 from .clip_t5 import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer
 
 TINY_RESOLUTION = 64
@@ -41,8 +41,12 @@ FLUX1_VAE_SCALING_FACTOR = 0.3611
 FLUX1_VAE_SHIFT_FACTOR = 0.1159
 
 
-def tiny_autoencoder_kl(*, scaling_factor: float, shift_factor: float):
-    """A random 16-latent-channel `AutoencoderKL` with four blocks (8x downsampling), as FLUX.1's and SD3's.
+def tiny_autoencoder_kl(
+    *, scaling_factor: float, shift_factor: float, block_out_channels: tuple[int, ...] = (8, 8, 16, 16),
+    norm_num_groups: int = 4,
+):
+    """A random 16-latent-channel `AutoencoderKL` with four blocks (8x downsampling), as FLUX.1's, SD3's
+    and Z-Image's.
 
     Like theirs it has no quant convs and normalises latents with `scaling_factor` and `shift_factor`.
     Draws from the global RNG: seed it before calling.
@@ -54,10 +58,10 @@ def tiny_autoencoder_kl(*, scaling_factor: float, shift_factor: float):
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
+        block_out_channels=block_out_channels,
         layers_per_block=1,
         latent_channels=16,
-        norm_num_groups=4,
+        norm_num_groups=norm_num_groups,
         sample_size=TINY_RESOLUTION,
         scaling_factor=scaling_factor,
         shift_factor=shift_factor,
@@ -71,9 +75,6 @@ def build_tiny_flux1(out_dir: str | Path, seed: int = 0) -> Path:
     the kit marker; returns `out_dir`."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
-    from . import KIT_MARKER
-
-    out_dir = Path(out_dir)
     torch.manual_seed(seed)
     tokenizer = tiny_clip_tokenizer()
     text_encoder = tiny_clip_text_encoder(tokenizer, hidden_size=TINY_CLIP_HIDDEN)
@@ -101,7 +102,6 @@ def build_tiny_flux1(out_dir: str | Path, seed: int = 0) -> Path:
         tokenizer_2=tokenizer_2,
         transformer=transformer,
     )
-    pipe.save_pretrained(out_dir, safe_serialization=True)
     marker = {
         "kind": "flux1",
         "seed": seed,
@@ -112,5 +112,4 @@ def build_tiny_flux1(out_dir: str | Path, seed: int = 0) -> Path:
             "preview_steps": TINY_PREVIEW_STEPS,
         },
     }
-    (out_dir / KIT_MARKER).write_text(json.dumps(marker, indent=2))
-    return out_dir
+    return save_kit_pipeline(pipe, out_dir, marker)

@@ -15,10 +15,12 @@ loads back through the same `Flux2Pipeline.from_pretrained(path)` code as the re
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
+
+from . import save_kit_pipeline
+from .flux2 import FLUX2_SCHEDULER, tiny_flux2_transformer, tiny_flux2_vae
 
 TINY_TEXT_HIDDEN = 32
 # Four layers, three stacked: intermediate layers as on the real model (10, 20, 30 of 40), never the last.
@@ -34,19 +36,6 @@ TINY_GENERATOR_KWARGS = {"num_inference_steps": 4, "preview_steps": 2}
 TINY_IMAGE_SIZE = 32
 TINY_PATCH_SIZE = 4
 TINY_SPATIAL_MERGE_SIZE = 2
-
-# FLUX.2's scheduler_config.json (shared by dev and klein): the pipeline passes its own linear sigmas
-# and an empirical `mu`, which the exponential time shift applies.
-FLUX2_SCHEDULER = {
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
-    "base_shift": 0.5,
-    "max_shift": 1.15,
-    "base_image_seq_len": 256,
-    "max_image_seq_len": 4096,
-    "time_shift_type": "exponential",
-}
 
 # Mistral's control tokens that the chat template and the Pixtral processor use, at the front of the
 # vocabulary as in Mistral's tokenizers (`<unk>`, `<s>`, `</s>` first).
@@ -173,41 +162,15 @@ def _text_encoder(tokenizer):
 def build_tiny_flux2_dev(out_dir: str | Path, seed: int = 0) -> Path:
     """Build a tiny FLUX.2-dev-like `Flux2Pipeline` from `seed`, `save_pretrained` it to `out_dir`, write
     the kit marker; returns `out_dir`."""
-    from diffusers import (
-        AutoencoderKLFlux2,
-        FlowMatchEulerDiscreteScheduler,
-        Flux2Pipeline,
-        Flux2Transformer2DModel,
-    )
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline
 
-    from . import KIT_MARKER
-
-    out_dir = Path(out_dir)
     torch.manual_seed(seed)
     tokenizer = _tokenizer()
     text_encoder = _text_encoder(tokenizer)
-    transformer = Flux2Transformer2DModel(
-        patch_size=1,
-        in_channels=16,  # 4 latent channels x a 2x2 patch (the real VAE's 32 make 128)
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=TINY_TEXT_HIDDEN * len(TINY_TEXT_ENCODER_OUT_LAYERS),
-        timestep_guidance_channels=256,
-        mlp_ratio=3.0,
-        axes_dims_rope=(4, 4, 4, 4),
-        guidance_embeds=True,
+    transformer = tiny_flux2_transformer(
+        joint_attention_dim=TINY_TEXT_HIDDEN * len(TINY_TEXT_ENCODER_OUT_LAYERS), guidance_embeds=True
     )
-    vae = AutoencoderKLFlux2(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=TINY_RESOLUTION,
-    )
+    vae = tiny_flux2_vae()
     pipe = Flux2Pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**FLUX2_SCHEDULER),
         vae=vae,
@@ -215,7 +178,6 @@ def build_tiny_flux2_dev(out_dir: str | Path, seed: int = 0) -> Path:
         tokenizer=_processor(tokenizer),
         transformer=transformer,
     )
-    pipe.save_pretrained(out_dir, safe_serialization=True)
     marker = {
         "kind": "flux2-dev",
         "seed": seed,
@@ -224,5 +186,4 @@ def build_tiny_flux2_dev(out_dir: str | Path, seed: int = 0) -> Path:
         "max_sequence_length": TINY_MAX_SEQUENCE_LENGTH,
         "generator_kwargs": TINY_GENERATOR_KWARGS,
     }
-    (out_dir / KIT_MARKER).write_text(json.dumps(marker, indent=2))
-    return out_dir
+    return save_kit_pipeline(pipe, out_dir, marker)

@@ -17,11 +17,12 @@ it leaves for the real model: the prompt's tokens and the template's 5-token tai
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
+
+from . import save_kit_pipeline
 
 TINY_RESOLUTION = 64
 # 4 sampler steps for a final image, 2 for a search preview: both cheap, and previews differ from finals.
@@ -100,9 +101,6 @@ def build_tiny_qwen_image(out_dir: str | Path, seed: int = 0) -> Path:
     )
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from . import KIT_MARKER
-
-    out_dir = Path(out_dir)
     torch.manual_seed(seed)
     # The template and its drop index are set in `QwenImagePipeline.__init__` (not saved with the
     # pipeline): read them from a pipeline without components.
@@ -164,12 +162,10 @@ def build_tiny_qwen_image(out_dir: str | Path, seed: int = 0) -> Path:
         tokenizer=tokenizer,
         transformer=transformer,
     )
-    pipe.save_pretrained(out_dir, safe_serialization=True)
     marker = {
         "kind": "qwen-image",
         "seed": seed,
         "resolution": TINY_RESOLUTION,
         "generator_kwargs": {"num_inference_steps": TINY_NUM_INFERENCE_STEPS, "preview_steps": TINY_PREVIEW_STEPS},
     }
-    (out_dir / KIT_MARKER).write_text(json.dumps(marker, indent=2))
-    return out_dir
+    return save_kit_pipeline(pipe, out_dir, marker)

@@ -11,11 +11,11 @@ pipeline's zero padding of the CLIP sequence to T5's width really happens.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from . import save_kit_pipeline
 from .clip_t5 import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer
 from .flux1 import TINY_RESOLUTION, tiny_autoencoder_kl
 
@@ -39,9 +39,6 @@ def build_tiny_sd3(out_dir: str | Path, seed: int = 0) -> Path:
     write the kit marker; returns `out_dir`."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
-    from . import KIT_MARKER
-
-    out_dir = Path(out_dir)
     torch.manual_seed(seed)
     tokenizer = tiny_clip_tokenizer()
     text_encoder = tiny_clip_text_encoder(tokenizer, hidden_size=TINY_CLIP_L_HIDDEN, projection_dim=TINY_CLIP_L_HIDDEN)
@@ -76,7 +73,6 @@ def build_tiny_sd3(out_dir: str | Path, seed: int = 0) -> Path:
         text_encoder_3=text_encoder_3,
         tokenizer_3=tokenizer_3,
     )
-    pipe.save_pretrained(out_dir, safe_serialization=True)
     marker = {
         "kind": "sd3",
         "seed": seed,
@@ -87,5 +83,4 @@ def build_tiny_sd3(out_dir: str | Path, seed: int = 0) -> Path:
             "preview_steps": TINY_PREVIEW_STEPS,
         },
     }
-    (out_dir / KIT_MARKER).write_text(json.dumps(marker, indent=2))
-    return out_dir
+    return save_kit_pipeline(pipe, out_dir, marker)

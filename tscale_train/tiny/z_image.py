@@ -9,12 +9,13 @@ steps without CFG.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from .flux2 import _byte_level_tokenizer
+from . import save_kit_pipeline
+from .flux1 import FLUX1_VAE_SCALING_FACTOR, FLUX1_VAE_SHIFT_FACTOR, tiny_autoencoder_kl
+from .flux2 import _byte_level_tokenizer, tiny_qwen3_config
 
 TINY_TEXT_HIDDEN = 32
 # Short prompts only: with byte-level tokens the chat template alone takes ~20 of them.
@@ -26,40 +27,16 @@ TINY_GENERATOR_KWARGS = {"num_inference_steps": 4, "guidance_scale": 0.0, "max_s
 
 # `Tongyi-MAI/Z-Image-Turbo`'s scheduler_config.json: a fixed shift of 3, no resolution-dependent shifting.
 Z_IMAGE_TURBO_SCHEDULER = {"num_train_timesteps": 1000, "use_dynamic_shifting": False, "shift": 3.0}
-# The FLUX.1 VAE's latent normalisation, which Z-Image uses.
-FLUX1_VAE_SCALING_FACTOR = 0.3611
-FLUX1_VAE_SHIFT_FACTOR = 0.1159
 
 
 def build_tiny_z_image(out_dir: str | Path, seed: int = 0) -> Path:
     """Build a tiny `ZImagePipeline` from `seed`, `save_pretrained` it to `out_dir` and write the kit marker."""
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        ZImagePipeline,
-        ZImageTransformer2DModel,
-    )
-    from transformers import Qwen3Config, Qwen3Model
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Model
 
-    from . import KIT_MARKER
-
-    out_dir = Path(out_dir)
     torch.manual_seed(seed)
     tokenizer = _byte_level_tokenizer()
-    text_encoder = Qwen3Model(
-        Qwen3Config(
-            vocab_size=320,
-            hidden_size=TINY_TEXT_HIDDEN,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            head_dim=16,
-            max_position_embeddings=512,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    )
+    text_encoder = Qwen3Model(tiny_qwen3_config(tokenizer))
     transformer = ZImageTransformer2DModel(
         all_patch_size=(2,),
         all_f_patch_size=(1,),
@@ -78,20 +55,10 @@ def build_tiny_z_image(out_dir: str | Path, seed: int = 0) -> Path:
         # Zero in a fresh model; random here so padding is a visible part of what the tests compare.
         transformer.x_pad_token.normal_()
         transformer.cap_pad_token.normal_()
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=(16, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=8,
-        sample_size=TINY_RESOLUTION,
-        scaling_factor=FLUX1_VAE_SCALING_FACTOR,
-        shift_factor=FLUX1_VAE_SHIFT_FACTOR,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
+    # The FLUX.1 VAE's latent normalisation, which Z-Image uses.
+    vae = tiny_autoencoder_kl(
+        scaling_factor=FLUX1_VAE_SCALING_FACTOR, shift_factor=FLUX1_VAE_SHIFT_FACTOR,
+        block_out_channels=(16, 16, 16, 16), norm_num_groups=8,
     )
     pipe = ZImagePipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**Z_IMAGE_TURBO_SCHEDULER),
@@ -100,7 +67,5 @@ def build_tiny_z_image(out_dir: str | Path, seed: int = 0) -> Path:
         tokenizer=tokenizer,
         transformer=transformer,
     )
-    pipe.save_pretrained(out_dir, safe_serialization=True)
     marker = {"kind": "z-image", "seed": seed, "resolution": TINY_RESOLUTION, "generator_kwargs": TINY_GENERATOR_KWARGS}
-    (out_dir / KIT_MARKER).write_text(json.dumps(marker, indent=2))
-    return out_dir
+    return save_kit_pipeline(pipe, out_dir, marker)
