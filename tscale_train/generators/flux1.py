@@ -61,15 +61,6 @@ class FluxGenerator(FlowGenerator):
         super().__init__(pipe, **kwargs)
         self.max_sequence_length = max_sequence_length or FLUX1_MAX_SEQUENCE_LENGTH
 
-    @staticmethod
-    def resolution_multiple(pipe) -> int:
-        # 8x VAE downsampling, then 2x2 packing.
-        return pipe.vae_scale_factor * 2
-
-    @staticmethod
-    def native_resolution(pipe) -> int:
-        return pipe.default_sample_size * pipe.vae_scale_factor
-
     @property
     def has_guidance_embedding(self) -> bool:
         """True for guidance-distilled FLUX.1-dev; FLUX.1-schnell's transformer has no guidance input."""
@@ -96,13 +87,13 @@ class FluxGenerator(FlowGenerator):
         return (channels, 2 * (self.height // multiple), 2 * (self.width // multiple))
 
     @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> PromptEmbeds:
+    def encode_text(self, text: str) -> PromptEmbeds:
         # The pipeline's text ids are zeros of the sequence length for every prompt: they are made
         # where needed rather than stored, since they have no batch axis to stack along.
         prompt_embeds, pooled_prompt_embeds, _ = self.pipe.encode_prompt(
-            prompt=prompt, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
+            prompt=text, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
         )
-        return PromptEmbeds(prompt, prompt_embeds, extra={"pooled_prompt_embeds": pooled_prompt_embeds})
+        return PromptEmbeds(text, prompt_embeds, extra={"pooled_prompt_embeds": pooled_prompt_embeds})
 
     def pipeline_kwargs(self, embeds: list[PromptEmbeds]) -> dict[str, Any]:
         dtype = self.pipe.transformer.dtype

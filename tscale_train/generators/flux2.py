@@ -49,22 +49,13 @@ class Flux2LatentsGenerator(FlowGenerator):
     max_sequence_length: int
     text_encoder_out_layers: tuple[int, ...]
 
-    @staticmethod
-    def resolution_multiple(pipe) -> int:
-        # 8x VAE downsampling, then 2x2 patchifying.
-        return pipe.vae_scale_factor * 2
-
-    @staticmethod
-    def native_resolution(pipe) -> int:
-        return pipe.default_sample_size * pipe.vae_scale_factor
-
     @property
     def noise_shape(self) -> tuple[int, int, int]:
         # What the pipelines' `prepare_latents` draw before packing.
         multiple = self.resolution_multiple(self.pipe)
         return (self.pipe.transformer.config.in_channels, self.height // multiple, self.width // multiple)
 
-    def _encode(self, text: str) -> PromptEmbeds:
+    def encode_text(self, text: str) -> PromptEmbeds:
         prompt_embeds, text_ids = self.pipe.encode_prompt(
             prompt=text,
             device=self.device,
@@ -106,7 +97,6 @@ class Flux2KleinGenerator(Flux2LatentsGenerator):
         super().__init__(pipe, **kwargs)
         self.max_sequence_length = max_sequence_length or FLUX2_KLEIN_MAX_SEQUENCE_LENGTH
         self.text_encoder_out_layers = tuple(text_encoder_out_layers)
-        self._negative: PromptEmbeds | None = None
 
     @property
     def is_distilled(self) -> bool:
@@ -126,17 +116,6 @@ class Flux2KleinGenerator(Flux2LatentsGenerator):
     @property
     def uses_cfg(self) -> bool:
         return self.guidance_scale > 1.0 and not self.is_distilled
-
-    @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> PromptEmbeds:
-        embeds = self._encode(prompt)
-        if self.uses_cfg:
-            # The pipeline's own negative prompt for CFG is the empty string: encode it once and
-            # share it between all prompts (one 512 x 7680 embedding, not one per prompt).
-            if self._negative is None:
-                self._negative = self._encode("")
-            embeds.negative = self._negative
-        return embeds
 
     def pipeline_kwargs(self, embeds: list[PromptEmbeds]) -> dict:
         kwargs = self._conditioning_kwargs(embeds)

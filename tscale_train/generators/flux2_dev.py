@@ -64,10 +64,6 @@ class Flux2Generator(Flux2LatentsGenerator):
         # The guidance scale is an input of the distilled transformer, never a second pass.
         return False
 
-    @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> PromptEmbeds:
-        return self._encode(prompt)
-
     def pipeline_kwargs(self, embeds: list[PromptEmbeds]) -> dict[str, Any]:
         return self._conditioning_kwargs(embeds)
 

@@ -107,18 +107,8 @@ class QwenImageGenerator(FlowGenerator):
         super().__init__(pipe, **kwargs)
         self.max_sequence_length = max_sequence_length or QWEN_IMAGE_MAX_SEQUENCE_LENGTH
         self.negative_prompt = negative_prompt
-        self._negative: PromptEmbeds | None = None
         self._check_steps(self.num_inference_steps)
         self._check_steps(self.preview_steps)
-
-    @staticmethod
-    def resolution_multiple(pipe) -> int:
-        return pipe.vae_scale_factor * 2
-
-    @staticmethod
-    def native_resolution(pipe) -> int:
-        # The pipeline's default (1024); the model card's own 1:1 size is 1328, also a multiple of 16.
-        return pipe.default_sample_size * pipe.vae_scale_factor
 
     def default_num_inference_steps(self) -> int:
         return QWEN_IMAGE_DEFAULT_STEPS
@@ -143,23 +133,13 @@ class QwenImageGenerator(FlowGenerator):
                 "would sample with a NaN sigma)."
             )
 
-    @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> PromptEmbeds:
-        def encode(text: str) -> PromptEmbeds:
-            # One prompt has no padding: the pipeline returns no mask, and every token is valid.
-            prompt_embeds, _ = self.pipe.encode_prompt(
-                prompt=text, device=self.device, max_sequence_length=self.max_sequence_length
-            )
-            mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.long, device=prompt_embeds.device)
-            return PromptEmbeds(text, prompt_embeds, extra={PROMPT_EMBEDS_MASK: mask})
-
-        embeds = encode(prompt)
-        if self.uses_cfg:
-            # Encoded once and shared between all prompts.
-            if self._negative is None:
-                self._negative = encode(self.negative_prompt)
-            embeds.negative = self._negative
-        return embeds
+    def encode_text(self, text: str) -> PromptEmbeds:
+        # One prompt has no padding: the pipeline returns no mask, and every token is valid.
+        prompt_embeds, _ = self.pipe.encode_prompt(
+            prompt=text, device=self.device, max_sequence_length=self.max_sequence_length
+        )
+        mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.long, device=prompt_embeds.device)
+        return PromptEmbeds(text, prompt_embeds, extra={PROMPT_EMBEDS_MASK: mask})
 
     def pipeline_kwargs(self, embeds: list[PromptEmbeds]) -> dict:
         dtype = self.pipe.transformer.dtype

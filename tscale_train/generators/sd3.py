@@ -50,15 +50,10 @@ class StableDiffusion3Generator(FlowGenerator):
     def __init__(self, pipe, *, max_sequence_length: int | None = SD3_MAX_SEQUENCE_LENGTH, **kwargs) -> None:
         super().__init__(pipe, **kwargs)
         self.max_sequence_length = max_sequence_length or SD3_MAX_SEQUENCE_LENGTH
-        self._negative: PromptEmbeds | None = None
 
     @staticmethod
     def resolution_multiple(pipe) -> int:
         return pipe.vae_scale_factor * pipe.patch_size
-
-    @staticmethod
-    def native_resolution(pipe) -> int:
-        return pipe.default_sample_size * pipe.vae_scale_factor
 
     @property
     def is_sd35(self) -> bool:
@@ -79,28 +74,17 @@ class StableDiffusion3Generator(FlowGenerator):
         scale = self.pipe.vae_scale_factor
         return (self.pipe.transformer.config.in_channels, self.height // scale, self.width // scale)
 
-    @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> PromptEmbeds:
-        def encode(text: str) -> PromptEmbeds:
-            # The same text goes to all three encoders, as when the pipeline gets only `prompt`.
-            prompt_embeds, _, pooled_prompt_embeds, _ = self.pipe.encode_prompt(
-                prompt=text,
-                prompt_2=None,
-                prompt_3=None,
-                device=self.device,
-                do_classifier_free_guidance=False,
-                max_sequence_length=self.max_sequence_length,
-            )
-            return PromptEmbeds(text, prompt_embeds, extra={"pooled_prompt_embeds": pooled_prompt_embeds})
-
-        embeds = encode(prompt)
-        if self.uses_cfg:
-            # The pipeline's default negative prompt is "" for all three encoders: encode it once
-            # and share it between all prompts.
-            if self._negative is None:
-                self._negative = encode("")
-            embeds.negative = self._negative
-        return embeds
+    def encode_text(self, text: str) -> PromptEmbeds:
+        # The same text goes to all three encoders, as when the pipeline gets only `prompt`.
+        prompt_embeds, _, pooled_prompt_embeds, _ = self.pipe.encode_prompt(
+            prompt=text,
+            prompt_2=None,
+            prompt_3=None,
+            device=self.device,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.max_sequence_length,
+        )
+        return PromptEmbeds(text, prompt_embeds, extra={"pooled_prompt_embeds": pooled_prompt_embeds})
 
     def pipeline_kwargs(self, embeds: list[PromptEmbeds]) -> dict[str, Any]:
         dtype = self.pipe.transformer.dtype

@@ -63,11 +63,6 @@ class ZImageGenerator(FlowGenerator):
     def __init__(self, pipe, *, max_sequence_length: int | None = Z_IMAGE_MAX_SEQUENCE_LENGTH, **kwargs) -> None:
         super().__init__(pipe, **kwargs)
         self.max_sequence_length = max_sequence_length or Z_IMAGE_MAX_SEQUENCE_LENGTH
-        self._negative: PromptEmbeds | None = None
-
-    @staticmethod
-    def resolution_multiple(pipe) -> int:
-        return pipe.vae_scale_factor * 2
 
     @staticmethod
     def native_resolution(pipe) -> int:
@@ -97,25 +92,15 @@ class ZImageGenerator(FlowGenerator):
         # As `ZImagePipeline.prepare_latents`: 2 latent pixels per transformer patch side.
         return (self.pipe.transformer.config.in_channels, 2 * (self.height // multiple), 2 * (self.width // multiple))
 
-    @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> PromptEmbeds:
-        def encode(text: str) -> PromptEmbeds:
-            (features,), _ = self.pipe.encode_prompt(
-                prompt=text,
-                device=self.device,
-                do_classifier_free_guidance=False,
-                max_sequence_length=self.max_sequence_length,
-            )
-            # `[seq, dim]` with the padding dropped: its length is the prompt's own.
-            return PromptEmbeds(text, features.unsqueeze(0))
-
-        embeds = encode(prompt)
-        if self.uses_cfg:
-            # The pipeline's default negative prompt is "": encode it once and share it between prompts.
-            if self._negative is None:
-                self._negative = encode("")
-            embeds.negative = self._negative
-        return embeds
+    def encode_text(self, text: str) -> PromptEmbeds:
+        (features,), _ = self.pipe.encode_prompt(
+            prompt=text,
+            device=self.device,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.max_sequence_length,
+        )
+        # `[seq, dim]` with the padding dropped: its length is the prompt's own.
+        return PromptEmbeds(text, features.unsqueeze(0))
 
     def _caption_features(self, embeds: list[PromptEmbeds], device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
         """The per-sample `[seq_i, dim]` list the pipeline and the transformer take (lengths differ: no stacking)."""
