@@ -57,6 +57,17 @@ def test_prompts_file_writes_one_image_per_prompt(tmp_path, kit_dir):
     assert all((out / f"{index:04d}.png").is_file() for index in range(2))
 
 
+def test_search_random_is_the_best_of_n_of_compare(tmp_path, kit_dir):
+    """`--search random` runs the same best-of-N as `--compare`, from the same seed and budget."""
+    common = ("--prompt", "a red cube", "--budget", "8", "--popsize", "4", "--seed", "3")
+    assert run_cli(*common, "--search", "random", "--save-trace", "--out", str(tmp_path / "random.png")) == 0
+    trace = json.loads((tmp_path / "random_trace.json").read_text())
+    assert trace["method"] == "best-of-N" and len(trace["scores"]) == 8
+    assert run_cli(*common, "--compare", "random,ses", "--out", str(tmp_path / "compare.png")) == 0
+    compared = json.loads((tmp_path / "compare_compare.json").read_text())
+    assert trace["best_score"] == pytest.approx(compared["prompts"][0]["random"]["best_score"], abs=1e-6)
+
+
 def test_lora_changes_the_output(lora_dir, kit_dir):
     from tscale_train.generation import generator_for_pipeline
 
@@ -99,6 +110,7 @@ def test_lora_for_another_model_is_refused(tmp_path, lora_dir, kit_dir):
         (["--model", "./missing/dir", "--prompt", "a", "--out", "x.png"], "does not exist"),
         (["--prompt", "a", "--reward", "nonsense", "--out", "x.png"], "unknown reward"),
         (["--prompt", "a", "--budget", "0", "--out", "x.png"], "budget must be >= 1"),
+        (["--prompt", "a", "--search", "cmaes", "--out", "x.png"], "search 'cmaes' is not one of"),
         (["--prompt", "a", "--budget", "5", "--popsize", "8", "--out", "x.png"], "popsize"),
         (["--prompt", "a", "--height", "72", "--out", "x.png"], "multiple of 16"),
         (["--prompt", "   ", "--out", "x.png"], "empty"),

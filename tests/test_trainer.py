@@ -75,7 +75,15 @@ def test_run_writes_outputs_and_resume_gives_the_same_lora(tmp_path, kit_dir):
         assert all(math.isfinite(row[name]) for row in rows[1:]), name
     assert all(row["train/inside_abs"] >= abs(row["train/inside"]) for row in rows[1:])
     assert rows[-1]["train/inside_abs"] > 0
-    assert "eval/reward_ses" in rows[-1]
+    assert "eval/reward_ses" in rows[0] and "eval/reward_ses" in rows[-1]  # round -1 always searches
+    gain = rows[0]["eval/reward_ses"] - rows[0]["eval/reward_budget0"]
+    assert gain > 0
+    for row in rows[1:]:
+        expected = (row["eval/reward_budget0"] - rows[0]["eval/reward_budget0"]) / gain
+        assert row["eval/amortisation_ratio"] == pytest.approx(expected, rel=1e-6)
+    resumed_rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    # The resumed run reads round -1's rewards back from metrics.jsonl: the same ratio after the restart.
+    assert resumed_rows[-1]["eval/amortisation_ratio"] == pytest.approx(rows[-1]["eval/amortisation_ratio"], abs=1e-6)
     assert rows[1]["train/implicit_acc_new"] == 0.0  # LoRA B = 0: theta == ref, inside is exactly 0
     assert all(row["search/best_reward"] >= row["search/base_reward"] for row in rows[1:])
     from tscale_train.pairs import PairStore
@@ -210,6 +218,51 @@ def test_prompts_per_round_below_the_process_count_is_refused(tmp_path, monkeypa
     monkeypatch.setattr("tscale_train.trainer.load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(ValueError, match="prompts_per_round=2 is smaller than the 4 processes"):
         OnlineDPOTrainer(tiny_config(tmp_path, prompts_per_round=2))
+
+
+def test_amortisation_ratio_is_undefined_when_the_search_gained_nothing():
+    from tscale_train.evaluation import amortisation_ratio
+
+    before = {"eval/reward_budget0": 0.5, "eval/reward_ses": 0.7}
+    assert amortisation_ratio(before, {"eval/reward_budget0": 0.6}) == pytest.approx(0.5)
+    assert amortisation_ratio(before, {"eval/reward_budget0": 0.4}) == pytest.approx(-0.5)
+    assert amortisation_ratio({"eval/reward_budget0": 0.5, "eval/reward_ses": 0.5}, {"eval/reward_budget0": 0.6}) is None
+    assert amortisation_ratio({"eval/reward_budget0": 0.5}, {"eval/reward_budget0": 0.6}) is None
+    assert amortisation_ratio(None, {"eval/reward_budget0": 0.6}) is None
+
+
+def test_search_random_makes_pairs_and_evals_with_best_of_n(tmp_path, monkeypatch, kit_dir):
+    """`search: random` is the best-of-N baseline end to end: pairs and eval both search that way."""
+    import tscale_train.trainer as trainer_module
+    from search import RandomSearch, SpectralEvolutionSearch
+
+    made = []
+    original = trainer_module.search_prompts
+
+    def spy(*args, **kwargs):
+        made.append(kwargs["method"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "search_prompts", spy)
+    classes = []
+
+    def recording(cls):
+        class Recorded(cls):
+            def __init__(self, *args, **kwargs):
+                classes.append(cls.__name__)
+                super().__init__(*args, **kwargs)
+
+        return Recorded
+
+    for cls in (RandomSearch, SpectralEvolutionSearch):
+        monkeypatch.setattr(f"tscale_train.ses.{cls.__name__}", recording(cls))
+    out = OnlineDPOTrainer(tiny_config(tmp_path, search="random", rounds=1)).train()
+    assert made == ["random", "random", "random"]  # eval before training, the round's pairs, the final eval
+    assert set(classes) == {"RandomSearch"}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["search/best_reward"] >= rows[-1]["search/base_reward"]
+    with pytest.raises(ValueError, match="search 'cmaes' is not one of"):
+        tiny_config(tmp_path, search="cmaes")
 
 
 def test_eval_scores_budget0_and_ses_at_the_same_steps(tmp_path, monkeypatch, kit_dir):

@@ -21,7 +21,7 @@ import math
 import sys
 from pathlib import Path
 
-from .config import ModelConfig, SearchConfig, SESArguments, parse_args
+from .config import SEARCH_METHODS, ModelConfig, SearchConfig, SESArguments, parse_args
 
 COMMANDS = {
     "ses": "search the initial noise for a prompt (or a prompts file) and save the best image",
@@ -113,6 +113,7 @@ def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SE
         split_across=None if shard_prompts else state,
         group_size=search_config.search_group_size,
         progress=ses_args.progress,
+        method=search_config.search,
     )
     for result in results:
         if not math.isfinite(result.search.best_score):
@@ -133,6 +134,7 @@ def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SE
             "base_score": result.search.base_score,
             "best_index": result.search.best_index,
             "budget": search_config.budget,
+            "method": SEARCH_METHODS[search_config.search],
             "process_index": state.process_index if shard_prompts else 0,
         }
         summaries.append(summary)
@@ -163,7 +165,7 @@ def _write_result(generator, result, summary: dict, ses_args: SESArguments, out:
         plot_trace(result.search, f"{stem}_reward.png", title=result.prompt)
         atomic_save_image(side_by_side(rendered.base_image, rendered.image), f"{stem}_base_vs_ses.png")
     print(
-        f"[{summary['index']}] base {summary['base_score']:.4f} -> SES {summary['best_score']:.4f} "
+        f"[{summary['index']}] base {summary['base_score']:.4f} -> {summary['method']} {summary['best_score']:.4f} "
         f"(best candidate #{summary['best_index']} of {summary['budget']}) -> {image_path}"
     )
 
@@ -179,7 +181,6 @@ def run_compare(state, generator, reward, prompts: list[str], search_config: Sea
         plot_curves,
         render_comparison,
     )
-    from .config import SEARCH_METHODS
     from .io_utils import atomic_save_image, atomic_write_json
 
     methods = ses_args.compare_methods()

@@ -97,6 +97,10 @@ class SearchConfig:
 
     reward: str = field(default="pickscore", **_help("pickscore, hpsv2, clip, or package.module:callable"))
     reward_batch_size: int | None = field(default=None, **_help("images per reward forward (default: eval_batch_size)"))
+    search: str = field(
+        default="ses",
+        **_help("ses (Spectral Evolution Search) or random (best-of-N: the base noise, then i.i.d. Gaussian noises)"),
+    )
     budget: int = field(default=20, **_help("candidates scored per prompt, the unsearched base noise included"))
     popsize: int | None = field(
         default=None, **_help(f"CEM population per generation (default: {DEFAULT_POPSIZE}, or the budget if smaller)")
@@ -112,6 +116,8 @@ class SearchConfig:
         from rewards import check_reward_name
 
         check_reward_name(self.reward)
+        if self.search not in SEARCH_METHODS:
+            raise ValueError(f"search {self.search!r} is not one of {', '.join(SEARCH_METHODS)}.")
         _check_at_least(self, 1, "budget", "k_elites", "level", "preview_steps", "eval_batch_size",
                         "reward_batch_size", "search_group_size", "popsize")
         if self.popsize is None:
@@ -299,7 +305,7 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
     rounds: int = field(default=10, **_help("search -> pairs -> DPO rounds"))
     prompts_per_round: int = field(default=32, **_help("prompts searched per round, over all processes"))
     eval_every: int = field(default=1, **_help("eval budget-0 reward every N rounds (0: never)"))
-    eval_ses_every: int = field(default=0, **_help("also eval the SES reward every N rounds (0: only at the end)"))
+    eval_ses_every: int = field(default=0, **_help("also eval the searched reward every N rounds (0: only before training and at the end)"))
     eval_budget: int | None = field(default=None, **_help("SES budget of eval/reward_ses (default: budget)"))
     checkpoint_every: int = field(default=1, **_help("checkpoint every N rounds (0: only at the end)"))
     checkpoints_total_limit: int | None = field(default=3, **_help("keep only the last N checkpoints (0: keep all)"))

@@ -64,6 +64,8 @@ class Evaluator:
         self.output_dir = Path(output_dir)
         self.search_config = search_config
         self.search = search
+        # Round -1's budget-0 and searched rewards: the denominator of `eval/amortisation_ratio`.
+        self.before: dict[str, float] | None = None
 
     @torch.no_grad()
     def __call__(self, round_index: int, with_search: bool) -> dict[str, float]:
@@ -103,6 +105,7 @@ class Evaluator:
                 embeds=embeds,
                 group_size=config.search_group_size,
                 progress=False,
+                method=config.search,
             )
             searched = gather_by_slot(accelerator, [slot for slot, _ in local], [result.search.best_score for result in results])
             metrics["eval/reward_ses"] = float(torch.tensor(searched).mean())
@@ -113,6 +116,11 @@ class Evaluator:
                 self._save_grid(round_index, grid_images, ses_images)
         if config.offload_reward:
             self.reward.to("cpu")
+        if round_index == -1:
+            self.before = metrics
+        ratio = amortisation_ratio(self.before, metrics) if round_index >= 0 else None
+        if ratio is not None:
+            metrics["eval/amortisation_ratio"] = ratio
         return metrics
 
     def _score_and_keep_grid(self, noises, embeds, prompts, steps, grid_count: int = 8):
@@ -143,6 +151,22 @@ class Evaluator:
                 tracker.log({"eval/budget0_vs_ses": wandb.Image(image, caption="top: budget 0, bottom: SES")}, step=round_index)
 
 
+def amortisation_ratio(before: dict[str, float] | None, now: dict[str, float]) -> float | None:
+    """How much of what the search gained before training the model now gets without searching.
+
+    R = (budget-0 reward now - budget-0 before) / (searched reward before - budget-0 before), all on the
+    same held-out prompts and seeds: 0 means training moved nothing, 1 means one sample from the trained
+    model is as good as a search of `eval_budget` candidates was on the untrained one. None when the
+    search gained nothing before training (the ratio is undefined) or round -1 was not evaluated.
+    """
+    if before is None or before.get("eval/reward_ses") is None or now.get("eval/reward_budget0") is None:
+        return None
+    gain = before["eval/reward_ses"] - before["eval/reward_budget0"]
+    if not gain > 0:
+        return None
+    return (now["eval/reward_budget0"] - before["eval/reward_budget0"]) / gain
+
+
 def learning_summary(metrics_path: Path) -> str | None:
     """One line: budget-0 eval reward before -> after training, and what the search gained before training.
 
@@ -169,5 +193,7 @@ def learning_summary(metrics_path: Path) -> str | None:
         f"({shift(after['eval/reward_budget0'])}) after {after['round'] + 1} rounds"
     )
     if before.get("eval/reward_ses") is not None:
-        line += f"; before training, SES reached {before['eval/reward_ses']:.4f} ({shift(before['eval/reward_ses'])})"
+        line += f"; before training, the search reached {before['eval/reward_ses']:.4f} ({shift(before['eval/reward_ses'])})"
+    if after.get("eval/amortisation_ratio") is not None:
+        line += f"; amortisation ratio {after['eval/amortisation_ratio']:.2f}"
     return line

@@ -239,3 +239,10 @@ class RunDirectory:
             if line.strip() and after_round is not None and json.loads(line).get("round", -1) <= after_round:
                 kept.append(line + "\n")
         atomic_write_text(self.metrics_path, "".join(kept))
+
+    def metrics_row(self, round_index: int) -> dict[str, Any] | None:
+        """The last `metrics.jsonl` row of a round (round -1: the eval before training), or None."""
+        if not self.metrics_path.is_file():
+            return None
+        rows = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        return next((row for row in reversed(rows) if row.get("round") == round_index), None)

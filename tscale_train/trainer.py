@@ -184,6 +184,7 @@ class OnlineDPOTrainer:
         if self.accelerator.is_main_process:
             self.store.remove_rounds_after(state["round"] if state else -1)
             self.run_dir.truncate_metrics(state["round"] if state else None)
+            self.evaluator.before = self.run_dir.metrics_row(round_index=-1)
         self.accelerator.wait_for_everyone()
 
     # ---- one round ---------------------------------------------------------------------------
@@ -215,6 +216,7 @@ class OnlineDPOTrainer:
             preview_size=config.preview_size,
             group_size=config.search_group_size,
             progress=self._show_progress,
+            method=config.search,
         )
         if config.offload_reward:
             self.reward.to("cpu")
@@ -365,7 +367,9 @@ class OnlineDPOTrainer:
         if accelerator.is_main_process and config.report_to != "none":
             accelerator.init_trackers(config.tracker_project, config={k: v for k, v in config.to_dict().items() if v is not None})
         if self.start_round == 0 and config.eval_every > 0:
-            self.log(self.evaluate(-1, with_search=config.eval_ses_every > 0), -1)
+            # Always with search: what the search gains on the untrained model is the yardstick of
+            # `eval/amortisation_ratio` at every later eval.
+            self.log(self.evaluate(-1, with_search=True), -1)
         last_round = config.rounds if stop_after_rounds is None else min(config.rounds, self.start_round + stop_after_rounds)
         for round_index in tqdm(range(self.start_round, last_round), desc="rounds", disable=not self._show_progress):
             started = time.perf_counter()
