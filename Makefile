@@ -32,9 +32,13 @@ demo: install
 	$(BIN)/tscale ses --model tiny --lora runs/demo --prompt "sketch, a cat" --budget 20 --seed 1 \
 		--save-trace --out runs/demo/ses/cat.png
 
+# The CPU benchmarks of the README's Performance section (each under 10 minutes on 2 cores).
 bench: install
-	$(BIN)/python bench/bench_search.py
-	$(BIN)/python bench/bench_ses.py
+	$(BIN)/python bench/search_quality.py
+	$(BIN)/python bench/search_speed.py
+	$(BIN)/python bench/amortisation.py
+	$(BIN)/python bench/pair_sources.py
+	$(BIN)/python bench/gpu_klein.py --tiny
 
 clean:
 	rm -rf $(VENV) .tiny_models .torch_extensions runs
