@@ -25,30 +25,37 @@ from __future__ import annotations
 import argparse
 import time
 
-from tiny_loop import eval_rows, in_sd, mean_spread, run_jobs, synthetic
+from tiny_loop import (
+    add_loop_arguments,
+    describe,
+    eval_rows,
+    in_sd,
+    loop_overrides,
+    mean_spread,
+    run_jobs,
+    synthetic,
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budgets", default="8,16,32")
-    parser.add_argument("--rewards", default="brightness,redness", help="synthetic reward names or module:callable")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2, help="runs side by side (one torch thread each)")
+    add_loop_arguments(parser)
     args = parser.parse_args()
     budgets = [int(value) for value in args.budgets.split(",")]
     rewards = [value.strip() for value in args.rewards.split(",") if value.strip()]
     seeds = list(range(args.seeds))
     control_budget = budgets[len(budgets) // 2]
+    loop = loop_overrides(args)
 
     jobs, keys = [], []
     for reward in rewards:
         for seed in seeds:
             for budget in budgets:
-                jobs.append(dict(reward=synthetic(reward), budget=budget, eval_budget=budget, seed=seed, rounds=args.rounds))
+                jobs.append(dict(loop, reward=synthetic(reward), budget=budget, eval_budget=budget, seed=seed))
                 keys.append(("train", reward, budget, seed))
-            jobs.append(dict(reward=synthetic("coin_flip"), eval_reward=synthetic(reward), budget=control_budget,
-                             eval_budget=control_budget, seed=seed, rounds=args.rounds))
+            jobs.append(dict(loop, reward=synthetic("coin_flip"), eval_reward=synthetic(reward), budget=control_budget,
+                             eval_budget=control_budget, seed=seed))
             keys.append(("control", reward, control_budget, seed))
             for budget in budgets:
                 if 2 * budget not in budgets:
@@ -58,8 +65,7 @@ def main() -> None:
     results = dict(zip(keys, run_jobs(jobs, args.workers), strict=True))
     seconds = time.perf_counter() - started
 
-    print(f"tiny FLUX.2-klein, LoRA on all linears, {args.rounds} rounds x 16 prompts, popsize 4, "
-          f"{args.seeds} seeds, {len(jobs)} runs in {seconds:.0f} s ({args.workers} workers)\n")
+    print(describe(args, len(jobs), seconds) + "\n")
     print("Amortisation ratio R per round (mean ± sd over seeds); SES gain = SES@B before training, in eval sd")
     rounds = list(range(args.rounds))
     print("| reward | trained on | B | SES gain before (sd) | " + " | ".join(f"R after round {r}" for r in rounds) + " |")

@@ -22,23 +22,29 @@ import argparse
 import statistics
 import time
 
-from tiny_loop import eval_rows, in_sd, mean_spread, run_jobs, synthetic
+from tiny_loop import (
+    add_loop_arguments,
+    describe,
+    eval_rows,
+    in_sd,
+    loop_overrides,
+    mean_spread,
+    run_jobs,
+    synthetic,
+)
 
 SOURCES: dict[str, dict[str, str]] = {
     "SES best vs worst": dict(search="ses", pairing="best_vs_worst"),
     "SES best vs base": dict(search="ses", pairing="best_vs_base"),
     "best-of-N best vs worst": dict(search="random", pairing="best_vs_worst"),
-    "random pairs (control)": dict(search="random", pairing="best_vs_worst", reward="coin_flip"),
+    "random pairs (control)": dict(search="random", pairing="best_vs_worst", reward="rewards.synthetic:coin_flip"),
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--budget", type=int, default=16, help="images generated per prompt per round, for every source")
-    parser.add_argument("--rewards", default="brightness,redness", help="synthetic reward names or module:callable")
-    parser.add_argument("--workers", type=int, default=2, help="runs side by side (one torch thread each)")
+    add_loop_arguments(parser)
     args = parser.parse_args()
     rewards = [value.strip() for value in args.rewards.split(",") if value.strip()]
     seeds = list(range(args.seeds))
@@ -47,16 +53,15 @@ def main() -> None:
     for reward in rewards:
         for source, settings in SOURCES.items():
             for seed in seeds:
-                trained_on = synthetic(settings.get("reward", reward))
-                jobs.append(dict(settings, reward=trained_on, eval_reward=synthetic(reward), budget=args.budget,
-                                 eval_budget=args.budget, seed=seed, rounds=args.rounds))
+                # The control ranks its pairs by its own reward (a coin flip); every source is evaluated on `reward`.
+                jobs.append({**loop_overrides(args), "reward": synthetic(reward), **settings, "eval_reward": synthetic(reward),
+                             "budget": args.budget, "eval_budget": args.budget, "seed": seed})
                 keys.append((reward, source, seed))
     started = time.perf_counter()
     results = dict(zip(keys, run_jobs(jobs, args.workers), strict=True))
     seconds = time.perf_counter() - started
 
-    print(f"tiny FLUX.2-klein, LoRA on all linears, {args.budget} images per prompt x 16 prompts per round, "
-          f"{args.seeds} seeds, {len(jobs)} runs in {seconds:.0f} s ({args.workers} workers)\n")
+    print(describe(args, len(jobs), seconds) + f"; {args.budget} images per prompt per round for every source\n")
     rounds = list(range(args.rounds))
     print("Budget-0 eval reward after each round, shift from the untrained model in eval sd (mean ± sd over seeds)")
     print("| eval reward | pairs | " + " | ".join(f"after round {r}" for r in rounds) + " | mean pair margin |")

@@ -9,6 +9,7 @@ reported in units of the eval prompts' spread before training (round -1), as the
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -31,12 +32,31 @@ LOOP_SETTINGS: dict[str, Any] = dict(
 )
 
 
-def reward_name(reward: str) -> str:
-    """`rewards.synthetic:brightness` -> `brightness`; any other name is kept."""
-    return reward.split(":")[-1]
+def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags both loop benchmarks share: seeds, rounds, the round's size, and the worker pool."""
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=LOOP_SETTINGS["rounds"])
+    parser.add_argument("--prompts-per-round", type=int, default=LOOP_SETTINGS["prompts_per_round"])
+    parser.add_argument("--epochs", type=int, default=LOOP_SETTINGS["epochs_per_round"], help="DPO passes over a round's pairs")
+    parser.add_argument("--rewards", default="brightness,redness", help="synthetic reward names or module:callable")
+    parser.add_argument("--workers", type=int, default=2, help="runs side by side (one torch thread each)")
+
+
+def loop_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The `LOOP_SETTINGS` overrides of `add_loop_arguments`' flags."""
+    return dict(rounds=args.rounds, prompts_per_round=args.prompts_per_round, epochs_per_round=args.epochs)
+
+
+def describe(args: argparse.Namespace, runs: int, seconds: float) -> str:
+    """The first line of a loop benchmark's output: what was trained, how often, how long it took."""
+    return (f"tiny FLUX.2-klein, LoRA on all linears (rank {LOOP_SETTINGS['lora_rank']}, beta {LOOP_SETTINGS['beta']}, "
+            f"lr {LOOP_SETTINGS['learning_rate']}), {args.rounds} rounds x {args.prompts_per_round} prompts x "
+            f"{args.epochs} epochs, popsize {LOOP_SETTINGS['popsize']}, {args.seeds} seeds; {runs} runs in {seconds:.0f} s "
+            f"({args.workers} workers)")
 
 
 def synthetic(name: str) -> str:
+    """A synthetic reward's loadable name: `brightness` -> `rewards.synthetic:brightness`."""
     return name if ":" in name or name in ("pickscore", "hpsv2", "clip") else f"rewards.synthetic:{name}"
 
 
@@ -73,8 +93,14 @@ def _run(job: dict[str, Any]) -> list[dict[str, Any]]:
 def run_jobs(jobs: Sequence[dict[str, Any]], workers: int) -> list[list[dict[str, Any]]]:
     """Every job's metrics rows, in job order; `workers` processes at once."""
     if workers <= 1:
-        _init_worker()
-        return [_run(job) for job in jobs]
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            _init_worker()
+            return [_run(job) for job in jobs]
+        finally:
+            torch.set_num_threads(threads)  # in-process (a test): leave the caller's threads as they were
     context = multiprocessing.get_context("spawn")  # no fork of a process that already holds torch threads
     pool = context.Pool(workers, initializer=_init_worker)
     try:
