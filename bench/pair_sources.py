@@ -76,10 +76,12 @@ def main() -> None:
             # Margins are in the reward the pairs were ranked by: the control's are coin-flip units.
             margin = f"{statistics.mean(margins):.4f}" if margins and "reward" not in SOURCES[source] else "n/a"
             print(f"| {reward} | {source} | " + " | ".join(mean_spread(values) for values in shifts) + f" | {margin} |")
-            ranking.setdefault(source, []).extend(shifts[-1])
-    print(f"\nRanking by the shift after round {rounds[-1]}, over rewards and seeds:")
-    for place, (source, values) in enumerate(sorted(ranking.items(), key=lambda item: -statistics.mean(item[1])), 1):
-        print(f"{place}. {source}: {mean_spread(values)} sd")
+            ranking.setdefault(reward, {})[source] = shifts[-1]
+    # Per reward: shifts of different rewards are not on one scale, so they are never pooled.
+    for reward, by_source in ranking.items():
+        order = sorted(by_source, key=lambda source: -statistics.mean(by_source[source]))
+        print(f"\n{reward}, ranked by the shift after round {rounds[-1]}: "
+              + " > ".join(f"{source} ({mean_spread(by_source[source])})" for source in order))
 
 
 if __name__ == "__main__":

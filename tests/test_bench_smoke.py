@@ -1,0 +1,79 @@
+"""The speed benchmarks run end to end at tiny sizes (they are scripts, not tests: no timing is checked).
+
+`bench/gpu_klein.py --tiny` is how a CPU-only session checks the GPU benchmark's code path; both scripts run
+in this process (one import of torch and diffusers) as `python bench/<script>.py` would run them.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def run_script(name: str, args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> str:
+    monkeypatch.syspath_prepend(str(BENCH))  # as when the script runs: its own folder first on sys.path
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    runpy.run_path(str(BENCH / name), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def test_search_speed_runs_at_tiny_sizes(kit_dir, tmp_path, monkeypatch, capsys) -> None:
+    plot = tmp_path / "speed.png"
+    out = run_script(
+        "search_speed.py",
+        ["--resolutions", "64", "--batch-sizes", "1,2", "--budget", "4", "--popsize", "2", "--repeats", "1",
+         "--reward", "rewards.synthetic:brightness", "--overhead-budget", "2", "--overhead-repeats", "1",
+         "--plot", str(plot)],
+        monkeypatch,
+        capsys,
+    )
+    assert "| 64px | 128x4x4 | 2 |" in out
+    assert "| cpu | 1 | float32 |" in out
+    assert plot.stat().st_size > 0
+
+
+def test_gpu_klein_tiny_runs_on_the_cpu(kit_dir, monkeypatch, capsys) -> None:
+    out = run_script(
+        "gpu_klein.py",
+        ["--tiny", "--resolutions", "64", "--batch-size", "2", "--budget", "4", "--popsize", "2", "--pairs", "1",
+         "--repeats", "1", "--matmul-size", "128"],
+        monkeypatch,
+        capsys,
+    )
+    assert "| 64px | SES search, budget 4 |" in out
+    assert "| 64px | DPO step | 1 pair, gradient checkpointing |" in out
+    assert "OOM" not in out
+
+
+def test_amortisation_runs_at_tiny_sizes(kit_dir, monkeypatch, capsys) -> None:
+    out = run_script(
+        "amortisation.py",
+        ["--seeds", "1", "--budgets", "4,8", "--rewards", "brightness", "--rounds", "1", "--prompts-per-round", "4",
+         "--epochs", "1", "--workers", "1"],
+        monkeypatch,
+        capsys,
+    )
+    # Both budgets trained, the control divided by each budget's gain, and stacking against 2B (8 from the
+    # B=8 run's own round -1 where it exists, 16 from an extra eval of the untrained model).
+    for row in ("| brightness | brightness | 4 |", "| brightness | brightness | 8 |",
+                "| brightness | coin flip (control) | 4 |", "| brightness | 4 |", "| brightness | 8 |"):
+        assert row in out, row
+    assert "4 runs in" in out
+
+
+def test_pair_sources_runs_at_tiny_sizes(kit_dir, monkeypatch, capsys) -> None:
+    out = run_script(
+        "pair_sources.py",
+        ["--seeds", "1", "--budget", "4", "--rewards", "brightness", "--rounds", "1", "--prompts-per-round", "4",
+         "--epochs", "1", "--workers", "1"],
+        monkeypatch,
+        capsys,
+    )
+    for source in ("SES best vs worst", "SES best vs base", "best-of-N best vs worst", "random pairs (control)"):
+        assert f"| brightness | {source} |" in out, source
+    assert "| brightness | random pairs (control) | " in out and out.split("random pairs (control) |")[1].split("\n")[0].endswith("n/a |")
