@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_search import Recorder
 
 from search import random_search
 from search.synthetic import (
@@ -154,18 +155,6 @@ def test_noisy_objective_stream_is_deterministic_and_independent_of_batching():
 # --------------------------------------------------------------------------------------------------------
 
 
-class Calls:
-    """Records every call an objective gets."""
-
-    def __init__(self, objective):
-        self.objective = objective
-        self.batches: list[torch.Tensor] = []
-
-    def __call__(self, noises: torch.Tensor) -> torch.Tensor:
-        self.batches.append(noises.clone())
-        return self.objective(noises)
-
-
 def lowfreq(seed: int = 1):
     return low_frequency_objective(random_target(LOW_SHAPE, seed), LEVEL)
 
@@ -182,7 +171,7 @@ def test_reference_is_independent_of_our_ses():
 @pytest.mark.parametrize("budget", [1, 7, 10, 23])
 def test_reference_scores_exactly_budget_candidates_one_per_call_never_the_base(budget):
     base = make_noise(0)
-    calls = Calls(lowfreq())
+    calls = Recorder(lowfreq())
     result = reference().reference_ses_search(calls, base, budget, generator=torch.Generator().manual_seed(0))
     assert [batch.shape for batch in calls.batches] == [torch.Size([1, *SHAPE])] * budget
     assert result.scores.shape == (budget,) and result.low_bands.shape == (budget, *LOW_SHAPE)
@@ -196,7 +185,7 @@ def test_reference_first_generation_samples_standard_normal_low_bands_around_the
     from search.wavelets import haar_wavedec2
 
     base = make_noise(0)
-    calls = Calls(lowfreq())
+    calls = Recorder(lowfreq())
     result = reference().reference_ses_search(calls, base, 10, generator=torch.Generator().manual_seed(3))
     expected = torch.randn((10, math.prod(LOW_SHAPE)), generator=torch.Generator().manual_seed(3))
     assert torch.equal(result.low_bands.reshape(10, -1), expected)  # mean 0, std 1: the draws themselves
