@@ -1,13 +1,16 @@
 """Search quality: our SES vs best-of-N vs the published SES, per budget, on five objectives.
 
-What it measures: the TRUE score of the noise each search returns, at budgets 10/20/30/50/100, as mean ±
-standard error over seeds (default 30), for
+What it measures: the TRUE score of the noise each search returns, at budgets 10/20/25/30/50/100, as mean
+± standard error over seeds (default 30), for
 
 - best-of-N (`search.random_search`: the base noise, then fresh Gaussian noises, batches of 10);
-- our SES (`search.ses_search`: db1, level 4 or the deepest the latent allows, popsize 10, 5 elites);
-- the published SES (`bench/reference_ses.py`: DiffSynth-Studio's algorithm, one candidate per call);
-- SES variants: wavelet level one lower and one higher (where the latent allows), popsize 5 / 20,
-  elite count 2 / 10 (on the pipeline only the level variant by default: ``--pipeline-variants``);
+- the published SES (`bench/reference_ses.py`: DiffSynth-Studio's algorithm, one candidate per call) and
+  our batched implementation of it (`SESConfig(variant="published")`), which must match it;
+- our default SES (`search.ses_search`, `variant="surrogate"`: db1, level 4 or the deepest the latent
+  allows, popsize 10, 5 elites), and after its table a line on the yardstick of issue 12: the default at
+  budget 25 against the published SES at 50;
+- the ablation: the default with each of its changes undone (`ABLATIONS`); on the analytic objectives
+  also wavelet level one lower and higher, popsize 5 / 20 and 2 / 10 elites (``--pipeline-variants``);
 
 on these objectives (each seed draws its own base noise, targets and prompt):
 
@@ -46,9 +49,9 @@ once; timing runs use no cache. Torch runs on one thread by default (``--threads
 The plot (``--plot``, default ``bench/results/search_quality.png``) shows, per objective, the mean gain
 of the best true score against evaluations with a shaded standard error.
 
-Usage: python bench/search_quality.py [--seeds 30] [--budgets 10,20,30,50,100] [--quick] [--plot PATH]
+Usage: python bench/search_quality.py [--seeds 30] [--budgets 10,20,25,30,50,100] [--quick] [--plot PATH]
        [--objectives low-frequency,two-optima,noisy,tiny-brightness,tiny-redness] [--shape 16,32,32]
-       [--pipeline-variants level|all|none] [--time-repeats 5] [--threads 1]
+       [--pipeline-variants ablation|level|all|none] [--time-repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -113,20 +116,37 @@ class Method:
         return ses_search(objective, base_noise, budget, config=self.config, generator=generator).scores
 
 
-def methods_for(noise_shape: Sequence[int], variants: str = "all") -> list[Method]:
-    """Best-of-N, the published SES, our SES, then its variants (``"all"``, ``"level"`` or ``"none"``).
+# Issue 12's yardstick: the default at this budget against the published SES at twice it.
+HALF_BUDGET = 25
 
-    Levels are those the latent allows: the default is 4 or the deepest possible, the level variants one
-    below and one above it where they exist. The published SES runs at our default's level.
+# The default SES with one of its changes undone: each row's loss is that change's contribution.
+ABLATIONS: dict[str, dict] = {
+    "no surrogate step": {"surrogate": False},
+    "no variance decay": {"variance_decay": 1.0},
+    "no shell cap": {"shell_sd": math.inf},
+    "no fresh first generation": {"fresh_first": False},
+}
+
+
+def methods_for(noise_shape: Sequence[int], variants: str = "all") -> list[Method]:
+    """Best-of-N, the published SES (reference and ours), our default SES, then variants of the default.
+
+    ``variants``: ``"ablation"`` (the default with each change undone, ``ABLATIONS``), ``"all"`` (that,
+    plus wavelet level one lower and higher where the latent allows, popsize 5 / 20, 2 / 10 elites),
+    ``"level"`` (the level variants only) or ``"none"``. The published SES runs at our default's level.
     """
     deepest = max_level(noise_shape[-2], noise_shape[-1], "db1")
     level = min(4, deepest)
     default = SESConfig(level=level)
+    published = SESConfig(level=level, variant="published")
     methods = [
-        Method("best-of-N", "random", default),
-        Method("published SES (1 per call)", "reference", default),
-        Method("SES (ours)", "ses", default),
+        Method("best-of-N", "random", published),
+        Method("published SES (1 per call)", "reference", published),
+        Method("published SES (ours, batched)", "variant", published),
+        Method("SES (default)", "ses", default),
     ]
+    if variants in ("all", "ablation"):
+        methods += [Method(f"SES default, {name}", "variant", SESConfig(level=level, **change)) for name, change in ABLATIONS.items()]
     if variants in ("all", "level"):
         for variant_level in (level - 1, level + 1):
             if 1 <= variant_level <= deepest:
@@ -412,6 +432,15 @@ def print_quality_table(result: ObjectiveResult, budgets: Sequence[int], digits:
         cells = [format_mean_se(result.gains(ours, b) - result.gains(other, b), digits) for b in budgets]
         print(f"| *SES − {label} (paired)* | " + " | ".join(cells) + " |")
     print()
+    half, full = HALF_BUDGET, 2 * HALF_BUDGET
+    if half in budgets and full in budgets:
+        reference = result.method_of_kind("reference").name
+        ours_half, published_full = result.gains(ours, half).mean(), result.gains(reference, full).mean()
+        ours_full = result.gains(ours, full).mean()
+        verdict = "reached" if ours_half >= published_full else "NOT reached"
+        print(f"Half the budget: SES (default) at {half} {float(ours_half):+.{digits}f} vs the published SES at {full} "
+              f"{float(published_full):+.{digits}f}: {verdict}; at {full}: {float(ours_full):+.{digits}f} "
+              f"({'never below' if ours_full >= published_full else 'BELOW'} the published SES).\n")
     if result.in_global_basin:
         print("Share of seeds whose returned noise lies in the global optimum's basin (the rest: the decoy's):\n")
         print(header)
@@ -526,14 +555,14 @@ def load_tiny(eval_batch_size: int):
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=30, help="seeds per objective (default 30)")
-    parser.add_argument("--budgets", default="10,20,30,50,100", help="comma-separated budgets")
+    parser.add_argument("--budgets", default="10,20,25,30,50,100", help="comma-separated budgets")
     parser.add_argument("--objectives", default=",".join(DEFAULT_OBJECTIVES),
                         help="comma-separated subset; tiny-<name> uses rewards.synthetic:<name>")
     parser.add_argument("--shape", default="16,32,32", help="C,H,W of the analytic objectives' noise")
     parser.add_argument("--observation-noise", type=float, default=0.3, help="sd of the noisy objective's noise")
     parser.add_argument("--decoy-height", type=float, default=-0.5, help="score of the two-optima decoy")
     parser.add_argument("--prompts", default="|".join(DEFAULT_PROMPTS), help="'|'-separated; seed s uses prompt s mod n")
-    parser.add_argument("--pipeline-variants", choices=("level", "all", "none"), default="level",
+    parser.add_argument("--pipeline-variants", choices=("ablation", "level", "all", "none"), default="ablation",
                         help="SES variants on the pipeline (the analytic objectives always get all)")
     parser.add_argument("--time-budget", type=int, default=50, help="budget of the timed searches")
     parser.add_argument("--time-repeats", type=int, default=5, help="timed searches per method and objective")

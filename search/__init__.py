@@ -14,15 +14,17 @@ Both score exactly ``budget`` candidates, the base noise first, in whole batches
 
 from search.random_search import RandomSearch, random_search
 from search.result import SearchResult, rank_best_first
-from search.ses import SESConfig, SpectralEvolutionSearch, ses_search
+from search.ses import SES_VARIANTS, SESConfig, SpectralEvolutionSearch, published_variant, ses_search
 from search.wavelets import LowBandCodec
 
 __all__ = [
     "LowBandCodec",
     "RandomSearch",
+    "SES_VARIANTS",
     "SESConfig",
     "SearchResult",
     "SpectralEvolutionSearch",
+    "published_variant",
     "random_search",
     "rank_best_first",
     "ses_search",

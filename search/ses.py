@@ -16,10 +16,32 @@ N(init_mean, init_var) at the start, is refined by the cross-entropy method:
    previous variance is kept (as DiffSynth-Studio's reference does). With no elite (every score so far NaN
    or -inf) the distribution is unchanged.
 
-This is the algorithm of DiffSynth-Studio's ``ses_search`` with these differences: whole generations
+That is the published algorithm (DiffSynth-Studio's ``ses_search``), kept unchanged as
+``SESConfig(variant="published")`` except for what never changes a result's quality: whole generations
 are scored in one batch, the base noise is evaluated first (so the result is never worse than it), the
 transform runs batched on the noise's device (Haar in torch) instead of per candidate in NumPy, and
 non-power-of-two latents are padded with extra Gaussian values so candidates stay standard Gaussian.
+
+The default, ``variant="surrogate"``, reaches the published algorithm's budget-50 reward at half the
+evaluations on every objective of ``bench/search_quality.py`` (README, Performance). It changes three
+things:
+
+- the first generation is the base noise and ``popsize - 1`` FRESH standard Gaussian noises (every
+  coefficient drawn, as best-of-N does), and the detail bands held fixed afterwards are those of the
+  best of them, not necessarily the base noise's: a reward that also depends on the details gets the
+  best-of-N start, and the search then refines the low band around it;
+- after each elite update it fits a ridge regression of the standardised scores of EVERY candidate
+  scored so far (not only the elites) on ``[x, -|x|^2, 1]`` (x: the flattened low band; one isotropic
+  curvature, so ``numel + 2`` unknowns, which ``ridge`` keeps well posed with fewer scores than that)
+  and, when the fitted curvature is positive, moves the mean to the fit's optimum ``g / 2c``; the
+  variance is then multiplied by ``variance_decay`` so the search narrows around it;
+- the next candidates stay on the shell of a standard Gaussian band: when their expected squared norm
+  ``|mean|^2 + sum(var)`` exceeds ``numel + shell_sd * sqrt(2 numel)`` (``shell_sd`` standard deviations
+  of a chi-square's spread above its mean), the mean is scaled down to it. Without this the fit's
+  optimum can grow the low band's amplitude far beyond anything a diffusion model was trained on (on
+  the tiny kit such noises "win" by saturating colours).
+
+Every candidate of the first generation is therefore standard Gaussian at any latent size, as before.
 """
 
 from __future__ import annotations
@@ -57,18 +79,46 @@ class SESConfig:
         var_eps: added to the elite variance so the distribution never collapses to zero width.
         backend: ``"auto"`` (torch for Haar, PyWavelets otherwise), ``"torch"`` (Haar only) or
             ``"pywt"`` (force PyWavelets, e.g. to compare speed).
+        variant: ``"surrogate"`` (the default, see the module docstring) or ``"published"`` (DiffSynth-
+            Studio's algorithm unchanged: popsize 10, no surrogate, no decay, no shell, the level as set).
+        surrogate: move the mean to the ridge fit's optimum after each generation.
+        ridge: the fit's ridge on standardised scores; it matters when there are fewer scores than
+            low-band numbers, which is every search at a real latent size.
+        variance_decay: factor on the variance after each update (1: none).
+        shell_sd: cap on the next candidates' expected squared norm, in standard deviations of a
+            standard Gaussian band's (``math.inf``: no cap).
+        fresh_first: first generation of fresh full noises; the best one's detail bands are kept.
+        popsize, surrogate, variance_decay, shell_sd, fresh_first: None takes the variant's value
+            (``SES_VARIANTS``).
     """
 
     wavelet: str = "db1"
     level: int = 4
-    popsize: int = 10
+    popsize: int | None = None
     k_elites: int = 5
     init_mean: float = 0.0
     init_var: float = 1.0
     var_eps: float = 1e-7
     backend: str = "auto"
+    variant: str = "surrogate"
+    surrogate: bool | None = None
+    ridge: float = 10.0
+    variance_decay: float | None = None
+    shell_sd: float | None = None
+    fresh_first: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.variant not in SES_VARIANTS:
+            raise ValueError(f"SESConfig.variant must be one of {', '.join(SES_VARIANTS)}, got {self.variant!r}")
+        preset = SES_VARIANTS[self.variant]
+        for name, value in preset.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+            elif self.variant == "published" and name != "popsize" and getattr(self, name) != value:
+                raise ValueError(
+                    f"SESConfig(variant='published') is the published algorithm unchanged; it takes no {name}="
+                    f"{getattr(self, name)!r} (use variant='surrogate' to change it)"
+                )
         validate_wavelet(self.wavelet)
         resolve_backend(self.wavelet, self.backend)
         check_positive_int(self.level, "SESConfig.level")
@@ -80,6 +130,30 @@ class SESConfig:
             raise ValueError(f"SESConfig.init_var must be a finite number > 0, got {self.init_var!r}")
         if not (math.isfinite(self.var_eps) and self.var_eps >= 0):
             raise ValueError(f"SESConfig.var_eps must be a finite number >= 0, got {self.var_eps!r}")
+        if not (math.isfinite(self.ridge) and self.ridge > 0):
+            raise ValueError(f"SESConfig.ridge must be a finite number > 0, got {self.ridge!r}")
+        if not (0 < self.variance_decay <= 1):
+            raise ValueError(f"SESConfig.variance_decay must be in (0, 1], got {self.variance_decay!r}")
+        if not self.shell_sd >= 0:
+            raise ValueError(f"SESConfig.shell_sd must be >= 0 (math.inf: no cap), got {self.shell_sd!r}")
+
+
+# What each variant gives the fields left at None (set one explicitly to ablate it).
+SES_VARIANTS: dict[str, dict] = {
+    "surrogate": {"popsize": 10, "surrogate": True, "variance_decay": 0.7, "shell_sd": 3.0, "fresh_first": True},
+    "published": {"popsize": 10, "surrogate": False, "variance_decay": 1.0, "shell_sd": math.inf, "fresh_first": False},
+}
+
+
+def published_variant(config: SESConfig) -> SESConfig:
+    """The published algorithm with ``config``'s shared settings (wavelet, level, popsize, elites, init)."""
+    if config.variant == "published":
+        return config
+    return SESConfig(
+        variant="published", wavelet=config.wavelet, level=config.level, popsize=config.popsize,
+        k_elites=config.k_elites, init_mean=config.init_mean, init_var=config.init_var, var_eps=config.var_eps,
+        backend=config.backend,
+    )
 
 
 class SpectralEvolutionSearch(BatchedSearch):
@@ -124,6 +198,7 @@ class SpectralEvolutionSearch(BatchedSearch):
         self._var = torch.full((numel,), float(self.config.init_var), dtype=torch.float32)
         self._low_bands = torch.empty((self.budget, *self.codec.low_shape), dtype=torch.float32)
         self._elites = torch.empty(0, dtype=torch.long)  # evaluation indices, best first
+        self._fresh_count = 0  # size of a `fresh_first` first generation, once asked
 
     @property
     def batch_size(self) -> int:
@@ -154,8 +229,29 @@ class SpectralEvolutionSearch(BatchedSearch):
         """Evaluation indices of the elite archive, best first (a copy)."""
         return self._elites.clone()
 
+    def _draw_fresh(self, count: int, generator: torch.Generator) -> Tensor:
+        """``count`` standard Gaussian noises at the codec's padded size, on the noise's device (work dtype)."""
+        fresh = torch.randn((count, *self.codec.padded_shape), generator=generator, dtype=torch.float32)
+        return fresh.to(device=self.codec.device, dtype=self.codec.work_dtype)
+
+    def _crop(self, padded: Tensor) -> Tensor:
+        _, height, width = self.codec.shape
+        return padded[:, :, :height, :width].to(self.codec.dtype).contiguous()
+
+    def _propose_fresh(self, n: int) -> Tensor:
+        """The first generation of ``fresh_first``: the base noise and ``n - 1`` fresh noises, all coefficients drawn."""
+        self._fresh_state = self.generator.get_state()  # noise_at redraws them instead of keeping them
+        self._fresh_count = n
+        self._fresh_padded = self._draw_fresh(n - 1, self.generator)  # dropped once the generation is scored
+        self._low_bands[0] = self.codec.base_low.to(device="cpu", dtype=torch.float32)
+        if n > 1:
+            self._low_bands[1:n] = self.codec.forward_low(self._fresh_padded).to(device="cpu", dtype=torch.float32)
+        return torch.cat((self.base_noise.unsqueeze(0), self._crop(self._fresh_padded)))
+
     def _propose(self, n: int) -> Tensor:
         start = self._num_asked
+        if start == 0 and self.config.fresh_first:
+            return self._propose_fresh(n)
         include_base = start == 0
         num_sampled = n - 1 if include_base else n
         lows = torch.empty((n, self.codec.low_numel), dtype=torch.float32)
@@ -175,6 +271,13 @@ class SpectralEvolutionSearch(BatchedSearch):
         return self.codec.decode(lows)
 
     def _update(self, start: int, ranking: Tensor) -> None:
+        if start == 0 and self.config.fresh_first:
+            # From now on, search the low band around the best first candidate's detail bands (its low band
+            # is in the archive like every other candidate's). The base keeps its own; so does an all-NaN start.
+            best = int(torch.argmax(ranking))
+            if best > 0 and ranking[best] > -math.inf:
+                self.codec = self.codec.rebased(self._fresh_padded[best - 1])
+            del self._fresh_padded
         new = torch.arange(start, start + ranking.numel())[ranking > -math.inf]
         candidates = torch.cat((self._elites, new))
         if candidates.numel() == 0:
@@ -188,6 +291,48 @@ class SpectralEvolutionSearch(BatchedSearch):
         if self._elites.numel() > 1:
             self._var = torch.var(elite_lows, dim=0, correction=1) + self.config.var_eps
         # One elite: the unbiased variance is undefined, so the previous variance is kept.
+        if self.config.surrogate:
+            optimum = self._surrogate_optimum(start + ranking.numel())
+            if optimum is not None:
+                self._mean = optimum
+        self._var = self._var * self.config.variance_decay
+        if math.isfinite(self.config.shell_sd):
+            # The next candidates' expected squared norm is |mean|^2 + sum(var); a standard Gaussian band's
+            # is chi-square: mean numel, sd sqrt(2 numel).
+            numel = self._mean.numel()
+            room = max(numel + self.config.shell_sd * math.sqrt(2 * numel) - float(self._var.sum()), 0.0)
+            squared_norm = float(self._mean.square().sum())
+            if squared_norm > room:
+                self._mean = self._mean * math.sqrt(room / squared_norm)
+
+    def _surrogate_optimum(self, num_scored: int) -> Tensor | None:
+        """Optimum of a ridge fit ``score ~ g.x - c|x|^2 + b`` over every finite score so far, or None.
+
+        Scores are standardised first, so ``ridge`` means the same whatever the reward's scale. None
+        when fewer than 3 scores are finite, they are all equal, or the fitted curvature is not positive.
+        """
+        scores = self._scores[:num_scored].double()
+        finite = torch.isfinite(scores)
+        if int(finite.sum()) < 3:
+            return None
+        lows = self._low_bands[:num_scored][finite].reshape(int(finite.sum()), -1).double()
+        scores = scores[finite]
+        spread = scores.std()
+        if not spread > 0:
+            return None
+        targets = (scores - scores.mean()) / spread
+        features = torch.cat((lows, -lows.square().sum(dim=1, keepdim=True)), dim=1)
+        # An unpenalised intercept is the same as centring; then the ridge solution in its dual form,
+        # features.T @ (K + ridge I)^-1 @ targets with K the n x n Gram matrix, costs an n x n solve
+        # (n <= budget) instead of a (numel + 1)-square one (2049 at a 1024px klein latent).
+        features = features - features.mean(dim=0)
+        gram = features @ features.T
+        dual = torch.linalg.solve(gram + self.config.ridge * torch.eye(len(scores), dtype=torch.float64), targets)
+        weights = features.T @ dual
+        gradient, curvature = weights[:-1], float(weights[-1])
+        if curvature <= 1e-6:
+            return None  # no maximum to move to (flat or convex fit): keep the elite mean
+        return (gradient / (2 * curvature)).float()
 
     def _elite_ranking(self) -> Tensor:
         scores = self._scores[self._elites]
@@ -206,6 +351,10 @@ class SpectralEvolutionSearch(BatchedSearch):
         base_rows = indices == 0
         if bool(base_rows.any()):
             noises[base_rows.to(noises.device)] = self.base_noise
+        fresh_rows = (indices > 0) & (indices < self._fresh_count)
+        if bool(fresh_rows.any()):
+            redrawn = self._crop(self._draw_fresh(self._fresh_count - 1, torch.Generator().set_state(self._fresh_state)))
+            noises[fresh_rows.to(noises.device)] = redrawn[indices[fresh_rows] - 1]
         return noises
 
     def result(self) -> SearchResult:

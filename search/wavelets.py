@@ -18,6 +18,7 @@ variance, so the recombined noise would not be standard Gaussian near the border
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -279,6 +280,13 @@ class LowBandCodec:
             padded = base.clone()
         self.padded_base = padded
         self.base_low = self.forward_low(padded.unsqueeze(0))[0]
+
+    def rebased(self, padded_noise: Tensor) -> LowBandCodec:
+        """This codec around another padded noise ``[C, Hp, Wp]``, whose detail bands are kept from now on."""
+        codec = copy.copy(self)
+        codec.padded_base = padded_noise.to(device=self.device, dtype=self.work_dtype)
+        codec.base_low = codec.forward_low(codec.padded_base.unsqueeze(0))[0]
+        return codec
 
     @property
     def low_numel(self) -> int:

@@ -68,6 +68,24 @@ def test_search_random_is_the_best_of_n_of_compare(tmp_path, kit_dir):
     assert trace["best_score"] == pytest.approx(compared["prompts"][0]["random"]["best_score"], abs=1e-6)
 
 
+def test_search_ses_published_runs_the_published_variant(tmp_path, monkeypatch, kit_dir):
+    import tscale_train.ses as ses_module
+
+    configs = []
+    original = ses_module.SpectralEvolutionSearch
+
+    class Recorded(original):
+        def __init__(self, base_noise, budget, config=None, generator=None):
+            configs.append(config)
+            super().__init__(base_noise, budget, config=config, generator=generator)
+
+    monkeypatch.setattr(ses_module, "SpectralEvolutionSearch", Recorded)
+    assert run_cli("--prompt", "a red cube", "--budget", "12", "--search", "ses-published", "--save-trace",
+                   "--out", str(tmp_path / "published.png")) == 0
+    assert json.loads((tmp_path / "published_trace.json").read_text())["method"] == "published SES"
+    assert [(config.variant, config.popsize) for config in configs] == [("published", 10)]
+
+
 def test_lora_changes_the_output(lora_dir, kit_dir):
     from tscale_train.generation import generator_for_pipeline
 

@@ -121,7 +121,13 @@ def test_search_scores_batch_by_batch_in_bounded_groups(tiny_pipe):
     together = search_prompts(generator, reward, prompts, seeds, budget=8, config=config, group_size=None, progress=False)
     for one, other in zip(grouped, together, strict=True):
         torch.testing.assert_close(one.search.scores, other.search.scores, atol=1e-5, rtol=0)
-        torch.testing.assert_close(one.search.best_noise, other.search.best_noise)
+        if one.search.best_index == other.search.best_index:
+            # The surrogate step divides by the scores' spread (tiny for this flat reward), so the ~1e-7 a
+            # batch's composition adds to a score can move a later candidate by ~1e-5.
+            torch.testing.assert_close(one.search.best_noise, other.search.best_noise, atol=1e-4, rtol=0)
+        else:  # batch composition moves scores by ~1e-7; only a near-tie may pick another candidate
+            scores = one.search.scores
+            assert abs(float(scores[one.search.best_index] - scores[other.search.best_index])) < 1e-5
 
 
 def test_cfg_negative_embedding_is_encoded_once_and_shared(kit_dir):

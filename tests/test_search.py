@@ -279,7 +279,7 @@ def test_config_validation(kwargs, match):
 
 
 def test_cem_update_uses_elite_archive_across_generations():
-    config = SESConfig(popsize=8, k_elites=3, var_eps=1e-7)
+    config = SESConfig(popsize=8, k_elites=3, var_eps=1e-7, variant="published")
     search = SpectralEvolutionSearch(make_noise((4, 32, 32), 1), 24, config, gen(2))
     objective = default_objective()
     for _ in range(3):
@@ -296,7 +296,7 @@ def test_cem_update_uses_elite_archive_across_generations():
 
 
 def test_single_elite_keeps_previous_variance():
-    search = SpectralEvolutionSearch(make_noise((4, 32, 32), 1), 20, SESConfig(k_elites=1, init_var=0.7), gen(2))
+    search = SpectralEvolutionSearch(make_noise((4, 32, 32), 1), 20, SESConfig(k_elites=1, init_var=0.7, variant="published"), gen(2))
     objective = default_objective()
     while not search.done:
         search.tell(objective(search.ask()))

@@ -299,7 +299,7 @@ def test_search_quality_reads_budgets_off_one_run_or_runs_them_separately():
     problems = [bench.analytic_problem("noisy", seed, shape, 0.3, -0.5) for seed in range(2)]
     consistent = {method.name: method.kind != "ses" for method in methods}
     result = bench.run_objective("noisy", "", problems, methods, budgets, consistent)
-    assert result.separate_runs == ["SES (ours)"]
+    assert result.separate_runs == ["SES (default)"]
     for method in methods:
         for seed, problem in enumerate(problems):
             for budget in budgets:

@@ -56,11 +56,12 @@ def test_reference_pass_runs_with_adapters_disabled(tmp_path, kit_dir):
 
 
 def test_run_writes_outputs_and_resume_gives_the_same_lora(tmp_path, kit_dir):
-    straight = OnlineDPOTrainer(tiny_config(tmp_path / "a")).train()
-    interrupted_config = tiny_config(tmp_path / "b")
+    # eval_budget 4: the round -1 search must gain something for eval/amortisation_ratio to be defined.
+    straight = OnlineDPOTrainer(tiny_config(tmp_path / "a", eval_budget=4)).train()
+    interrupted_config = tiny_config(tmp_path / "b", eval_budget=4)
     OnlineDPOTrainer(interrupted_config).train(stop_after_rounds=1)
     assert not (Path(interrupted_config.output_dir) / "pytorch_lora_weights.safetensors").exists()
-    resumed = OnlineDPOTrainer(tiny_config(tmp_path / "b", resume_from_checkpoint="latest")).train()
+    resumed = OnlineDPOTrainer(tiny_config(tmp_path / "b", eval_budget=4, resume_from_checkpoint="latest")).train()
     final_a = load_file(str(straight / "pytorch_lora_weights.safetensors"))
     final_b = load_file(str(resumed / "pytorch_lora_weights.safetensors"))
     assert final_a.keys() == final_b.keys() and all(key.startswith("transformer.") for key in final_a)

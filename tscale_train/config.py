@@ -99,11 +99,14 @@ class SearchConfig:
     reward_batch_size: int | None = field(default=None, **_help("images per reward forward (default: eval_batch_size)"))
     search: str = field(
         default="ses",
-        **_help("ses (Spectral Evolution Search) or random (best-of-N: the base noise, then i.i.d. Gaussian noises)"),
+        **_help(
+            "ses (Spectral Evolution Search with its surrogate step), ses-published (the published algorithm "
+            "unchanged) or random (best-of-N: the base noise, then i.i.d. Gaussian noises)"
+        ),
     )
     budget: int = field(default=20, **_help("candidates scored per prompt, the unsearched base noise included"))
     popsize: int | None = field(
-        default=None, **_help(f"CEM population per generation (default: {DEFAULT_POPSIZE}, or the budget if smaller)")
+        default=None, **_help(f"population per generation (default: {DEFAULT_POPSIZE}, or the budget if smaller)")
     )
     k_elites: int = field(default=5, **_help("elite archive size"))
     wavelet: str = field(default="db1", **_help("wavelet of the spectral decomposition"))
@@ -130,7 +133,8 @@ class SearchConfig:
         """The `search.SESConfig` of these settings."""
         from search import SESConfig
 
-        return SESConfig(wavelet=self.wavelet, level=self.level, popsize=self.popsize, k_elites=self.k_elites)
+        variant = "published" if self.search == "ses-published" else "surrogate"
+        return SESConfig(variant=variant, wavelet=self.wavelet, level=self.level, popsize=self.popsize, k_elites=self.k_elites)
 
 
 def check_search_budget(budget: int, popsize: int) -> None:
@@ -143,7 +147,7 @@ def check_search_budget(budget: int, popsize: int) -> None:
 
 # `search_prompts(method=...)` and `tscale ses --compare`: the search over noise, and the best-of-N
 # baseline it is compared with (i.i.d. fresh noises, drawn popsize at a time so both share the batch shape).
-SEARCH_METHODS = {"random": "best-of-N", "ses": "SES"}
+SEARCH_METHODS = {"random": "best-of-N", "ses": "SES", "ses-published": "published SES"}
 
 
 @dataclass

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from search import RandomSearch, SearchResult, SESConfig, SpectralEvolutionSearch
+from search import RandomSearch, SearchResult, SESConfig, SpectralEvolutionSearch, published_variant
 
-from .config import SEARCH_METHODS, check_search_budget
+from .config import DEFAULT_POPSIZE, SEARCH_METHODS, check_search_budget
 from .generation import FlowGenerator, PromptEmbeds, generator_for_pipeline
 
 if TYPE_CHECKING:
@@ -148,12 +148,14 @@ def search_prompts(
     `popsize x group_size` (None: every prompt in one group).
     """
     # As in `SearchConfig`: a budget below the default population is one generation, not an error.
-    config = config or SESConfig(popsize=min(SESConfig.popsize, budget))
+    if method not in SEARCH_METHODS:
+        raise ValueError(f"unknown search method {method!r}; choose from {', '.join(SEARCH_METHODS)}.")
+    config = config or SESConfig(popsize=min(DEFAULT_POPSIZE, budget))
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds.")
     check_search_budget(budget, config.popsize)
-    if method not in SEARCH_METHODS:
-        raise ValueError(f"unknown search method {method!r}; choose from {', '.join(SEARCH_METHODS)}.")
+    if method == "ses-published":
+        config = published_variant(config)
     if group_size is not None and group_size < 1:
         raise ValueError(f"group_size must be >= 1 (or None for one group), got {group_size}.")
     if embeds is None:
