@@ -29,3 +29,20 @@ def shapes_kit_dir(kit_dir) -> Path:
     from tscale_train.tiny import ensure_shapes_kit
 
     return ensure_shapes_kit(kit_dir)
+
+
+# The family test modules (`test_family_<family>.py`) each name their kit in a module-level `MODEL`.
+@pytest.fixture(scope="module")
+def pipe(request, kit_dir):
+    """The pipeline of the requesting module's `MODEL` kit, loaded once per module through the real loading code."""
+    from tscale_train.loading import load_pipeline
+
+    return load_pipeline(request.module.MODEL, dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def generator(pipe):
+    """The family's default generator on `pipe`, small batches so batching paths run."""
+    from tscale_train.generation import generator_for_pipeline
+
+    return generator_for_pipeline(pipe, eval_batch_size=3)

@@ -9,21 +9,10 @@ import torch
 
 from tscale_train.generation import generator_for_pipeline
 from tscale_train.generators.flux1 import FluxGenerator
-from tscale_train.loading import load_pipeline
 from tscale_train.tiny.flux1 import TINY_MAX_SEQUENCE_LENGTH as TEXT_LENGTH
 
 MODEL = "tiny-flux1"
 PROMPT = "a red cube"
-
-
-@pytest.fixture(scope="module")
-def pipe(kit_dir):
-    return load_pipeline(MODEL, dtype="float32", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def generator(pipe):
-    return generator_for_pipeline(pipe, eval_batch_size=3)
 
 
 @pytest.fixture(scope="module")

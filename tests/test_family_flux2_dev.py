@@ -6,20 +6,9 @@ import torch
 
 from tscale_train.generation import generator_for_pipeline
 from tscale_train.generators.flux2_dev import Flux2Generator
-from tscale_train.loading import load_pipeline
 
 MODEL = "tiny-flux2-dev"
 PROMPT = "a red cube"
-
-
-@pytest.fixture(scope="module")
-def pipe(kit_dir):
-    return load_pipeline(MODEL, dtype="float32", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def generator(pipe):
-    return generator_for_pipeline(pipe, eval_batch_size=3)
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,10 @@ import torch
 
 from tscale_train.generation import generator_for_pipeline
 from tscale_train.generators.qwen_image import QWEN_IMAGE_LORA_TARGETS, QwenImageGenerator
-from tscale_train.loading import load_pipeline
 
 MODEL = "tiny-qwen-image"
 # Prompts of different token lengths, so a batch of them is padded and masked.
 PROMPTS = ["a cat", "a red cube on a wooden table", "sunset", "two dogs playing in the deep snow"]
-
-
-@pytest.fixture(scope="module")
-def pipe(kit_dir):
-    return load_pipeline(MODEL, dtype="float32", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def generator(pipe):
-    return generator_for_pipeline(pipe, eval_batch_size=3)
 
 
 @pytest.fixture(scope="module")

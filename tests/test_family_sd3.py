@@ -9,22 +9,11 @@ import torch
 
 from tscale_train.generation import generator_for_pipeline
 from tscale_train.generators.sd3 import StableDiffusion3Generator
-from tscale_train.loading import load_pipeline
 from tscale_train.lora import add_lora
 from tscale_train.tiny.sd3 import TINY_MAX_SEQUENCE_LENGTH as TEXT_LENGTH
 
 MODEL = "tiny-sd3"
 PROMPT = "a red cube"
-
-
-@pytest.fixture(scope="module")
-def pipe(kit_dir):
-    return load_pipeline(MODEL, dtype="float32", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def generator(pipe):
-    return generator_for_pipeline(pipe, eval_batch_size=3)
 
 
 @pytest.fixture(scope="module")

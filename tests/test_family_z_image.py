@@ -29,16 +29,6 @@ def load_tiny():
 
 
 @pytest.fixture(scope="module")
-def pipe(kit_dir):
-    return load_tiny()
-
-
-@pytest.fixture(scope="module")
-def generator(pipe):
-    return generator_for_pipeline(pipe, eval_batch_size=3)
-
-
-@pytest.fixture(scope="module")
 def cfg_generator(pipe):
     return generator_for_pipeline(pipe, guidance_scale=5.0, eval_batch_size=3)
 
