@@ -6,7 +6,6 @@ Also the train/held-out split of the prompts and the one-line learning summary r
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from .generation import FlowGenerator
 from .io_utils import atomic_save_image
 from .prompt_cache import PromptEmbeddingCache
 from .prompts import load_prompts
+from .run_dir import read_metrics
 from .ses import search_prompts, to_pil
 
 
@@ -173,10 +173,7 @@ def learning_summary(metrics_path: Path) -> str | None:
     Shifts are in units of the eval prompts' spread before training (round -1), so rewards of any
     scale read alike. None when the run has no eval before and after training.
     """
-    if not metrics_path.is_file():
-        return None
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    evals = [row for row in rows if "eval/reward_budget0" in row]
+    evals = [row for row in read_metrics(metrics_path) if "eval/reward_budget0" in row]
     before = next((row for row in evals if row["round"] == -1), None)
     if before is None or len(evals) < 2:
         return None

@@ -51,6 +51,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a `metrics.jsonl`, in order; [] when there is none."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 class RunDirectory:
     """`output_dir` of one run: its lock, its freshness check and its metrics file."""
 
@@ -242,7 +249,4 @@ class RunDirectory:
 
     def metrics_row(self, round_index: int) -> dict[str, Any] | None:
         """The last `metrics.jsonl` row of a round (round -1: the eval before training), or None."""
-        if not self.metrics_path.is_file():
-            return None
-        rows = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
-        return next((row for row in reversed(rows) if row.get("round") == round_index), None)
+        return next((row for row in reversed(read_metrics(self.metrics_path)) if row.get("round") == round_index), None)

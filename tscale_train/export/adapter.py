@@ -23,6 +23,7 @@ import yaml
 from ..checkpointing import CHECKPOINT_PREFIX, TRAINER_STATE
 from ..io_utils import atomic_directory
 from ..lora import LORA_WEIGHT_NAME
+from ..run_dir import METRICS_NAME, read_metrics
 
 EXAMPLE_PROMPTS_COUNT = 2
 
@@ -80,8 +81,7 @@ def _config(run_dir: Path) -> dict:
 
 
 def _metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return read_metrics(run_dir / METRICS_NAME)
 
 
 def check_adapter_matches_model(lora_file: Path, model: str) -> int:
