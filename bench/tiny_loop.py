@@ -57,7 +57,9 @@ def describe(args: argparse.Namespace, runs: int, seconds: float) -> str:
 
 def synthetic(name: str) -> str:
     """A synthetic reward's loadable name: `brightness` -> `rewards.synthetic:brightness`."""
-    return name if ":" in name or name in ("pickscore", "hpsv2", "clip") else f"rewards.synthetic:{name}"
+    from rewards.registry import BUILTIN_REWARDS
+
+    return name if ":" in name or name in BUILTIN_REWARDS else f"rewards.synthetic:{name}"
 
 
 def _init_worker() -> None:

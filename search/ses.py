@@ -47,7 +47,7 @@ Every candidate of the first generation is therefore standard Gaussian at any la
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -149,11 +149,9 @@ def published_variant(config: SESConfig) -> SESConfig:
     """The published algorithm with ``config``'s shared settings (wavelet, level, popsize, elites, init)."""
     if config.variant == "published":
         return config
-    return SESConfig(
-        variant="published", wavelet=config.wavelet, level=config.level, popsize=config.popsize,
-        k_elites=config.k_elites, init_mean=config.init_mean, init_var=config.init_var, var_eps=config.var_eps,
-        backend=config.backend,
-    )
+    # Every setting the published algorithm fixes, at its value (popsize is shared, not fixed).
+    fixed = {name: value for name, value in SES_VARIANTS["published"].items() if name != "popsize"}
+    return replace(config, variant="published", **fixed)
 
 
 class SpectralEvolutionSearch(BatchedSearch):
