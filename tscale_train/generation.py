@@ -227,6 +227,25 @@ class FlowGenerator(ABC):
         """The dtype the pipeline's latents start in (the denoiser's, for most families)."""
         return self.pipe.transformer.dtype
 
+    def resolution_shift_mu(self, patch: int = 2, max_shift: float = 1.15) -> float:
+        """The `mu` of dynamic timestep shifting at this resolution, as the pipelines compute it.
+
+        diffusers' `calculate_shift` (one function, copied into each pipeline) of the number of
+        `patch x patch` patches of the latent, with the scheduler config's sequence lengths and shifts;
+        `max_shift` is the pipeline's fallback when the config has none (1.15; SD3's is 1.16).
+        """
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        config = self.pipe.scheduler.config
+        _, height, width = self.noise_shape
+        return calculate_shift(
+            (height // patch) * (width // patch),
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", max_shift),
+        )
+
     def scheduler_sigmas(self, num_inference_steps: int, *, sigmas=None, mu: float | None = None) -> torch.Tensor:
         """`set_timesteps` on a copy of the pipeline's scheduler, as the pipeline calls it; trailing 0 dropped."""
         scheduler = self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)

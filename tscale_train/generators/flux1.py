@@ -120,21 +120,11 @@ class FluxGenerator(FlowGenerator):
         return self.pipe._unpack_latents(latents, height * scale, width * scale, scale)
 
     def sampler_sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
         steps = num_inference_steps or self.num_inference_steps
         config = self.pipe.scheduler.config
         # As `FluxPipeline.__call__`: linear sigmas, shifted with a mu from the packed sequence length.
         sigmas = None if config.get("use_flow_sigmas", False) else np.linspace(1.0, 1 / steps, steps)
-        _, height, width = self.noise_shape
-        mu = calculate_shift(
-            (height // 2) * (width // 2),
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
-        )
-        return self.scheduler_sigmas(steps, sigmas=sigmas, mu=mu)
+        return self.scheduler_sigmas(steps, sigmas=sigmas, mu=self.resolution_shift_mu())
 
     def predict_velocity(self, transformer, noisy_latents, sigmas, embeds):
         batch, _, height, width = noisy_latents.shape

@@ -173,21 +173,10 @@ class QwenImageGenerator(FlowGenerator):
         return self.pipe._unpack_latents(latents, height * scale, width * scale, scale).squeeze(2)
 
     def sampler_sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:
-        from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
-
         steps = num_inference_steps or self.num_inference_steps
         self._check_steps(steps)
-        _, height, width = self.noise_shape
-        config = self.pipe.scheduler.config
         # As `QwenImagePipeline.__call__`: linear sigmas, shifted by `mu` of the packed sequence length.
-        mu = calculate_shift(
-            (height // 2) * (width // 2),
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
-        )
-        return self.scheduler_sigmas(steps, sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+        return self.scheduler_sigmas(steps, sigmas=np.linspace(1.0, 1 / steps, steps), mu=self.resolution_shift_mu())
 
     def predict_velocity(self, transformer, noisy_latents, sigmas, embeds):
         batch, _, height, width = noisy_latents.shape

@@ -101,23 +101,13 @@ class StableDiffusion3Generator(FlowGenerator):
         return kwargs
 
     def sampler_sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:
-        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
-
         steps = num_inference_steps or self.num_inference_steps
         config = self.pipe.scheduler.config
         mu = None
         # The released SD3 schedulers shift by a fixed 3.0; as the pipeline, a dynamically shifting
         # one gets a mu from the patch count.
         if config.get("use_dynamic_shifting", None):
-            patch = self.pipe.transformer.config.patch_size
-            _, height, width = self.noise_shape
-            mu = calculate_shift(
-                (height // patch) * (width // patch),
-                config.get("base_image_seq_len", 256),
-                config.get("max_image_seq_len", 4096),
-                config.get("base_shift", 0.5),
-                config.get("max_shift", 1.16),
-            )
+            mu = self.resolution_shift_mu(patch=self.pipe.transformer.config.patch_size, max_shift=1.16)
         return self.scheduler_sigmas(steps, mu=mu)
 
     def predict_velocity(self, transformer, noisy_latents, sigmas, embeds):

@@ -118,20 +118,11 @@ class ZImageGenerator(FlowGenerator):
         return kwargs
 
     def sampler_sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:
-        from diffusers.pipelines.z_image.pipeline_z_image import calculate_shift, get_default_z_image_sigmas
+        from diffusers.pipelines.z_image.pipeline_z_image import get_default_z_image_sigmas
 
         steps = num_inference_steps or self.num_inference_steps
-        _, height, width = self.noise_shape
-        config = self.pipe.scheduler.config
         # As `ZImagePipeline.__call__` (`mu` only matters when the scheduler shifts dynamically).
-        mu = calculate_shift(
-            (height // 2) * (width // 2),
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
-        )
-        return self.scheduler_sigmas(steps, sigmas=get_default_z_image_sigmas(steps), mu=mu)
+        return self.scheduler_sigmas(steps, sigmas=get_default_z_image_sigmas(steps), mu=self.resolution_shift_mu())
 
     def predict_velocity(self, transformer, noisy_latents, sigmas, embeds):
         dtype = noisy_latents.dtype
