@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python bench/search_speed.py
 	$(BIN)/python bench/amortisation.py
 	$(BIN)/python bench/pair_sources.py
+	$(BIN)/python bench/guards.py
 	$(BIN)/python bench/gpu_klein.py --tiny
 
 clean:

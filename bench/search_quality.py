@@ -309,7 +309,9 @@ class PipelineScorer:
 
 def pipeline_problem(scorer: PipelineScorer, reward_name: str, seed: int, prompts: Sequence[str]) -> Problem:
     prompt = prompts[seed % len(prompts)]
-    base_noise = scorer.generator.initial_noise(seed)[0]
+    # Apart from the search's stream (seeded with `seed` in `Method.run`): drawn alike, best-of-N's and the
+    # default SES's first fresh noise would be the base noise again, as the analytic problems' 1000 + seed avoid.
+    base_noise = scorer.generator.initial_noise(10_000 + seed)[0]
     objective = scorer.objective(reward_name, prompt)
     return Problem(base_noise, lambda: (objective, objective))
 

@@ -276,6 +276,17 @@ class EmbeddingReward(RewardModel):
     def encode_texts(self, prompts: list[str]) -> torch.Tensor:
         raise NotImplementedError
 
+    def image_embeddings(self, images: ImagesInput) -> torch.Tensor:
+        """Unit-length image embeddings `[N, D]` (float32, CPU): what the reward sees of each image."""
+        pixels = images_to_pixels(images)
+        if isinstance(pixels, list):
+            pixels = [image.to(self.device) for image in pixels]
+        else:
+            pixels = pixels.to(self.device)
+        with torch.no_grad():
+            embeddings = torch.cat([self.encode_images(pixels[chunk]) for chunk in self._chunks(len(pixels))])
+        return F.normalize(embeddings.float(), dim=-1).cpu()
+
     def score_scale(self) -> float | torch.Tensor:
         """Multiplier applied to the cosine similarity."""
         return 1.0

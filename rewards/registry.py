@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -160,6 +160,39 @@ def check_reward_name(name: str) -> None:
     _import_callable(name)
 
 
+def check_reward_spec(spec: str | Mapping[str, float]) -> dict[str, float]:
+    """Check a reward setting, single (`"pickscore"`) or weighted (`"pickscore:1.0,hpsv2:0.5"`, or a
+    mapping), without loading any model; returns its name -> weight mapping."""
+    from .weighted import parse_reward_spec
+
+    weights = parse_reward_spec(spec)
+    for name in weights:
+        check_reward_name(name)
+    return weights
+
+
+def load_reward_spec(
+    spec: str | Mapping[str, float],
+    *,
+    component_kwargs: Mapping[str, dict[str, Any]] | None = None,
+    **common: Any,
+) -> RewardModel:
+    """`load_reward` for a reward setting: one reward, or a `WeightedReward` of several.
+
+    `common` (device, dtype, batch_size) goes to every reward; `component_kwargs[name]` to that one.
+    A single unweighted name loads the plain reward, so its scores keep their own scale.
+    """
+    from .weighted import WeightedReward, is_weighted_spec
+
+    weights = check_reward_spec(spec)
+    component_kwargs = component_kwargs or {}
+    if not is_weighted_spec(spec):
+        (name,) = weights
+        return load_reward(name, **common, **component_kwargs.get(name, {}))
+    components = {name: load_reward(name, **common, **component_kwargs.get(name, {})) for name in weights}
+    return WeightedReward(components, weights)
+
+
 def load_reward(
     name: str,
     *,
@@ -217,4 +250,4 @@ def load_reward(
     return CallableReward(target, name=name, call_kwargs=kwargs, **common)
 
 
-__all__ = ["BUILTIN_REWARDS", "CallableReward", "available_rewards", "load_reward"]
+__all__ = ["BUILTIN_REWARDS", "CallableReward", "available_rewards", "check_reward_spec", "load_reward", "load_reward_spec"]

@@ -77,3 +77,11 @@ def test_pair_sources_runs_at_tiny_sizes(kit_dir, monkeypatch, capsys) -> None:
     for source in ("SES best vs worst", "SES best vs base", "best-of-N best vs worst", "random pairs (control)"):
         assert f"| brightness | {source} |" in out, source
     assert "| brightness | random pairs (control) | " in out and out.split("random pairs (control) |")[1].split("\n")[0].endswith("n/a |")
+
+
+def test_guards_bench_runs_and_checks_both_behaviours(kit_dir, tmp_path, monkeypatch, capsys) -> None:
+    plot = tmp_path / "guards.png"
+    out = run_script("guards.py", ["--rounds", "2", "--plot", str(plot)], monkeypatch, capsys)
+    assert "| stop (brightness): round |" in out and "| holding (redness): round |" in out
+    assert "final LoRA identical to the unguarded run's: True" in out
+    assert plot.stat().st_size > 0

@@ -52,8 +52,13 @@ def test_random_method_is_best_of_n_from_the_same_base(tiny_pipe):
     def objective(noises: torch.Tensor) -> torch.Tensor:
         return brightness(generator.generate(noises, embeds).images, ["a cat"] * len(noises))
 
-    direct = random_search(objective, generator.initial_noise(5)[0], budget=9, generator=torch.Generator().manual_seed(5))
+    from tscale_train.distributed import derive_seed
+
+    stream = torch.Generator().manual_seed(derive_seed(5, "search"))
+    direct = random_search(objective, generator.initial_noise(5)[0], budget=9, generator=stream)
     torch.testing.assert_close(result.search.scores, direct.scores, atol=1e-5, rtol=0)
+    # The search's stream is not the base noise's: no candidate is the base noise again.
+    assert (result.search.scores[1:] != result.search.scores[0]).all()
     torch.testing.assert_close(result.search.best_noise, direct.best_noise)
 
 

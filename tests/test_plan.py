@@ -353,3 +353,20 @@ def test_a_family_without_a_plan_description_is_a_one_line_error(tmp_path, capsy
     error = capsys.readouterr().err.strip()
     assert error.startswith("tscale plan: error:") and "no description of StableDiffusion3Pipeline" in error
     assert "FluxPipeline" in error and "ZImagePipeline" in error
+
+
+def test_weighted_rewards_and_judges_are_counted_on_the_gpu():
+    """Every model of a weighted reward, and every held-out judge at eval, takes GPU memory."""
+    plain = plan_training(OnlineDPOConfig())
+    weighted = plan_training(OnlineDPOConfig(reward="pickscore:1.0,hpsv2:0.5"))
+    judged = plan_training(OnlineDPOConfig(guard_rewards="hpsv2,clip"))
+    one_model = plain.breakdown["search"]["reward model"]
+    assert one_model > 3  # CLIP-H in float32, GiB
+    # The plan rounds GiB to 4 digits.
+    assert weighted.breakdown["search"]["reward model"] == pytest.approx(2 * one_model, rel=1e-3)
+    assert judged.breakdown["eval"]["guard reward models"] == pytest.approx(2 * one_model, rel=1e-3)
+    assert judged.phases["eval"] == pytest.approx(plain.phases["eval"] + 2 * one_model, rel=1e-3)
+    assert judged.phases["dpo"] == plain.phases["dpo"]  # offloaded while DPO trains
+    resident = plan_training(OnlineDPOConfig(guard_rewards="hpsv2,clip", offload_reward=False))
+    assert resident.breakdown["dpo"]["guard reward models"] == pytest.approx(2 * one_model, rel=1e-3)
+    assert judged.cpu_gib > plain.cpu_gib  # and they wait in CPU memory when offloaded

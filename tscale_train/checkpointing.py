@@ -39,6 +39,8 @@ class CheckpointManager:
         self.pipeline_class = pipeline_class
         self.identity = identity
         self.total_limit = total_limit
+        # The LoRA's moving average (`ema.LoraEMA`), saved beside the state when the run keeps one.
+        self.ema = None
 
     @property
     def uses_deepspeed(self) -> bool:
@@ -128,6 +130,9 @@ class CheckpointManager:
             else:
                 self.accelerator.save_state(str(path))
         if self.accelerator.is_main_process:
+            if self.ema is not None:
+                with disk_full_error(path):
+                    self.ema.save(path)
             # Written last: a checkpoint without it is incomplete and never resumed from.
             atomic_write_json(path / TRAINER_STATE, {"round": round_index, "global_step": global_step, **self.identity})
             if self.total_limit:
@@ -171,6 +176,8 @@ class CheckpointManager:
         except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
             # A truncated optimizer/scheduler/RNG file (torch.load); the LoRA is checked in the load hook.
             raise ValueError(self._unloadable(path, str(path), error)) from error
+        if self.ema is not None:
+            self.ema.load(path)
         return state
 
     def _choose(self, spec: str) -> tuple[Path | None, dict[str, Any] | None]:

@@ -50,10 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_ses_args(argv: list[str]) -> tuple[ModelConfig, SearchConfig, SESArguments]:
     """`tscale ses` flags (or `--config file.yaml`) -> validated settings; nothing is loaded."""
-    from rewards import check_reward_arguments
+    from rewards import check_reward_arguments, check_reward_spec
 
     model, search, ses = parse_args([ModelConfig, SearchConfig, SESArguments], argv, prog="tscale ses")
-    check_reward_arguments(search.reward, ses.reward_overrides())  # a --reward-arg typo fails now
+    overrides = ses.reward_overrides()
+    if overrides:
+        names = list(check_reward_spec(search.reward))
+        if len(names) > 1:
+            raise ValueError(
+                f"--reward-arg is ambiguous with several rewards ({', '.join(names)}); use it with one --reward."
+            )
+        check_reward_arguments(names[0], overrides)  # a --reward-arg typo fails now
     return model, search, ses
 
 
@@ -137,6 +144,13 @@ def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SE
             "method": SEARCH_METHODS[search_config.search],
             "process_index": state.process_index if shard_prompts else 0,
         }
+        if result.component_scores is not None:
+            # A weighted reward: its scores are standardised by the search; each reward's raw score too.
+            names = list(reward.names)
+            summary["rewards"] = {
+                name: {"base": float(result.component_scores[0, k]), "best": float(result.best_components[k])}
+                for k, name in enumerate(names)
+            }
         summaries.append(summary)
         if writes_images:
             _write_result(generator, result, summary, ses_args, out)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from rewards.weighted import WeightedReward
+
 from .config import SEARCH_METHODS
 from .generation import FlowGenerator
 from .io_utils import atomic_write
@@ -66,7 +68,13 @@ def render_comparison(
         + [result.search.best_noise.float().cpu() for result in comparison.searches.values()]
     )
     images = generator.generate(noises, embeds, steps).images
-    scores = reward(images, [comparison.prompt] * len(images)).float().cpu().tolist()
+    prompts = [comparison.prompt] * len(images)
+    first = next(iter(comparison.searches.values()))
+    if isinstance(reward, WeightedReward) and first.reward_statistics is not None:
+        # On the scale of the searches' scores: the first method's first-generation statistics.
+        scores = reward.combine(reward.component_scores(images, prompts), *first.reward_statistics).tolist()
+    else:
+        scores = reward(images, prompts).float().cpu().tolist()
     comparison.final_scores = dict(zip(["base", *comparison.searches], scores, strict=True))
     return to_pil(images)
 

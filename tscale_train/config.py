@@ -37,6 +37,7 @@ LORA_INITS = ("default", "gaussian", "orthogonal", "pissa", "olora")
 # FLUX.2: the VAE downsamples by 8 and the transformer packs 2x2 patches.
 RESOLUTION_MULTIPLE = 16
 DEFAULT_POPSIZE = 10
+GUARD_POLICIES = ("stop", "warn")
 
 
 def _help(text: str, **extra: Any) -> dict:
@@ -95,7 +96,13 @@ class ModelConfig:
 class SearchConfig:
     """The reward and the search: what `tscale ses` runs, and what each training round runs."""
 
-    reward: str = field(default="pickscore", **_help("pickscore, hpsv2, clip, or package.module:callable"))
+    reward: str = field(
+        default="pickscore",
+        **_help(
+            "pickscore, hpsv2, clip, or package.module:callable; several with weights, e.g. 'pickscore:1.0,hpsv2:0.5' "
+            "(YAML: a mapping), each standardised per prompt before weighting"
+        ),
+    )
     reward_batch_size: int | None = field(default=None, **_help("images per reward forward (default: eval_batch_size)"))
     search: str = field(
         default="ses",
@@ -116,9 +123,9 @@ class SearchConfig:
     search_group_size: int = field(default=8, **_help("prompts searched in lockstep at once; bounds a generation's size"))
 
     def __post_init__(self) -> None:
-        from rewards import check_reward_name
+        from rewards import check_reward_spec
 
-        check_reward_name(self.reward)
+        check_reward_spec(self.reward)
         if self.search not in SEARCH_METHODS:
             raise ValueError(f"search {self.search!r} is not one of {', '.join(SEARCH_METHODS)}.")
         _check_at_least(self, 1, "budget", "k_elites", "level", "preview_steps", "eval_batch_size",
@@ -282,7 +289,33 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
     eval_prompts: str | None = field(default=None, **_help("held-out prompts; default: split off `eval_fraction` of `prompts`"))
     eval_fraction: float = field(default=0.1, **_help("share of prompts held out for eval when eval_prompts is unset"))
     max_eval_prompts: int = field(default=16, **_help("cap on held-out eval prompts"))
-    eval_reward: str | None = field(default=None, **_help("reward of the eval metrics (default: `reward`)"))
+    eval_reward: str | None = field(
+        default=None, **_help("reward of the eval metrics, one or weighted like `reward` (default: `reward`)")
+    )
+    # guards (see tscale_train/guards.py): watched at every eval, never used to make pairs
+    guard_rewards: str | None = field(
+        default=None,
+        **_help("held-out judges scored on the eval prompts at budget 0, comma-separated, e.g. 'hpsv2,clip' (YAML: a list)"),
+    )
+    guard_diversity_seeds: int = field(
+        default=4, **_help("seeds per eval prompt for guard/diversity (mean pairwise embedding distance); 0 or 1: off")
+    )
+    guard_tolerance: float = field(
+        default=0.05, **_help("a guard fails when it falls below its value before training by more than this share (0.05 = 5%)")
+    )
+    guard_patience: int = field(default=2, **_help("evals in a row a guard must fail before the policy acts"))
+    guard_policy: str = field(
+        default="stop",
+        **_help("stop (end the run, final LoRA = the last eval where every guard held) or warn (only warn)"),
+    )
+    guard_max_drift: float | None = field(
+        default=None,
+        **_help("also fail when brightness, saturation or high-frequency energy moves by more than this share "
+                "(e.g. 0.2); default: those drifts are only logged"),
+    )
+    ema_decay: float | None = field(
+        default=None, **_help("keep an EMA of the LoRA (e.g. 0.9) and use it for eval, guards and the final LoRA")
+    )
     # pairing
     pairing: str = field(default="best_vs_worst", **_help("best_vs_worst, best_vs_base or top_k_vs_bottom_k"))
     pairs_per_prompt: int = field(default=1, **_help("k of top_k_vs_bottom_k"))
@@ -342,6 +375,7 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
             "pairing": PAIRING_STRATEGIES,
             "lr_scheduler": tuple(kind.value for kind in SchedulerType),
             "lora_init": LORA_INITS,
+            "guard_policy": GUARD_POLICIES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -349,7 +383,8 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
         _check_at_least(self, 1, "rounds", "prompts_per_round", "train_batch_size", "gradient_accumulation_steps",
                         "epochs_per_round", "lora_rank", "max_cached_prompts", "pairs_per_prompt", "eval_budget",
                         "preview_size")
-        _check_at_least(self, 0, "replay_rounds", "eval_every", "eval_ses_every", "checkpoint_every", "lr_warmup_steps",
+        _check_at_least(self, 1, "guard_patience")
+        _check_at_least(self, 0, "guard_diversity_seeds", "replay_rounds", "eval_every", "eval_ses_every", "checkpoint_every", "lr_warmup_steps",
                         "max_eval_prompts", "checkpoints_total_limit")
         if self.eval_budget is not None:
             # The final round always evaluates with search: fail now, not after the last round.
@@ -358,9 +393,9 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
             except ValueError as error:
                 raise ValueError(f"eval_budget: {error} Set --eval_budget to at least {self.popsize}.") from error
         if self.eval_reward:
-            from rewards import check_reward_name
+            from rewards import check_reward_spec
 
-            check_reward_name(self.eval_reward)
+            check_reward_spec(self.eval_reward)
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
         if self.push_to_hub:
@@ -369,8 +404,40 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
             if not self.hub_model_id:
                 raise ValueError("--push_to_hub needs --hub_model_id namespace/name.")
             check_repo_id(self.hub_model_id, "--hub_model_id")
+        if not 0.0 <= self.guard_tolerance < 1.0:
+            raise ValueError(f"guard_tolerance must be in [0, 1) (a share of the value before training), got {self.guard_tolerance}.")
+        if self.guard_max_drift is not None and not self.guard_max_drift > 0:
+            raise ValueError(f"guard_max_drift must be > 0 (e.g. 0.2 for 20%), got {self.guard_max_drift}.")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), e.g. 0.9, got {self.ema_decay}; leave it unset for no EMA.")
+        if self.guard_reward_names() and self.eval_every == 0:
+            raise ValueError("guard_rewards are judged at evals, but eval_every is 0; set --eval_every 1 (or N), or drop the guards.")
         if self.min_margin < 0:
             raise ValueError(f"min_margin must be >= 0, got {self.min_margin}.")
+
+    def guard_reward_names(self) -> list[str]:
+        """`guard_rewards` as a list of reward names, each checked (one reward each, no weights)."""
+        if not self.guard_rewards:
+            return []
+        from rewards import check_reward_name
+        from rewards.weighted import is_weighted_spec, short_reward_names
+
+        from .guards import RESERVED_GUARD_NAMES
+
+        names = [name.strip() for name in self.guard_rewards.split(",")]
+        for name in names:
+            if not name:
+                raise ValueError(f"guard_rewards {self.guard_rewards!r} has an empty entry; separate reward names by single commas.")
+            if is_weighted_spec(name):
+                raise ValueError(f"guard_rewards entry {name!r} has a weight; each judge is one reward, logged on its own: drop ':{name.rsplit(':', 1)[-1]}'.")
+            check_reward_name(name)
+        if len(set(names)) != len(names):
+            raise ValueError(f"guard_rewards {self.guard_rewards!r} lists a reward twice.")
+        reserved = [name for name, short in zip(names, short_reward_names(names), strict=True) if short in RESERVED_GUARD_NAMES]
+        if reserved:
+            raise ValueError(f"guard_rewards {reserved} would be logged as a guard's own metric (guard/{', guard/'.join(RESERVED_GUARD_NAMES)}); "
+                             "rename the callable.")
+        return names
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

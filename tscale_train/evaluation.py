@@ -11,11 +11,13 @@ from pathlib import Path
 
 import torch
 
+from rewards.weighted import WeightedReward, short_reward_names
 from search import SESConfig
 
 from .config import OnlineDPOConfig
 from .distributed import derive_seed, gather_by_slot, shard_evenly
 from .generation import FlowGenerator
+from .guards import IMAGE_STATISTICS, drift_metrics, image_statistics, mean_pairwise_distance
 from .io_utils import atomic_save_image
 from .prompt_cache import PromptEmbeddingCache
 from .prompts import load_prompts
@@ -39,6 +41,9 @@ class Evaluator:
     """Scores the current LoRA on the held-out prompts; every process must call it (it gathers).
 
     `search` is the trainer's `search_prompts`, handed in so pairs and eval search the same way.
+    `guard_rewards` (metric key -> reward) are the held-out judges and `embed` the image embedding of
+    `guard/diversity` (see `guards.py`); both are scored on the budget-0 images of every eval prompt
+    from `config.guard_diversity_seeds` seeds (the eval reward on the first seed's, as without guards).
     """
 
     def __init__(
@@ -53,6 +58,8 @@ class Evaluator:
         output_dir: Path,
         search_config: Callable[[], SESConfig],
         search: Callable = search_prompts,
+        guard_rewards: dict[str, object] | None = None,
+        embed: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.config = config
         self.accelerator = accelerator
@@ -64,14 +71,27 @@ class Evaluator:
         self.output_dir = Path(output_dir)
         self.search_config = search_config
         self.search = search
-        # Round -1's budget-0 and searched rewards: the denominator of `eval/amortisation_ratio`.
+        self.guard_rewards = dict(guard_rewards or {})
+        self.embed = embed
+        # Round -1's metrics: the denominator of `eval/amortisation_ratio`, the reference of every guard,
+        # and a weighted eval reward's statistics.
         self.before: dict[str, float] | None = None
+
+    @property
+    def seeds_per_prompt(self) -> int:
+        """Images per eval prompt at budget 0: several when `guard/diversity` is measured."""
+        return max(1, self.config.guard_diversity_seeds) if self.embed is not None else 1
+
+    @property
+    def weighted(self) -> WeightedReward | None:
+        return self.reward if isinstance(self.reward, WeightedReward) else None
 
     @torch.no_grad()
     def __call__(self, round_index: int, with_search: bool) -> dict[str, float]:
-        """Mean reward on held-out prompts with fixed seeds: at budget 0 (the LoRA alone) and after SES.
+        """Mean reward on held-out prompts with fixed seeds: at budget 0 (the LoRA alone) and after SES,
+        plus the guards' metrics.
 
-        Both are scored at the search's preview steps, so `eval/reward_ses - eval/reward_budget0` is
+        Both rewards are scored at the search's preview steps, so `eval/reward_ses - eval/reward_budget0` is
         what the search adds (for a base model, 12-step previews against 50-step images would not be).
         """
         if not self.prompts:
@@ -79,21 +99,19 @@ class Evaluator:
         config, accelerator = self.config, self.accelerator
         slots = list(enumerate(self.prompts))
         local = shard_evenly(slots, accelerator.num_processes, accelerator.process_index)
+        local_slots = [slot for slot, _ in local]
         prompts = [prompt for _, prompt in local]
-        seeds = [derive_seed(config.seed, "eval", slot) % (2**31) for slot, _ in local]
+        seeds = [derive_seed(config.seed, "eval", slot) % (2**31) for slot in local_slots]
         steps = config.preview_steps or self.generator.preview_steps
         self.model.eval()
-        self.reward.to(accelerator.device)
-        noises = torch.cat([self.generator.initial_noise(seed) for seed in seeds])
-        embeds = self.prompt_cache.get(prompts)
-        budget0, grid_images = self._score_and_keep_grid(noises, embeds, prompts, steps)
-        # Padding repeats slots; gather (slot, score) and keep each slot once.
-        scored = gather_by_slot(accelerator, [slot for slot, _ in local], budget0.tolist())
-        metrics = {
-            "eval/reward_budget0": float(torch.tensor(scored).mean()),
-            "eval/reward_budget0_std": float(torch.tensor(scored).std()) if len(scored) > 1 else 0.0,
-        }
+        embeds = self.prompt_cache.get(prompts)  # before any reward visits the device
+        per_prompt, grid_images = self._budget0(seeds, local_slots, embeds, prompts, steps)
+        # Padding repeats slots; gather (slot, values) and keep each slot once.
+        gathered = {name: gather_by_slot(accelerator, local_slots, values) for name, values in per_prompt.items()}
+        # A weighted reward's statistics: this eval's own before training, round -1's afterwards.
+        metrics = self._reward_metrics(gathered["reward"], "eval/reward_budget0", None if round_index == -1 else self.before)
         if with_search:
+            self.reward.to(accelerator.device)
             results = self.search(
                 self.generator,
                 self.reward,
@@ -107,32 +125,111 @@ class Evaluator:
                 progress=False,
                 method=config.search,
             )
-            searched = gather_by_slot(accelerator, [slot for slot, _ in local], [result.search.best_score for result in results])
-            metrics["eval/reward_ses"] = float(torch.tensor(searched).mean())
+            best = [result.best_components.tolist() if self.weighted else result.search.best_score for result in results]
+            reference = metrics if round_index == -1 else self.before
+            searched = self._reward_metrics(gather_by_slot(accelerator, local_slots, best), "eval/reward_ses", reference)
+            metrics["eval/reward_ses"] = searched["eval/reward_ses"]
             if accelerator.is_main_process:
                 count = grid_images.shape[0]
-                best = torch.cat([result.search.best_noise.float().cpu() for result in results[:count]])
-                _, ses_images = self._score_and_keep_grid(best, embeds[:count], None, steps)
+                best_noises = torch.cat([result.search.best_noise.float().cpu() for result in results[:count]])
+                ses_images = torch.cat([output.images.float().cpu() for _, output in self.generator.iter_batches(best_noises, embeds[:count], steps)])
                 self._save_grid(round_index, grid_images, ses_images)
-        if config.offload_reward:
-            self.reward.to("cpu")
+            if config.offload_reward:
+                self.reward.to("cpu")
+        metrics.update(self._guard_metrics(gathered))
         if round_index == -1:
             self.before = metrics
+        metrics.update(drift_metrics(self.before, metrics))
         ratio = amortisation_ratio(self.before, metrics) if round_index >= 0 else None
         if ratio is not None:
             metrics["eval/amortisation_ratio"] = ratio
         return metrics
 
-    def _score_and_keep_grid(self, noises, embeds, prompts, steps, grid_count: int = 8):
-        """Scores (when `prompts` is given) batch by batch, and the first `grid_count` images on the CPU."""
-        scores, kept = [], []
-        for batch, output in self.generator.iter_batches(noises, embeds, steps):
-            if prompts is not None:
-                scores.append(self.reward(output.images, prompts[batch]).float().cpu())
-            if sum(len(images) for images in kept) < grid_count:
-                kept.append(output.images.float().cpu())
-        grid = torch.cat(kept)[:grid_count]
-        return (torch.cat(scores) if scores else torch.empty(0)), grid
+    def _budget0(self, seeds, slots, embeds, prompts, steps, grid_count: int = 8):
+        """Generate every eval prompt's images at budget 0 and score them batch by batch, keeping only numbers
+        (and the first `grid_count` first-seed images for the eval grid, on the CPU).
+
+        Returns per-prompt lists: "reward" (the first seed's score, or each reward's raw score for a weighted
+        reward), and when guarded each judge's mean, "statistics" (means over seeds) and "diversity".
+        """
+        count = self.seeds_per_prompt
+        noises = torch.cat([
+            self.generator.initial_noise(seed if index == 0 else derive_seed(self.config.seed, "eval-diversity", slot, index) % (2**31))
+            for seed, slot in zip(seeds, slots, strict=True)
+            for index in range(count)
+        ])
+        row_embeds = [embed for embed in embeds for _ in range(count)]
+        row_prompts = [prompt for prompt in prompts for _ in range(count)]
+        score = self.weighted.component_scores if self.weighted else self.reward
+        # Every reward waits on the device while the images are made once: a 1024px image is 12.6 MB,
+        # and 16 prompts x 4 seeds of them held for a second pass would be 0.8 GB per process.
+        rewards = [self.reward, *self.guard_rewards.values()]
+        owner = getattr(self.embed, "__self__", None)  # the reward whose image encoder `guard/diversity` uses
+        if count > 1 and hasattr(owner, "to") and all(owner is not reward for reward in rewards):
+            rewards.append(owner)
+        for reward in rewards:
+            reward.to(self.accelerator.device)
+        columns: dict[str, list[torch.Tensor]] = {}
+        kept: list[torch.Tensor] = []
+        for batch, output in self.generator.iter_batches(noises, row_embeds, steps):
+            rows = torch.arange(len(row_prompts))[batch]
+            batch_prompts = row_prompts[batch]
+            first = rows % count == 0  # the eval reward: on the first seed's images only
+            if first.any():
+                images = output.images[first.to(output.images.device)]
+                columns.setdefault("reward", []).append(score(images, [row_prompts[i] for i in rows[first]]).float().cpu())
+                if sum(len(image) for image in kept) < grid_count:
+                    kept.append(images.float().cpu())
+            for name, judge in self.guard_rewards.items():
+                columns.setdefault(f"judge/{name}", []).append(judge(output.images, batch_prompts).float().cpu())
+            columns.setdefault("statistics", []).append(image_statistics(output.images).cpu())
+            if count > 1:
+                columns.setdefault("embeddings", []).append(self.embed(output.images).float().cpu())
+            del output
+        if self.config.offload_reward:
+            for reward in rewards:
+                reward.to("cpu")
+        per_prompt: dict[str, list] = {"reward": torch.cat(columns["reward"]).tolist()}
+        for name in self.guard_rewards:
+            per_prompt[f"judge/{name}"] = torch.cat(columns[f"judge/{name}"]).view(len(prompts), count).mean(dim=1).tolist()
+        per_prompt["statistics"] = torch.cat(columns["statistics"]).view(len(prompts), count, -1).mean(dim=1).tolist()
+        if "embeddings" in columns:
+            embeddings = torch.cat(columns["embeddings"]).view(len(prompts), count, -1)
+            per_prompt["diversity"] = [mean_pairwise_distance(group) for group in embeddings]
+        return per_prompt, torch.cat(kept)[:grid_count]
+
+    def _reward_metrics(self, values: list, key: str, reference: dict[str, float] | None) -> dict[str, float]:
+        """The mean (and spread) over prompts of the eval reward. A weighted reward is standardised with the
+        eval prompts' per-reward budget-0 mean and spread in `reference` (round -1's; None: these values'
+        own). Returns `<key>` and `<key>_std`, and each reward's raw mean and spread as `<key>/<name>` and
+        `<key>_std/<name>` (the caller keeps those of budget 0 only)."""
+        if not self.weighted:
+            scores = torch.tensor(values, dtype=torch.float64)
+            return {key: float(scores.mean()), f"{key}_std": float(scores.std()) if len(scores) > 1 else 0.0}
+        components = torch.tensor(values, dtype=torch.float64)
+        names = short_reward_names(self.weighted.names)
+        metrics = {f"{key}/{name}": float(components[:, k].mean()) for k, name in enumerate(names)}
+        metrics.update({f"{key}_std/{name}": float(components[:, k].std()) if len(components) > 1 else 0.0 for k, name in enumerate(names)})
+        reference = metrics if reference is None else reference
+        mean = torch.tensor([_reference(reference, f"eval/reward_budget0/{name}", "eval_reward") for name in names], dtype=torch.float64)
+        spread = torch.tensor(
+            [_reference(reference, f"eval/reward_budget0_std/{name}", "eval_reward") or 1.0 for name in names], dtype=torch.float64
+        )
+        combined = self.weighted.combine(components, mean, spread, dtype=torch.float64)
+        metrics[key] = float(combined.mean())
+        metrics[f"{key}_std"] = float(combined.std()) if len(combined) > 1 else 0.0
+        return metrics
+
+    def _guard_metrics(self, gathered: dict[str, list]) -> dict[str, float]:
+        metrics = {f"guard/{name}": float(torch.tensor(gathered[f"judge/{name}"]).mean()) for name in self.guard_rewards}
+        statistics = torch.tensor(gathered["statistics"], dtype=torch.float64).mean(dim=0)
+        metrics.update({f"guard/image_{name}": float(value) for name, value in zip(IMAGE_STATISTICS, statistics, strict=True)})
+        if "diversity" in gathered:
+            distance = float(torch.tensor(gathered["diversity"], dtype=torch.float64).mean())
+            metrics["guard/diversity_distance"] = distance
+            reference = distance if self.before is None else _reference(self.before, "guard/diversity_distance", "guard_diversity_seeds")
+            metrics["guard/diversity"] = distance / reference if reference > 0 else float("nan")
+        return metrics
 
     def _save_grid(self, round_index: int, budget0_images: torch.Tensor, ses_images: torch.Tensor) -> None:
         """`eval/round_NNNNN.png` (top: budget 0, bottom: SES), also sent to tensorboard/wandb if tracking."""
@@ -151,6 +248,17 @@ class Evaluator:
                 tracker.log({"eval/budget0_vs_ses": wandb.Image(image, caption="top: budget 0, bottom: SES")}, step=round_index)
 
 
+def _reference(before: dict, key: str, setting: str) -> float:
+    """A round -1 value a later eval is measured against; a resume under other settings lacks it."""
+    value = before.get(key)
+    if value is None:
+        raise ValueError(
+            f"the eval before training (round -1 in metrics.jsonl) has no {key}: it ran with another {setting}. "
+            f"Resume with the {setting} the run started with, or start afresh with --overwrite_output_dir."
+        )
+    return value
+
+
 def amortisation_ratio(before: dict[str, float] | None, now: dict[str, float]) -> float | None:
     """How much of what the search gained before training the model now gets without searching.
 
@@ -167,14 +275,17 @@ def amortisation_ratio(before: dict[str, float] | None, now: dict[str, float]) -
     return (now["eval/reward_budget0"] - before["eval/reward_budget0"]) / gain
 
 
-def learning_summary(metrics_path: Path) -> str | None:
+def learning_summary(metrics_path: Path, final_round: int | None = None) -> str | None:
     """One line: budget-0 eval reward before -> after training, and what the search gained before training.
 
     Shifts are in units of the eval prompts' spread before training (round -1), so rewards of any
-    scale read alike. None when the run has no eval before and after training.
+    scale read alike. `final_round`: the eval of the LoRA the run kept (a guard stop's last good round;
+    default the last eval). None when the run has no eval before and after training.
     """
     evals = [row for row in read_metrics(metrics_path) if "eval/reward_budget0" in row]
     before = next((row for row in evals if row["round"] == -1), None)
+    if final_round is not None:
+        evals = [row for row in evals if row["round"] <= final_round]
     if before is None or len(evals) < 2:
         return None
     after = evals[-1]

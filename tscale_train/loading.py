@@ -264,9 +264,26 @@ def load_reward_for(
     *,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
+    batch_size: int | None = None,
     **overrides,
 ):
-    """`rewards.load_reward(reward, ...)`, with the tiny reward models when `model` is `tiny`."""
-    from rewards import load_reward
+    """`rewards.load_reward_spec(reward, ...)`, with the tiny reward models when `model` is `tiny`.
 
-    return load_reward(reward, device=device, dtype=parse_dtype(dtype), **reward_kwargs_for(reward, model, overrides))
+    `reward` is one name or weighted names ("pickscore:1.0,hpsv2:0.5", see `rewards.weighted`);
+    `overrides` (`--reward-arg`) go to a single reward only: with several, which one they meant is unclear.
+    """
+    from rewards import check_reward_spec, load_reward_spec
+
+    names = list(check_reward_spec(reward))
+    if overrides and len(names) > 1:
+        raise ValueError(
+            f"--reward-arg {sorted(overrides)} is ambiguous with several rewards ({', '.join(names)}); "
+            "set each reward's arguments in its own callable, or score with one reward."
+        )
+    return load_reward_spec(
+        reward,
+        component_kwargs={name: reward_kwargs_for(name, model, overrides) for name in names},
+        device=device,
+        dtype=parse_dtype(dtype),
+        batch_size=batch_size,
+    )

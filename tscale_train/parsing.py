@@ -14,6 +14,12 @@ from typing import Any
 
 import yaml
 
+# Settings whose YAML value may be a mapping or a list, for readability; the flag form is one string:
+# `reward: {pickscore: 1.0, hpsv2: 0.5}` is `--reward pickscore:1.0,hpsv2:0.5`, and
+# `guard_rewards: [hpsv2, clip]` is `--guard_rewards hpsv2,clip`.
+YAML_MAPPING_FIELDS = ("reward", "eval_reward")
+YAML_LIST_FIELDS = ("guard_rewards",)
+
 
 def make_parser(*dataclass_types: type):
     """One `HfArgumentParser` for the given settings dataclasses, plus `--config file.yaml`."""
@@ -45,6 +51,7 @@ def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | None = Non
             raise ValueError(f"{str(path)!r} is not a readable YAML file: {str(error).splitlines()[0]}") from error
         if not isinstance(values, dict):
             raise ValueError(f"{str(path)!r} must be a YAML mapping of `setting: value` lines, got a {type(values).__name__}.")
+        values = flatten_yaml_values(values)
         check_yaml_values(dataclass_types, values, path)
         parser.set_defaults(**values)
     *parsed, remaining = parser.parse_args_into_dataclasses(args=args, look_for_args_file=False, return_remaining_strings=True)
@@ -53,6 +60,18 @@ def parse_args(dataclass_types: Sequence[type], args: Sequence[str] | None = Non
         raise ValueError(f"unknown setting(s) {' '.join(remaining)!r}; see {names} for the valid ones.")
     # The extra namespace HfArgumentParser returns holds only `--config`, already read.
     return tuple(parsed[: len(dataclass_types)])
+
+
+def flatten_yaml_values(values: dict) -> dict:
+    """`YAML_MAPPING_FIELDS` / `YAML_LIST_FIELDS` given as a mapping / list, written in their flag form."""
+    flat = dict(values)
+    for name in YAML_MAPPING_FIELDS:
+        if isinstance(flat.get(name), dict):
+            flat[name] = ",".join(f"{key}:{weight}" for key, weight in flat[name].items())
+    for name in YAML_LIST_FIELDS:
+        if isinstance(flat.get(name), list) and all(isinstance(item, str) for item in flat[name]):
+            flat[name] = ",".join(flat[name])
+    return flat
 
 
 def check_yaml_values(dataclass_types: Sequence[type], values: dict, path: Path) -> None:

@@ -36,7 +36,7 @@ METRICS_NAME = "metrics.jsonl"
 # What the run's model samples with (class, family, steps, guidance): the model card's usage snippet
 # reads it, so an exported LoRA of any family shows its own pipeline and settings.
 PIPELINE_INFO_NAME = "pipeline.json"
-RUN_OUTPUTS = (METRICS_NAME, "pairs", "checkpoints", "eval", "logs", LORA_WEIGHT_NAME, "config.yaml", PIPELINE_INFO_NAME)
+RUN_OUTPUTS = (METRICS_NAME, "pairs", "checkpoints", "eval", "guard", "logs", LORA_WEIGHT_NAME, "config.yaml", PIPELINE_INFO_NAME)
 # How long a run that has the lock may take to write its pid file before its lock is judged stale.
 _PID_GRACE_SECONDS = 2.0
 

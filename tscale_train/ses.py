@@ -20,9 +20,11 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from rewards.weighted import WeightedReward, standardisation
 from search import RandomSearch, SearchResult, SESConfig, SpectralEvolutionSearch, published_variant
 
 from .config import DEFAULT_POPSIZE, SEARCH_METHODS, check_search_budget
+from .distributed import derive_seed
 from .generation import FlowGenerator, PromptEmbeds, generator_for_pipeline
 
 if TYPE_CHECKING:
@@ -44,6 +46,15 @@ class PromptSearch:
     search: SearchResult
     clean_latents: torch.Tensor | None = None  # [budget, *noise_shape], CPU, evaluation order
     previews: torch.Tensor | None = None  # [budget, 3, s, s] uint8 thumbnails, CPU, evaluation order
+    # A `WeightedReward` only: each reward's raw score [budget, K], and the per-reward mean and spread of
+    # the first generation that standardised them (the search's scores are the weighted standardised ones).
+    component_scores: torch.Tensor | None = None
+    reward_statistics: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def best_components(self) -> torch.Tensor | None:
+        """Each reward's raw score `[K]` of the best candidate (None unless the reward is weighted)."""
+        return None if self.component_scores is None else self.component_scores[self.search.best_index]
 
 
 @dataclass
@@ -103,10 +114,12 @@ class _Evaluator:
         12.6 MB plus the reward's copy, and a generation of a prompt group is popsize x group size.
         """
         prompts = [item.prompt for item in embeds]
+        # A weighted reward's scores are standardised per search (see `_search_group`): score each reward raw.
+        score = self.reward.component_scores if isinstance(self.reward, WeightedReward) else self.reward
         scores: list[torch.Tensor] = []
         extras: dict[str, list[torch.Tensor]] = {}
         for batch, output in self.generator.iter_batches(noises, embeds, self.num_inference_steps):
-            scores.append(self.reward(output.images, prompts[batch]).float().cpu())
+            scores.append(score(output.images, prompts[batch]).float().cpu())
             if self.keep_latents:
                 extras.setdefault("clean_latents", []).append(output.clean_latents.detach().cpu())
             if self.preview_size:
@@ -139,7 +152,7 @@ def search_prompts(
     first, then fresh Gaussian noises, `popsize` per batch, at the same budget.
 
     The base noise of search i is `generator.initial_noise(seeds[i])`, and the search's own random
-    numbers come from a generator seeded with the same seed, so a result depends only on (prompt, seed),
+    numbers come from a generator seeded from the same seed (`derive_seed(seed, "search")`), so a result depends only on (prompt, seed),
     not on which other prompts share the batch, the group size, or how many processes evaluate it.
 
     `embeds`: one `PromptEmbeds` per prompt, or a function that encodes a list of prompts (called one
@@ -203,16 +216,25 @@ def _search_group(
     bar,
     method: str = "ses",
 ) -> tuple[list[PromptSearch], int]:
-    """The searches of one group, in lockstep; returns their results and the count of NaN scores."""
+    """The searches of one group, in lockstep; returns their results and the count of NaN scores.
+
+    With a `WeightedReward` the evaluator returns raw scores `[N, K]`; each search standardises them with
+    the statistics of its own first generation (`popsize` candidates of fresh noise for SES and best-of-N
+    alike), kept for the rest of the search so its scores stay on one scale whatever the batching.
+    """
 
     def start(seed: int):
-        base, rng = generator.initial_noise(seed)[0], torch.Generator().manual_seed(int(seed))
+        # The search's own stream must not be the base noise's: seeded alike, its first fresh noise
+        # (best-of-N's, and the default SES's first generation) would be the base noise again.
+        base, rng = generator.initial_noise(seed)[0], torch.Generator().manual_seed(derive_seed(int(seed), "search"))
         if method == "random":
             return RandomSearch(base, budget, generator=rng, batch_size=config.popsize)
         return SpectralEvolutionSearch(base, budget=budget, config=config, generator=rng)
 
     searches = [start(seed) for seed in seeds]
     kept: list[dict[str, list[torch.Tensor]]] = [{} for _ in searches]
+    statistics: list[tuple[torch.Tensor, torch.Tensor] | None] = [None for _ in searches]
+    weighted = evaluate.reward if isinstance(evaluate.reward, WeightedReward) else None
     nan_count = 0
     while not all(search.done for search in searches):
         active = [index for index, search in enumerate(searches) if not search.done]
@@ -220,10 +242,16 @@ def _search_group(
         sizes = [noises.shape[0] for noises in asked]
         batch_embeds = [embeds[index] for index, size in zip(active, sizes, strict=True) for _ in range(size)]
         scores, extras = evaluate(torch.cat(asked), batch_embeds)
-        nan_count += int(torch.isnan(scores).sum())
+        nan_count += int(torch.isnan(scores.reshape(scores.shape[0], -1)).any(dim=1).sum())
         offset = 0
         for index, size in zip(active, sizes, strict=True):
-            searches[index].tell(scores[offset : offset + size])
+            chunk = scores[offset : offset + size]
+            if weighted is not None:
+                kept[index].setdefault("component_scores", []).append(chunk)
+                if statistics[index] is None:
+                    statistics[index] = standardisation(chunk)
+                chunk = weighted.combine(chunk, *statistics[index])
+            searches[index].tell(chunk)
             for name, values in extras.items():
                 kept[index].setdefault(name, []).append(values[offset : offset + size])
             offset += size
@@ -237,8 +265,10 @@ def _search_group(
             search=search.result(),
             clean_latents=torch.cat(extra["clean_latents"]) if "clean_latents" in extra else None,
             previews=torch.cat(extra["previews"]) if "previews" in extra else None,
+            component_scores=torch.cat(extra["component_scores"]) if "component_scores" in extra else None,
+            reward_statistics=stats,
         )
-        for prompt, seed, search, extra in zip(prompts, seeds, searches, kept, strict=True)
+        for prompt, seed, search, extra, stats in zip(prompts, seeds, searches, kept, statistics, strict=True)
     ]
     return results, nan_count
 

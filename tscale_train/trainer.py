@@ -16,13 +16,18 @@ the same LoRA as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from rewards import short_reward_names
 
 from .checkpointing import CHECKPOINT_IDENTITY, CheckpointManager
 from .config import OnlineDPOConfig
@@ -36,22 +41,25 @@ from .distributed import (
     shard_evenly,
 )
 from .dpo import FlowDPOStep
+from .ema import LoraEMA
 from .evaluation import Evaluator, learning_summary, split_eval_prompts
 from .generation import FlowGenerator, PromptEmbeds, generator_for_pipeline
-from .io_utils import disk_full_error
+from .guards import GuardMonitor, GuardVerdict, embedding_function
+from .io_utils import atomic_directory, atomic_write, atomic_write_json, disk_full_error, remove_tree
 from .loading import load_pipeline, load_reward_for
 from .lora import LORA_WEIGHT_NAME, add_lora, save_lora
 from .optimization import make_optimizer
 from .pairs import PairRecord, PairStore, records_from_search
 from .prompt_cache import PromptEmbeddingCache
 from .prompts import load_prompts
-from .run_dir import RunDirectory
+from .run_dir import METRICS_NAME, RunDirectory, read_metrics
 from .ses import search_prompts
 
 # Re-exported: callers import these from here.
 __all__ = ["OnlineDPOTrainer", "derive_seed", "learning_summary", "shard_evenly", "split_eval_prompts"]
 
 BUNDLED_PROMPTS = Path(__file__).parent / "data" / "prompts.txt"
+RAW_GUARD_METRICS = ("guard/image_", "guard/diversity_distance")
 
 
 class OnlineDPOTrainer:
@@ -78,6 +86,7 @@ class OnlineDPOTrainer:
             self.store = PairStore(self.output_dir / "pairs")
             self.start_round = 0
             self.global_step = 0
+            self.verdict: GuardVerdict | None = None  # the guards' judgement of the latest eval
             self._round_embeds: dict[str, PromptEmbeds] = {}
             self._setup_models()
 
@@ -117,6 +126,12 @@ class OnlineDPOTrainer:
             if config.eval_reward and config.eval_reward != config.reward
             else self.reward
         )
+        # Held-out judges: scored at eval only, never for pairs.
+        guard_names = config.guard_reward_names()
+        self.guard_rewards = {
+            short: load_reward_for(name, config.model, device=reward_device, batch_size=reward_batch_size)
+            for short, name in zip(short_reward_names(guard_names), guard_names, strict=True)
+        }
         # LoRA A matrices are drawn from the global RNG: seed it so every run (and process) starts alike.
         set_seed(config.seed)
         self.lora_parameters = add_lora(
@@ -157,10 +172,23 @@ class OnlineDPOTrainer:
             device=accelerator.device,
             autocast=accelerator.autocast,
         )
+        self.ema = LoraEMA(self.lora_parameters, config.ema_decay) if config.ema_decay is not None else None
+        self.checkpoints.ema = self.ema
+        # Diversity is seen through the training reward's image encoder: what that reward could collapse.
+        embed = embedding_function(self.reward) if config.guard_diversity_seeds > 1 else None
         # This module's `search_prompts`, so pairs and eval search alike (and one patch reaches both).
         self.evaluator = Evaluator(
             config, accelerator, self.generator, self.model, self.eval_reward, self.prompt_cache,
             self.eval_prompts, self.output_dir, config.ses_config, search=search_prompts,
+            guard_rewards=self.guard_rewards, embed=embed,
+        )
+        self.guards = GuardMonitor(
+            reward_keys=[f"guard/{name}" for name in self.guard_rewards],
+            diversity=embed is not None and bool(self.eval_prompts),
+            tolerance=config.guard_tolerance,
+            patience=config.guard_patience,
+            policy=config.guard_policy,
+            max_drift=config.guard_max_drift,
         )
 
     @property
@@ -181,10 +209,42 @@ class OnlineDPOTrainer:
         if state is not None:
             self.start_round = state["round"] + 1
             self.global_step = state["global_step"]
+        rows: list[dict] = []
         if self.accelerator.is_main_process:
             self.store.remove_rounds_after(state["round"] if state else -1)
             self.run_dir.truncate_metrics(state["round"] if state else None)
-            self.evaluator.before = self.run_dir.metrics_row(round_index=-1)
+            rows = read_metrics(self.output_dir / METRICS_NAME)
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            rows = broadcast_object_list([rows], from_process=0)[0]  # every rank judges the guards alike
+        self.accelerator.wait_for_everyone()
+        self.evaluator.before = next((row for row in rows if row["round"] == -1), None)
+        # The guards' streak and last good round follow from the logged rows.
+        self.guards.replay(rows)
+        self._check_last_good(state["round"] if state else None)
+
+    def _check_last_good(self, resumed_round: int | None) -> None:
+        """After a resume: the saved last-good LoRA must be the replayed last good round's.
+
+        A snapshot written after the checkpoint (in rounds this resume drops) is stale: when the last
+        good round is the checkpoint's own, its LoRA is the one just loaded and is saved again; else it
+        is removed, with a warning. Files are the main process's; every process meets at the barrier.
+        """
+        good = self.guards.last_good_round
+        if self.guards.active and self.config.guard_policy == "stop" and good is not None and self.accelerator.is_main_process:
+            marker = self.last_good_dir / "round.json"
+            saved = json.loads(marker.read_text())["round"] if marker.is_file() else None
+            if saved != good and good == resumed_round:
+                with self.ema.applied() if self.ema is not None else nullcontext():
+                    self._save_last_good(good)
+            elif saved != good:
+                remove_tree(self.last_good_dir)  # another round's LoRA: never to be passed off as this one
+                warnings.warn(
+                    f"the LoRA of round {good}, the last eval where every guard held, is no longer saved (guard/last_good "
+                    f"held round {saved}); if a guard stops this run, its final LoRA will be the one at the stop.",
+                    stacklevel=2,
+                )
         self.accelerator.wait_for_everyone()
 
     # ---- one round ---------------------------------------------------------------------------
@@ -314,6 +374,8 @@ class OnlineDPOTrainer:
                     self.optimizer.zero_grad(set_to_none=True)
                 if accelerator.sync_gradients:
                     self.global_step += 1
+                    if self.ema is not None:
+                        self.ema.update()
                 loss = loss.detach()
                 for name, value in {"loss": loss, **stats}.items():
                     totals[name] = totals.get(name, 0.0) + float(value)
@@ -327,8 +389,52 @@ class OnlineDPOTrainer:
         return means
 
     def evaluate(self, round_index: int, with_search: bool) -> dict[str, float]:
-        """Eval metrics (see `Evaluator`); {} without held-out prompts."""
-        return self.evaluator(round_index, with_search)
+        """Eval metrics (see `Evaluator`), of the LoRA's moving average when `ema_decay` is set; {} without
+        held-out prompts. The guards judge them (see `guards.py`): `guard/held` is 1.0 when every guard held."""
+        with self.ema.applied() if self.ema is not None else nullcontext():
+            metrics = self.evaluator(round_index, with_search)
+            if not metrics:
+                return metrics
+            self.verdict = self.guards.observe(round_index, self.evaluator.before, metrics)
+            metrics["guard/held"] = float(self.verdict.held)
+            if self.verdict.held and self.guards.active and self.config.guard_policy == "stop":
+                self._save_last_good(round_index)
+        return metrics
+
+    # ---- the LoRA a run ends with ---------------------------------------------------------------
+    @property
+    def last_good_dir(self) -> Path:
+        """The LoRA of the last eval where every guard held (with `guard_policy: stop`)."""
+        return self.output_dir / "guard" / "last_good"
+
+    def _save_last_good(self, round_index: int) -> None:
+        """The evaluated LoRA (the average, with EMA) as it stands, swapped in whole for the previous one."""
+        if not self.accelerator.is_main_process:
+            return
+        with disk_full_error(self.last_good_dir), atomic_directory(self.last_good_dir, remove_stale=True) as staging:
+            save_lora(type(self.pipe), self.unwrapped_transformer, staging)
+            atomic_write_json(staging / "round.json", {"round": round_index})
+
+    def _save_final_lora(self, stopped: GuardVerdict | None) -> None:
+        """`output_dir/pytorch_lora_weights.safetensors`: the trained LoRA (its average with EMA), or after a
+        guard stop the last good one, with `guard/report.json` saying why."""
+        target = self.output_dir / LORA_WEIGHT_NAME
+        kept = self.last_good_dir / LORA_WEIGHT_NAME
+        if stopped is not None and kept.is_file():
+            atomic_write(target, lambda temporary: shutil.copyfile(kept, temporary))
+        else:  # no stop, or the last good LoRA was lost to a resume from an older checkpoint (warned then)
+            with disk_full_error(target), self.ema.applied() if self.ema is not None else nullcontext():
+                save_lora(type(self.pipe), self.unwrapped_transformer, self.output_dir)
+        if stopped is None:
+            return
+        report = {
+            "stopped_at_round": stopped.round,
+            "final_lora_round": self.guards.last_good_round if kept.is_file() else stopped.round,
+            "failures": stopped.failures,
+            "guard_patience": self.guards.patience,
+            "guard_tolerance": self.guards.tolerance,
+        }
+        atomic_write_json(self.output_dir / "guard" / "report.json", report)
 
     # ---- the loop ------------------------------------------------------------------------------
     def log(self, metrics: dict[str, float], round_index: int) -> None:
@@ -371,6 +477,10 @@ class OnlineDPOTrainer:
             # `eval/amortisation_ratio` at every later eval.
             self.log(self.evaluate(-1, with_search=True), -1)
         last_round = config.rounds if stop_after_rounds is None else min(config.rounds, self.start_round + stop_after_rounds)
+        # A run a guard stopped stays stopped: resuming it (a scheduler relaunching the job) only finishes it.
+        stopped: GuardVerdict | None = self.guards.history[-1] if self.guards.history and self.guards.history[-1].action == "stop" else None
+        if stopped is not None:
+            last_round = self.start_round
         for round_index in tqdm(range(self.start_round, last_round), desc="rounds", disable=not self._show_progress):
             started = time.perf_counter()
             records, metrics = self.make_pairs(round_index)
@@ -381,21 +491,30 @@ class OnlineDPOTrainer:
             metrics["train/implicit_acc_new"] = self.implicit_accuracy(records, round_index)
             metrics.update(self.train_on_pairs(self._training_records(records, round_index), round_index))
             final_round = round_index == config.rounds - 1
+            self.verdict = None
             if self._due(config.eval_every, round_index) or final_round:
                 with_search = self._due(config.eval_ses_every, round_index) or final_round
                 metrics.update(self.evaluate(round_index, with_search=with_search))
             metrics["time/round_seconds"] = time.perf_counter() - started
             self.log(metrics, round_index)
             if accelerator.is_main_process:
-                summary = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+                # The guards' raw image statistics stay in metrics.jsonl; their drifts are on the line.
+                shown = {k: v for k, v in metrics.items() if isinstance(v, float) and not k.startswith(RAW_GUARD_METRICS)}
+                summary = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in shown.items())
                 tqdm.write(f"round {round_index}: {summary}")
             if self._due(config.checkpoint_every, round_index) or final_round:
                 self.save_checkpoint(round_index)
+            if self.verdict is not None and self.verdict.action == "warn" and accelerator.is_main_process:
+                tqdm.write(f"guard warning at round {round_index}: " + "; ".join(self.verdict.failures))
+            if self.verdict is not None and self.verdict.action == "stop":
+                stopped = self.verdict  # the same verdict on every rank: all stop together
+                break
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process and last_round == config.rounds:
-            with disk_full_error(self.output_dir / LORA_WEIGHT_NAME):
-                save_lora(type(self.pipe), self.unwrapped_transformer, self.output_dir)
-            summary = learning_summary(self.output_dir / "metrics.jsonl")
+        if accelerator.is_main_process and (last_round == config.rounds or stopped is not None):
+            self._save_final_lora(stopped)
+            if stopped is not None:
+                tqdm.write(self.guards.stop_message(stopped))
+            summary = learning_summary(self.output_dir / METRICS_NAME, final_round=self.guards.last_good_round if stopped else None)
             if summary:
                 tqdm.write(summary)
             if config.push_to_hub:

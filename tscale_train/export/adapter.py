@@ -47,6 +47,12 @@ def find_adapter(path: str | Path) -> AdapterSource:
     if (path / LORA_WEIGHT_NAME).is_file():
         rows = _metrics(path)
         last = max((row["round"] for row in rows), default=None)
+        report = path / "guard" / "report.json"
+        if report.is_file():
+            # A guard stopped the run: its final LoRA is the last good round's, and its card says so.
+            stop = json.loads(report.read_text())
+            label = f"final: round {stop['final_lora_round']}'s, kept when a guard stopped the run at round {stop['stopped_at_round']}"
+            return AdapterSource(path / LORA_WEIGHT_NAME, path, label, stop["final_lora_round"], _config(path))
         return AdapterSource(path / LORA_WEIGHT_NAME, path, "final", last, _config(path))
     checkpoints = sorted(
         (item for item in (path / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*") if (item / TRAINER_STATE).is_file()),

@@ -113,7 +113,9 @@ def write_model_card(folder: Path, source, rows: list[dict], *, repo_id: str, ex
         f"| DPO beta | {config.get('beta')} |\n"
         f"| LoRA rank / alpha | {config.get('lora_rank')} / {config.get('lora_alpha') or config.get('lora_rank')} |\n"
         f"| LoRA targets | `{config.get('lora_target_modules')}` |\n"
-        f"| resolution | {config.get('height') or 'model default'} x {config.get('width') or 'model default'} |",
+        f"| resolution | {config.get('height') or 'model default'} x {config.get('width') or 'model default'} |"
+        + (f"\n| held-out judges (guards) | `{config.get('guard_rewards')}` |" if config.get("guard_rewards") else "")
+        + (f"\n| LoRA EMA decay | {config.get('ema_decay')} |" if config.get("ema_decay") else ""),
     ]
     if evals:
         curve = "\n\n![eval curve](eval_curve.png)" if has_curve else ""

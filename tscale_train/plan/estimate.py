@@ -41,6 +41,18 @@ def _resolution(spec: PipelineSpec, height: int | None, width: int | None) -> tu
     return height, width
 
 
+def _reward_models(reward: str, spec: PipelineSpec) -> tuple[str | None, int]:
+    """The CLIP config standing for a reward setting's largest model (None: no model), and all its models' bytes.
+
+    A weighted setting ("pickscore:1.0,hpsv2:0.5") holds every one of its rewards on the GPU at once.
+    """
+    from rewards import parse_reward_spec
+
+    configs = [reward_clip_config_json(name, spec) for name in parse_reward_spec(reward)]
+    sized = sorted(((reward_bytes(clip), clip) for clip in configs if clip is not None), key=lambda item: item[0])
+    return (sized[-1][1] if sized else None), sum(size for size, _ in sized)
+
+
 def _largest(parts: dict[str, int]) -> dict[str, int]:
     name = max(parts, key=parts.get)
     return {name: parts[name]}
@@ -68,11 +80,12 @@ def plan_training(config, num_processes: int = 1, gpu_memory_gib: float = DEFAUL
     cfg = spec.uses_cfg(guidance)
     lora = LoraSpec(config.lora_rank, config.lora_target_modules)
     sizes = component_bytes(spec, dtype, lora)
-    reward_clip = reward_clip_config_json(config.reward, spec)
+    reward_clip, reward_gpu = _reward_models(config.reward, spec)
     eval_name = config.eval_reward or config.reward
-    eval_clip = reward_clip_config_json(eval_name, spec)
-    reward_gpu = reward_bytes(reward_clip)
-    eval_gpu = reward_bytes(eval_clip) if eval_name != config.reward else 0
+    eval_clip, eval_gpu = _reward_models(eval_name, spec)
+    eval_gpu = eval_gpu if eval_name != config.reward else 0
+    # Guard rewards (held-out judges) wait on the GPU with the eval reward during an eval.
+    guard_gpu = sum(_reward_models(name, spec)[1] for name in config.guard_reward_names())
     reward_batch = config.reward_batch_size or config.eval_batch_size
     text_encoder_resident = 0 if config.offload_text_encoder else sizes["text_encoder"]
     base = {
@@ -86,8 +99,11 @@ def plan_training(config, num_processes: int = 1, gpu_memory_gib: float = DEFAUL
     phases: dict[str, float] = {}
     breakdown: dict[str, dict[str, float]] = {}
 
-    # Both reward models are loaded onto the GPU at set-up unless offloaded, so a distinct eval reward is there too.
+    # Both reward models are loaded onto the GPU at set-up unless offloaded, so a distinct eval reward is there
+    # too, and so are the judges.
     rewards_on_gpu = {"reward model": reward_gpu, "eval reward model": eval_gpu}
+    if guard_gpu and not config.offload_reward:
+        rewards_on_gpu["guard reward models"] = guard_gpu
     # The trainer encodes a round's prompts before its reward model moves to the GPU.
     rewards_resident = {} if config.offload_reward else rewards_on_gpu
     phases["encode"], breakdown["encode"] = _phase(
@@ -120,9 +136,13 @@ def plan_training(config, num_processes: int = 1, gpu_memory_gib: float = DEFAUL
         eval_resident = {"reward model": reward_gpu}
     else:
         eval_resident = {"eval reward model": eval_gpu, "reward model": 0 if config.offload_reward else reward_gpu}
+    if guard_gpu:
+        eval_resident["guard reward models"] = guard_gpu
     phases["eval"], breakdown["eval"] = _phase({**base, **eval_resident, **_largest(evaluation)})
 
-    cpu_gib, cpu_breakdown = _training_cpu(config, spec, dtype, sizes, reward_gpu + eval_gpu, height, width, cfg, num_processes)
+    cpu_gib, cpu_breakdown = _training_cpu(
+        config, spec, dtype, sizes, reward_gpu + eval_gpu + guard_gpu, height, width, cfg, num_processes
+    )
     plan = MemoryPlan(
         kind="train",
         model=config.model,
@@ -232,7 +252,7 @@ def plan_ses(
     guidance = guidance_scale if guidance_scale is not None else spec.default_guidance_scale
     cfg = spec.uses_cfg(guidance)
     sizes = component_bytes(spec, torch_dtype, None)
-    clip_json = reward_clip_config_json(reward, spec)
+    clip_json, reward_gpu = _reward_models(reward, spec)
     lora_bytes = 0
     if lora is not None and Path(lora).expanduser().exists():
         path = Path(lora).expanduser()
@@ -242,7 +262,7 @@ def plan_ses(
         "transformer": sizes["transformer"],
         "text encoder": sizes["text_encoder"],
         "VAE": sizes["vae"],
-        "reward model": reward_bytes(clip_json),
+        "reward model": reward_gpu,
         "LoRA file": lora_bytes,
     }
     phases: dict[str, float] = {}
