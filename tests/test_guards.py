@@ -115,6 +115,28 @@ def test_search_standardises_each_search_on_its_first_generation(kit_dir, tiny_p
     assert len(set(together[0].component_scores[:popsize, 0].tolist())) == popsize
 
 
+def test_compare_puts_every_method_on_the_first_methods_scale(kit_dir, tiny_pipe):
+    """The published SES's first generation varies only the low band: on its own scale its scores read larger."""
+    from tscale_train.compare import compare_searches
+    from tscale_train.generation import generator_for_pipeline
+    from tscale_train.loading import load_reward_for
+    from tscale_train.ses import search_prompts
+
+    generator = generator_for_pipeline(tiny_pipe, eval_batch_size=6)
+    reward = load_reward_for(f"{BRIGHTNESS}:1,rewards.synthetic:redness:0.5", "tiny")
+    settings = dict(budget=12, config=SESConfig(popsize=6), progress=False)
+    (comparison,) = compare_searches(generator, reward, ["a cat"], [1], ["random", "ses-published"], **settings)
+    shared = comparison.searches["random"].reward_statistics
+    published = comparison.searches["ses-published"]
+    for own, given in zip(published.reward_statistics, shared, strict=True):
+        torch.testing.assert_close(own, given)
+    torch.testing.assert_close(published.search.scores, reward.combine(published.component_scores, *shared))
+    (alone,) = search_prompts(generator, reward, ["a cat"], [1], method="ses-published", **settings)
+    assert not torch.allclose(alone.reward_statistics[1], shared[1])  # on its own, its own scale
+    with pytest.raises(ValueError, match="reward statistics"):
+        search_prompts(generator, reward, ["a cat"], [1], reward_statistics=[shared, shared], **settings)
+
+
 def test_yaml_takes_weighted_rewards_as_a_mapping_and_guards_as_a_list(tmp_path):
     config_file = tmp_path / "run.yaml"
     config_file.write_text(

@@ -49,7 +49,12 @@ def compare_searches(
     unknown = [method for method in methods if method not in SEARCH_METHODS]
     if unknown or not methods:
         raise ValueError(f"unknown search method(s) {unknown or methods}; choose from {', '.join(SEARCH_METHODS)}.")
-    by_method = {method: search_prompts(generator, reward, prompts, seeds, method=method, **search_kwargs) for method in methods}
+    by_method = {methods[0]: search_prompts(generator, reward, prompts, seeds, method=methods[0], **search_kwargs)}
+    # A weighted reward: every method on the first method's scale (its first generation's statistics), so the
+    # table's rewards and gains compare. SES and best-of-N draw the same first generation anyway.
+    shared = [result.reward_statistics for result in by_method[methods[0]]] if isinstance(reward, WeightedReward) else None
+    for method in methods[1:]:
+        by_method[method] = search_prompts(generator, reward, prompts, seeds, method=method, reward_statistics=shared, **search_kwargs)
     return [
         Comparison(prompt, int(seed), {method: by_method[method][index] for method in methods})
         for index, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True))
@@ -71,7 +76,7 @@ def render_comparison(
     prompts = [comparison.prompt] * len(images)
     first = next(iter(comparison.searches.values()))
     if isinstance(reward, WeightedReward) and first.reward_statistics is not None:
-        # On the scale of the searches' scores: the first method's first-generation statistics.
+        # On the scale of the searches' scores: the statistics every method of the comparison shares.
         scores = reward.combine(reward.component_scores(images, prompts), *first.reward_statistics).tolist()
     else:
         scores = reward(images, prompts).float().cpu().tolist()

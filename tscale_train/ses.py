@@ -145,6 +145,7 @@ def search_prompts(
     group_size: int | None = DEFAULT_SEARCH_GROUP_SIZE,
     progress: bool = True,
     method: str = "ses",
+    reward_statistics: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
 ) -> list[PromptSearch]:
     """Run one SES per (prompt, seed), in lockstep groups of `group_size` prompts sharing batches.
 
@@ -159,6 +160,10 @@ def search_prompts(
     group at a time, so a long prompt file is never encoded all at once); default: encode each
     group with `generator.encode_prompt`. `group_size` bounds the candidates of one generation to
     `popsize x group_size` (None: every prompt in one group).
+
+    `reward_statistics` (a `WeightedReward` only): per prompt, the `(mean, spread)` of each reward to
+    standardise with instead of the search's own first generation's (None entries fit their own), so
+    several searches of one prompt can share one scale (`--compare`).
     """
     # As in `SearchConfig`: a budget below the default population is one generation, not an error.
     if method not in SEARCH_METHODS:
@@ -178,6 +183,9 @@ def search_prompts(
 
     elif not callable(embeds) and len(embeds) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(embeds)} prompt embeddings.")
+    if reward_statistics is not None and len(reward_statistics) != len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts but {len(reward_statistics)} reward statistics.")
+    statistics = list(reward_statistics) if reward_statistics is not None else [None] * len(prompts)
     evaluate = _Evaluator(
         generator,
         reward,
@@ -195,7 +203,7 @@ def search_prompts(
         group = slice(start, start + step)
         group_embeds = embeds(prompts[group]) if callable(embeds) else list(embeds[group])
         group_results, group_nans = _search_group(
-            generator, evaluate, prompts[group], seeds[group], group_embeds, budget, config, bar, method
+            generator, evaluate, prompts[group], seeds[group], group_embeds, budget, config, bar, method, statistics[group]
         )
         results += group_results
         nan_count += group_nans
@@ -215,6 +223,7 @@ def _search_group(
     config: SESConfig,
     bar,
     method: str = "ses",
+    given_statistics: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
 ) -> tuple[list[PromptSearch], int]:
     """The searches of one group, in lockstep; returns their results and the count of NaN scores.
 
@@ -233,7 +242,7 @@ def _search_group(
 
     searches = [start(seed) for seed in seeds]
     kept: list[dict[str, list[torch.Tensor]]] = [{} for _ in searches]
-    statistics: list[tuple[torch.Tensor, torch.Tensor] | None] = [None for _ in searches]
+    statistics: list[tuple[torch.Tensor, torch.Tensor] | None] = list(given_statistics or [None for _ in searches])
     weighted = evaluate.reward if isinstance(evaluate.reward, WeightedReward) else None
     nan_count = 0
     while not all(search.done for search in searches):
