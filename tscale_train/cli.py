@@ -50,17 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_ses_args(argv: list[str]) -> tuple[ModelConfig, SearchConfig, SESArguments]:
     """`tscale ses` flags (or `--config file.yaml`) -> validated settings; nothing is loaded."""
-    from rewards import check_reward_arguments, check_reward_spec
+    from .loading import check_reward_overrides
 
     model, search, ses = parse_args([ModelConfig, SearchConfig, SESArguments], argv, prog="tscale ses")
-    overrides = ses.reward_overrides()
-    if overrides:
-        names = list(check_reward_spec(search.reward))
-        if len(names) > 1:
-            raise ValueError(
-                f"--reward-arg is ambiguous with several rewards ({', '.join(names)}); use it with one --reward."
-            )
-        check_reward_arguments(names[0], overrides)  # a --reward-arg typo fails now
+    check_reward_overrides(search.reward, ses.reward_overrides())  # a --reward-arg typo fails now
     return model, search, ses
 
 

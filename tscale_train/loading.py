@@ -258,6 +258,22 @@ def reward_kwargs_for(reward: str, model: str, overrides: dict | None = None) ->
     return kwargs
 
 
+def check_reward_overrides(reward: str, overrides: dict) -> list[str]:
+    """The reward setting's names, once `overrides` (`--reward-arg`) are known to fit it: they go to a single
+    reward only (with several, which one they meant is unclear), and must be arguments it takes."""
+    from rewards import check_reward_arguments, check_reward_spec
+
+    names = list(check_reward_spec(reward))
+    if overrides and len(names) > 1:
+        raise ValueError(
+            f"--reward-arg {sorted(overrides)} is ambiguous with several rewards ({', '.join(names)}); use it with one "
+            "--reward, or set each reward's arguments in its own callable."
+        )
+    if overrides:
+        check_reward_arguments(names[0], overrides)
+    return names
+
+
 def load_reward_for(
     reward: str,
     model: str,
@@ -270,16 +286,11 @@ def load_reward_for(
     """`rewards.load_reward_spec(reward, ...)`, with the tiny reward models when `model` is `tiny`.
 
     `reward` is one name or weighted names ("pickscore:1.0,hpsv2:0.5", see `rewards.weighted`);
-    `overrides` (`--reward-arg`) go to a single reward only: with several, which one they meant is unclear.
+    `overrides` (`--reward-arg`) go to a single reward only (`check_reward_overrides`).
     """
-    from rewards import check_reward_spec, load_reward_spec
+    from rewards import load_reward_spec
 
-    names = list(check_reward_spec(reward))
-    if overrides and len(names) > 1:
-        raise ValueError(
-            f"--reward-arg {sorted(overrides)} is ambiguous with several rewards ({', '.join(names)}); "
-            "set each reward's arguments in its own callable, or score with one reward."
-        )
+    names = check_reward_overrides(reward, overrides)
     return load_reward_spec(
         reward,
         component_kwargs={name: reward_kwargs_for(name, model, overrides) for name in names},

@@ -222,14 +222,14 @@ def _search_group(
     budget: int,
     config: SESConfig,
     bar,
-    method: str = "ses",
-    given_statistics: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+    method: str,
+    statistics: list[tuple[torch.Tensor, torch.Tensor] | None],
 ) -> tuple[list[PromptSearch], int]:
     """The searches of one group, in lockstep; returns their results and the count of NaN scores.
 
     With a `WeightedReward` the evaluator returns raw scores `[N, K]`; each search standardises them with
-    the statistics of its own first generation (`popsize` candidates of fresh noise for SES and best-of-N
-    alike), kept for the rest of the search so its scores stay on one scale whatever the batching.
+    `statistics[i]`, or where that is None with those of its own first generation, kept for the rest of
+    the search so its scores stay on one scale whatever the batching.
     """
 
     def start(seed: int):
@@ -242,7 +242,7 @@ def _search_group(
 
     searches = [start(seed) for seed in seeds]
     kept: list[dict[str, list[torch.Tensor]]] = [{} for _ in searches]
-    statistics: list[tuple[torch.Tensor, torch.Tensor] | None] = list(given_statistics or [None for _ in searches])
+    statistics = list(statistics)  # filled in as first generations are scored
     weighted = evaluate.reward if isinstance(evaluate.reward, WeightedReward) else None
     nan_count = 0
     while not all(search.done for search in searches):

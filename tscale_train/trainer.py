@@ -236,7 +236,7 @@ class OnlineDPOTrainer:
             marker = self.last_good_dir / "round.json"
             saved = json.loads(marker.read_text())["round"] if marker.is_file() else None
             if saved != good and good == resumed_round:
-                with self.ema.applied() if self.ema is not None else nullcontext():
+                with self._evaluated_lora():
                     self._save_last_good(good)
             elif saved != good:
                 remove_tree(self.last_good_dir)  # another round's LoRA: never to be passed off as this one
@@ -391,7 +391,7 @@ class OnlineDPOTrainer:
     def evaluate(self, round_index: int, with_search: bool) -> dict[str, float]:
         """Eval metrics (see `Evaluator`), of the LoRA's moving average when `ema_decay` is set; {} without
         held-out prompts. The guards judge them (see `guards.py`): `guard/held` is 1.0 when every guard held."""
-        with self.ema.applied() if self.ema is not None else nullcontext():
+        with self._evaluated_lora():
             metrics = self.evaluator(round_index, with_search)
             if not metrics:
                 return metrics
@@ -402,6 +402,11 @@ class OnlineDPOTrainer:
         return metrics
 
     # ---- the LoRA a run ends with ---------------------------------------------------------------
+    def _evaluated_lora(self):
+        """The weights that are evaluated, kept and exported in the model meanwhile: the LoRA's moving
+        average with `ema_decay`, else the trained LoRA as it is."""
+        return self.ema.applied() if self.ema is not None else nullcontext()
+
     @property
     def last_good_dir(self) -> Path:
         """The LoRA of the last eval where every guard held (with `guard_policy: stop`)."""
@@ -423,7 +428,7 @@ class OnlineDPOTrainer:
         if stopped is not None and kept.is_file():
             atomic_write(target, lambda temporary: shutil.copyfile(kept, temporary))
         else:  # no stop, or the last good LoRA was lost to a resume from an older checkpoint (warned then)
-            with disk_full_error(target), self.ema.applied() if self.ema is not None else nullcontext():
+            with disk_full_error(target), self._evaluated_lora():
                 save_lora(type(self.pipe), self.unwrapped_transformer, self.output_dir)
         if stopped is None:
             return
