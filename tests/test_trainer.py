@@ -102,7 +102,7 @@ def test_checkpoints_total_limit_and_mismatched_resume(tmp_path, kit_dir):
     OnlineDPOTrainer(config).train()
     kept = sorted(path.name for path in (Path(config.output_dir) / "checkpoints").iterdir())
     assert kept == ["checkpoint-00001", "checkpoint-00002"]
-    with pytest.raises(ValueError, match="another model or LoRA config"):
+    with pytest.raises(ValueError, match=r"other settings \(lora_rank 4 -> 8\)"):
         OnlineDPOTrainer(tiny_config(tmp_path, rounds=3, lora_rank=8, resume_from_checkpoint="latest")).train()
 
 
@@ -374,7 +374,10 @@ def test_a_non_empty_output_dir_needs_resume_or_overwrite(tmp_path, monkeypatch)
     out = Path(config.output_dir)
     for name in ("pairs/round_00000", "checkpoints/checkpoint-00007", "eval"):
         (out / name).mkdir(parents=True)
-    (out / "checkpoints/checkpoint-00007/trainer_state.json").write_text("{}")
+    from tscale_train.checkpointing import run_settings
+
+    state = {"round": 7, "global_step": 0, "settings": run_settings(config), "pairs": {}}
+    (out / "checkpoints/checkpoint-00007/trainer_state.json").write_text(json.dumps(state))
     for name in ("metrics.jsonl", "config.yaml", "pytorch_lora_weights.safetensors"):
         (out / name).write_text("{}\n")
     _stop_at_model_load(monkeypatch)
@@ -397,7 +400,7 @@ def test_resume_validates_first_then_cuts_the_run_back_to_its_checkpoint(tmp_pat
     written = (out / "config.yaml").read_text()
 
     # A refused resume leaves the run's config as it was.
-    with pytest.raises(ValueError, match="another model or LoRA config"):
+    with pytest.raises(ValueError, match=r"other settings \(lora_rank 4 -> 8\)"):
         OnlineDPOTrainer(tiny_config(tmp_path, rounds=3, eval_every=0, lora_rank=8, resume_from_checkpoint="latest")).train()
     assert (out / "config.yaml").read_text() == written
 

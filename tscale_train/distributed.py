@@ -16,6 +16,10 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import socket
+import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -91,6 +95,62 @@ def make_accelerator(project_dir: Path, gradient_accumulation_steps: int, report
     )
     check_gradient_accumulation(accelerator, gradient_accumulation_steps)
     return accelerator
+
+# ---- a worker dies with its launcher ------------------------------------------------------------
+# torchrun starts each worker in a session of its own, so `kill -9` of the launch's process group
+# spares the workers: without a watch they would go on writing into the run dir and holding its lock.
+_LAUNCHER_ENV = ("TORCHELASTIC_RUN_ID", "ACCELERATE_MIXED_PRECISION")
+WATCH_INTERVAL_SECONDS = 1.0
+_watch_started = False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_with_launcher(accelerator=None, interval: float = WATCH_INTERVAL_SECONDS) -> bool:
+    """Under a launcher (`accelerate launch`, torchrun), watch from a daemon thread that the launcher and,
+    on this host, the main process are alive; when either is gone, end this process at once.
+
+    Ending at once is what a crash does, and a crash is safe: every write is atomic, a round counts
+    only once its checkpoint is committed, and a resume redoes the rest (tests/test_fault_injection.py).
+    A plain `python train.py` has no launcher and is not watched (its parent may be a shell that exits).
+    Returns whether the watch runs. Every process must call it (it broadcasts the main process's pid).
+    """
+    global _watch_started
+    main = (os.getpid(), socket.gethostname())
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        main = tuple(broadcast_object_list([main], from_process=0)[0])
+    if _watch_started or not any(name in os.environ for name in _LAUNCHER_ENV):
+        return _watch_started
+    launcher = os.getppid()
+    main_pid = main[0] if main[1] == socket.gethostname() and main[0] != os.getpid() else None
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != launcher:
+                gone = f"its launcher (pid {launcher})"
+            elif main_pid is not None and not _alive(main_pid):
+                gone = f"the main process (pid {main_pid})"
+            else:
+                continue
+            print(f"tscale: {gone} is gone; stopping this process (pid {os.getpid()}). The last committed round is "
+                  "intact: resume with --resume_from_checkpoint latest", file=sys.stderr, flush=True)
+            os._exit(1)
+
+    threading.Thread(target=watch, name="tscale-launcher-watch", daemon=True).start()
+    _watch_started = True
+    return True
+
 
 # ---- seeds, shards and gathers -------------------------------------------------------------------
 # Everything random in the loop is derived from (seed, round, index) and every collective is called

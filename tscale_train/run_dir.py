@@ -36,7 +36,13 @@ METRICS_NAME = "metrics.jsonl"
 # What the run's model samples with (class, family, steps, guidance): the model card's usage snippet
 # reads it, so an exported LoRA of any family shows its own pipeline and settings.
 PIPELINE_INFO_NAME = "pipeline.json"
-RUN_OUTPUTS = (METRICS_NAME, "pairs", "checkpoints", "eval", "guard", "logs", LORA_WEIGHT_NAME, "config.yaml", PIPELINE_INFO_NAME)
+# Written last by a finished run: the round its final LoRA commits, and what the pair store held then.
+FINAL_STATE_NAME = "final_state.json"
+CONFIG_NAME = "config.yaml"
+# One row per launch into the dir: which settings changed from the stored config.yaml, from which round.
+CONFIG_HISTORY_NAME = "config_history.jsonl"
+RUN_OUTPUTS = (METRICS_NAME, "pairs", "checkpoints", "eval", "guard", "logs", LORA_WEIGHT_NAME, CONFIG_NAME,
+               PIPELINE_INFO_NAME, FINAL_STATE_NAME, CONFIG_HISTORY_NAME)
 # How long a run that has the lock may take to write its pid file before its lock is judged stale.
 _PID_GRACE_SECONDS = 2.0
 
@@ -52,10 +58,21 @@ def _alive(pid: int) -> bool:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows of a `metrics.jsonl`, in order; [] when there is none."""
+    """The rows of a `metrics.jsonl`, in order; [] when there is none. A last line cut short (a process
+    killed while appending it, whose round a resume redoes) is left out; a bad line before it is an error."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                logger.warning("%s: its last line is cut short (a killed run?) and is left out", path)
+                break
+            raise ValueError(f"{path} line {number} is not JSON ({error}); restore the file or remove that line") from None
+    return rows
 
 
 class RunDirectory:
@@ -227,9 +244,26 @@ class RunDirectory:
         }
         atomic_write_text(self.path / PIPELINE_INFO_NAME, dumps_json(info, indent=2) + "\n")
 
-    def write_config(self, config: dict[str, Any]) -> None:
-        """`config.yaml`, atomically: a reader (or a crash) never sees half of it."""
-        atomic_write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    def write_config(self, config: dict[str, Any], start_round: int = 0, resumed_from: str | None = None) -> None:
+        """`config.yaml` (this launch's settings), atomically, after a row in `config_history.jsonl` that
+        says which settings changed from the stored ones: a resume never rewrites the record silently."""
+        import datetime
+
+        path = self.path / CONFIG_NAME
+        previous = yaml.safe_load(path.read_text()) if path.is_file() else None
+        previous = previous if isinstance(previous, dict) or previous is None else {}
+        changed = {} if previous is None else {
+            name: [previous.get(name), value] for name, value in config.items()
+            if previous.get(name) != value and name not in ("resume_from_checkpoint", "overwrite_output_dir")
+        }
+        if changed:
+            logger.warning("output_dir %s: this launch changes %s", self.path,
+                           ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items()))
+        row = {"launched_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "start_round": start_round, "resumed_from": resumed_from, "changed": changed}
+        with (self.path / CONFIG_HISTORY_NAME).open("a") as handle:
+            handle.write(dumps_json(row) + "\n")
+        atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         """One row, strict JSON (NaN and infinities as null)."""
@@ -241,10 +275,8 @@ class RunDirectory:
         """Keep only rows of rounds <= `after_round` (None: none), atomically: resuming redoes the later rounds."""
         if not self.metrics_path.is_file():
             return
-        kept = []
-        for line in self.metrics_path.read_text().splitlines():
-            if line.strip() and after_round is not None and json.loads(line).get("round", -1) <= after_round:
-                kept.append(line + "\n")
+        kept = [dumps_json(row) + "\n" for row in read_metrics(self.metrics_path)
+                if after_round is not None and row.get("round", -1) <= after_round]
         atomic_write_text(self.metrics_path, "".join(kept))
 
     def metrics_row(self, round_index: int) -> dict[str, Any] | None:

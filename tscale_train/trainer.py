@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from rewards import short_reward_names
 
-from .checkpointing import CHECKPOINT_IDENTITY, CheckpointManager
+from .checkpointing import CheckpointManager, ResumePoint, run_settings
 from .config import OnlineDPOConfig
 from .distributed import (
     check_shardable,
@@ -39,6 +39,7 @@ from .distributed import (
     make_accelerator,
     round_slots,
     shard_evenly,
+    stop_with_launcher,
 )
 from .dpo import FlowDPOStep
 from .ema import LoraEMA
@@ -52,7 +53,7 @@ from .optimization import make_optimizer
 from .pairs import PairRecord, PairStore, records_from_search
 from .prompt_cache import PromptEmbeddingCache
 from .prompts import load_prompts
-from .run_dir import METRICS_NAME, RunDirectory, read_metrics
+from .run_dir import FINAL_STATE_NAME, METRICS_NAME, RunDirectory, read_metrics
 from .ses import search_prompts
 
 # Re-exported: callers import these from here.
@@ -79,15 +80,26 @@ class OnlineDPOTrainer:
             # On every rank (it only reads the environment), so all fail together, before the claim's broadcast.
             resolve_token()  # no token: fail now, not after the last round
         # Before anything is loaded or written: this run owns the dir, which is fresh, resumed or overwritten.
+        # A worker whose launcher (or main process) is killed stops instead of writing on alone.
+        stop_with_launcher(self.accelerator)
         self.run_dir = RunDirectory(self.output_dir)
         self.run_dir.claim(config, self.accelerator)
         with self.run_dir.released_on_error():
             self.weight_dtype = config.torch_dtype(self.accelerator.device)
             self.store = PairStore(self.output_dir / "pairs")
+            # What each committed shard holds: recorded with every checkpoint, checked before pairs are reread.
+            self.pair_manifest: dict[str, dict] = {}
             self.start_round = 0
             self.global_step = 0
             self.verdict: GuardVerdict | None = None  # the guards' judgement of the latest eval
             self._round_embeds: dict[str, PromptEmbeds] = {}
+            self.checkpoints = CheckpointManager(
+                self.accelerator, self.output_dir, settings=run_settings(config), total_limit=config.checkpoints_total_limit
+            )
+            # The checkpoint, its files, the run's settings and the pair store are checked before any model loads.
+            self.resume_point: ResumePoint | None = (
+                self.checkpoints.choose(config.resume_from_checkpoint, self.store) if config.resume_from_checkpoint else None
+            )
             self._setup_models()
 
     # ---- set-up ------------------------------------------------------------------------------
@@ -149,14 +161,7 @@ class OnlineDPOTrainer:
         if accelerator.state.deepspeed_plugin is not None:
             accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train_batch_size
         self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(self.pipe.transformer, optimizer, scheduler)
-        self.checkpoints = CheckpointManager(
-            accelerator,
-            self.output_dir,
-            type(self.pipe),
-            identity={name: getattr(config, name) for name in CHECKPOINT_IDENTITY},
-            total_limit=config.checkpoints_total_limit,
-        )
-        self.checkpoints.register_hooks()
+        self.checkpoints.register_hooks(type(self.pipe), self.model)
         self.dpo_step = FlowDPOStep(
             model=self.model,
             unwrapped_model=self.unwrapped_transformer,
@@ -201,14 +206,18 @@ class OnlineDPOTrainer:
 
     # ---- checkpoints (see checkpointing.py) ----------------------------------------------------
     def save_checkpoint(self, round_index: int) -> Path:
-        return self.checkpoints.save(round_index, self.global_step)
+        return self.checkpoints.save(round_index, self.global_step, pairs=self.pair_manifest)
 
-    def resume(self, checkpoint: str) -> None:
-        """Continue after the checkpoint's round; later rounds' pairs and metrics rows (all, without a checkpoint) are dropped."""
-        state = self.checkpoints.resume(checkpoint)
-        if state is not None:
-            self.start_round = state["round"] + 1
-            self.global_step = state["global_step"]
+    def resume(self) -> None:
+        """Continue after the chosen checkpoint's round (`resume_point`); later rounds' pairs and metrics
+        rows (all, without a checkpoint) are dropped."""
+        point = self.resume_point
+        state = self.checkpoints.load(point) if point is not None else None
+        if point is not None:
+            self.start_round = point.round + 1
+            self.global_step = point.state["global_step"]
+            # A checkpoint older than manifests: its rounds' shards are taken as they are now.
+            self.pair_manifest = point.pairs if point.pairs is not None else self.store.manifest(range(point.round + 1))
         rows: list[dict] = []
         if self.accelerator.is_main_process:
             self.store.remove_rounds_after(state["round"] if state else -1)
@@ -288,6 +297,7 @@ class OnlineDPOTrainer:
             )
         ]
         self.store.write_shard(records, round_index, self.accelerator.process_index)
+        self._record_shards(round_index, len(records))
         finite = [result.search.scores[torch.isfinite(result.search.scores)] for result in results]
         accelerator = self.accelerator
         stats = {
@@ -298,6 +308,16 @@ class OnlineDPOTrainer:
             "train/num_pairs": global_sum(accelerator, len(records)),
         }
         return records, stats
+
+    def _record_shards(self, round_index: int, rows: int) -> None:
+        """Add every process's shard of this round (rows and checksum) to `pair_manifest`, on every process."""
+        entries = [self.store.describe_shard(round_index, self.accelerator.process_index, rows)]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            entries = gather_object(entries)
+        for entry in entries:
+            self.pair_manifest.update(entry)
 
     def _pair_tensors(self, records: list[PairRecord]) -> tuple[torch.Tensor, torch.Tensor, list[PromptEmbeds]]:
         chosen = torch.stack([record.chosen_latents.float() for record in records])
@@ -338,7 +358,12 @@ class OnlineDPOTrainer:
         if self.config.replay_rounds <= 0:
             return records
         rounds = range(max(0, round_index - self.config.replay_rounds), round_index)
-        return records + self.store.load_records(rounds, process=self.accelerator.process_index)
+        process = self.accelerator.process_index
+        self.store.verify(self.pair_manifest, rounds, process, advice=(
+            "replay would train on other pairs than the run made: restore it, or resume from a checkpoint "
+            "before its round (--resume_from_checkpoint checkpoints/checkpoint-NNNNN)"
+        ))
+        return records + self.store.load_records(rounds, process=process)
 
     def train_on_pairs(self, records: list[PairRecord], round_index: int) -> dict[str, float]:
         config, accelerator = self.config, self.accelerator
@@ -422,19 +447,28 @@ class OnlineDPOTrainer:
 
     def _save_final_lora(self, stopped: GuardVerdict | None) -> None:
         """`output_dir/pytorch_lora_weights.safetensors`: the trained LoRA (its average with EMA), or after a
-        guard stop the last good one, with `guard/report.json` saying why."""
+        guard stop the last good one, with `guard/report.json` saying why. `final_state.json`, written last,
+        commits it with the rounds it was trained on and what the pair store held then (what export reads)."""
         target = self.output_dir / LORA_WEIGHT_NAME
         kept = self.last_good_dir / LORA_WEIGHT_NAME
+        # Until the new commit is written, the last committed round is the newest checkpoint's.
+        (self.output_dir / FINAL_STATE_NAME).unlink(missing_ok=True)
         if stopped is not None and kept.is_file():
             atomic_write(target, lambda temporary: shutil.copyfile(kept, temporary))
         else:  # no stop, or the last good LoRA was lost to a resume from an older checkpoint (warned then)
             with disk_full_error(target), self._evaluated_lora():
                 save_lora(type(self.pipe), self.unwrapped_transformer, self.output_dir)
-        if stopped is None:
-            return
+        lora_round = self.config.rounds - 1 if stopped is None else (self.guards.last_good_round if kept.is_file() else stopped.round)
+        final = {"round": self.config.rounds - 1 if stopped is None else stopped.round, "lora_round": lora_round,
+                 "global_step": self.global_step, "pairs": self.pair_manifest}
+        if stopped is not None:
+            self._write_guard_report(stopped, lora_round)
+        atomic_write_json(self.output_dir / FINAL_STATE_NAME, final)
+
+    def _write_guard_report(self, stopped: GuardVerdict, lora_round: int) -> None:
         report = {
             "stopped_at_round": stopped.round,
-            "final_lora_round": self.guards.last_good_round if kept.is_file() else stopped.round,
+            "final_lora_round": lora_round,
             "failures": stopped.failures,
             "guard_patience": self.guards.patience,
             "guard_tolerance": self.guards.tolerance,
@@ -471,9 +505,11 @@ class OnlineDPOTrainer:
     def _train(self, stop_after_rounds: int | None) -> Path:
         config, accelerator = self.config, self.accelerator
         if config.resume_from_checkpoint:
-            self.resume(config.resume_from_checkpoint)
+            self.resume()
         if accelerator.is_main_process:
-            self.run_dir.write_config(config.to_dict())  # only now: a refused resume leaves the run's config as it was
+            # Only now: a refused resume leaves the run's config as it was; a change is kept in its history.
+            resumed_from = None if self.resume_point is None else self.resume_point.path.name
+            self.run_dir.write_config(config.to_dict(), start_round=self.start_round, resumed_from=resumed_from)
             self.run_dir.write_pipeline_info(self.generator)
         if accelerator.is_main_process and config.report_to != "none":
             accelerator.init_trackers(config.tracker_project, config={k: v for k, v in config.to_dict().items() if v is not None})

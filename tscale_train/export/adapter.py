@@ -1,7 +1,8 @@
 """The adapter folder of a run (or of one of its checkpoints), as diffusers and the Hub expect it.
 
 `find_adapter(path)` accepts a finished run, a run still training (its latest complete checkpoint),
-or a checkpoint dir. `build_adapter_folder` writes, atomically:
+or a checkpoint dir, and reads one committed round: its LoRA, and the pair manifest it recorded, so an
+export never mixes one round's LoRA with another's pairs, whatever is running. `build_adapter_folder` writes, atomically:
 
     pytorch_lora_weights.safetensors   the LoRA as `save_lora_weights` writes it (`transformer.` keys,
                                        its LoRA config in the metadata), checked against the base model
@@ -23,7 +24,7 @@ import yaml
 from ..checkpointing import CHECKPOINT_PREFIX, TRAINER_STATE
 from ..io_utils import atomic_directory
 from ..lora import LORA_WEIGHT_NAME
-from ..run_dir import METRICS_NAME, read_metrics
+from ..run_dir import FINAL_STATE_NAME, METRICS_NAME, read_metrics
 
 EXAMPLE_PROMPTS_COUNT = 2
 
@@ -35,6 +36,15 @@ class AdapterSource:
     label: str  # "final" or the checkpoint's name
     round: int | None  # the last round the adapter was trained on (None: unknown)
     config: dict
+    # The committed round whose pairs go with this adapter, and what its commit recorded of the pair
+    # store (None: a run written before commits recorded it; its pairs are taken as they are).
+    pairs_round: int | None = None
+    pairs: dict | None = None
+
+    @property
+    def pair_rounds(self) -> range | None:
+        """The rounds whose pairs belong to this adapter's commit (None: all that are stored)."""
+        return None if self.pairs_round is None else range(self.pairs_round + 1)
 
 
 def find_adapter(path: str | Path) -> AdapterSource:
@@ -44,7 +54,19 @@ def find_adapter(path: str | Path) -> AdapterSource:
         raise FileNotFoundError(f"{str(path)!r} is not a directory; pass a run's --output_dir or one of its checkpoints.")
     if path.name.startswith(CHECKPOINT_PREFIX):
         return _from_checkpoint(path, run_dir=path.parent.parent)
-    if (path / LORA_WEIGHT_NAME).is_file():
+    checkpoints = sorted(
+        (item for item in (path / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*") if (item / TRAINER_STATE).is_file()),
+        key=lambda item: int(item.name.removeprefix(CHECKPOINT_PREFIX)),
+    )
+    final = json.loads((path / FINAL_STATE_NAME).read_text()) if (path / FINAL_STATE_NAME).is_file() else None
+    newest = int(checkpoints[-1].name.removeprefix(CHECKPOINT_PREFIX)) if checkpoints else None
+    if final is not None and (path / LORA_WEIGHT_NAME).is_file() and (newest is None or final["round"] >= newest):
+        # The finished run's commit. A run resumed for more rounds has newer checkpoints: those come first.
+        return _from_final(path, final)
+    legacy = final is None and (not checkpoints or "pairs" not in json.loads((checkpoints[-1] / TRAINER_STATE).read_text()))
+    if checkpoints and not (legacy and (path / LORA_WEIGHT_NAME).is_file()):
+        return _from_checkpoint(checkpoints[-1], run_dir=path)
+    if (path / LORA_WEIGHT_NAME).is_file():  # a run finished before final_state.json existed
         rows = _metrics(path)
         last = max((row["round"] for row in rows), default=None)
         report = path / "guard" / "report.json"
@@ -54,16 +76,19 @@ def find_adapter(path: str | Path) -> AdapterSource:
             label = f"final: round {stop['final_lora_round']}'s, kept when a guard stopped the run at round {stop['stopped_at_round']}"
             return AdapterSource(path / LORA_WEIGHT_NAME, path, label, stop["final_lora_round"], _config(path))
         return AdapterSource(path / LORA_WEIGHT_NAME, path, "final", last, _config(path))
-    checkpoints = sorted(
-        (item for item in (path / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*") if (item / TRAINER_STATE).is_file()),
-        key=lambda item: int(item.name.removeprefix(CHECKPOINT_PREFIX)),
-    )
-    if checkpoints:
-        return _from_checkpoint(checkpoints[-1], run_dir=path)
     raise FileNotFoundError(
         f"no adapter in {str(path)!r}: expected {LORA_WEIGHT_NAME} (a finished run) or a complete checkpoint "
         "under checkpoints/ (a run still training)."
     )
+
+
+def _from_final(run_dir: Path, final: dict) -> AdapterSource:
+    label = "final"
+    if (run_dir / "guard" / "report.json").is_file():
+        # A guard stopped the run: its final LoRA is the last good round's, and its card says so.
+        label = f"final: round {final['lora_round']}'s, kept when a guard stopped the run at round {final['round']}"
+    return AdapterSource(run_dir / LORA_WEIGHT_NAME, run_dir, label, final["lora_round"], _config(run_dir),
+                         pairs_round=final["round"], pairs=final.get("pairs"))
 
 
 def _from_checkpoint(checkpoint: Path, run_dir: Path) -> AdapterSource:
@@ -76,7 +101,8 @@ def _from_checkpoint(checkpoint: Path, run_dir: Path) -> AdapterSource:
             "once it has finished, or a checkpoint of a DDP / single-GPU run."
         )
     state = json.loads((checkpoint / TRAINER_STATE).read_text())
-    return AdapterSource(lora, run_dir, checkpoint.name, int(state["round"]), _config(run_dir))
+    return AdapterSource(lora, run_dir, checkpoint.name, int(state["round"]), _config(run_dir),
+                         pairs_round=int(state["round"]), pairs=state.get("pairs"))
 
 
 def _config(run_dir: Path) -> dict:

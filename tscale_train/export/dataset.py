@@ -57,13 +57,18 @@ _COLUMN_DOCS = {
 }
 
 
-def export_pair_dataset(run_dir: Path, out_dir: Path, *, repo_id: str | None = None) -> Path:
+def export_pair_dataset(
+    run_dir: Path, out_dir: Path, *, repo_id: str | None = None, rounds: range | None = None, manifest: dict | None = None
+) -> Path:
     """Write ``run_dir``'s pairs as a dataset folder ready for ``upload_folder``; returns ``out_dir``.
 
     The pairs of ``PairStore(run_dir / "pairs")`` go through :func:`~tscale_train.pairs.to_pickapic`
     into parquet shards under ``out_dir/data/``, described by a dataset card ``README.md`` built from
     the run's ``config.yaml`` (prompt source, reward, search budget, pairing, base model) and the
-    pairs themselves (counts). ``repo_id`` only fills the card's loading example.
+    pairs themselves (counts). ``repo_id`` only fills the card's loading example. ``rounds`` limits the
+    export to those rounds (one committed round's pairs: those it was trained on), and ``manifest`` (what
+    that commit recorded) is checked first, so a missing, truncated or altered shard is an error rather
+    than fewer rows.
 
     The folder is built beside ``out_dir`` and renamed into place, so a failure leaves nothing
     half-written. An existing ``out_dir`` is replaced only if it is empty or an earlier export of
@@ -79,7 +84,11 @@ def export_pair_dataset(run_dir: Path, out_dir: Path, *, repo_id: str | None = N
     config = _read_config(run_dir)
     _check_out_dir(run_dir, out_dir)
     store = PairStore(run_dir / "pairs")
-    stored = store.load()
+    if manifest is not None:
+        store.verify(manifest, rounds if rounds is not None else store.rounds(), advice=(
+            "restore it, or export a checkpoint from before its round (tscale export RUN/checkpoints/checkpoint-NNNNN)"
+        ))
+    stored = store.load(rounds)
     if stored.num_rows == 0:
         raise ValueError(
             f"run {run_dir} has no pairs to export: {store.root} holds no complete pair shard "

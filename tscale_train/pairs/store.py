@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import datasets
@@ -20,7 +21,15 @@ from .schema import (
     record_latents,
 )
 
-__all__ = ["PairStore"]
+__all__ = ["PairStore", "PairStoreError", "ShardManifest"]
+
+# What a committed round says its shards hold: {"round_00003/process_00001": {"rows": 4, "sha256": "..."}}.
+ShardManifest = dict[str, dict[str, int | str]]
+_HASH_CHUNK = 1 << 20
+
+
+class PairStoreError(ValueError):
+    """A shard a committed round recorded is missing, truncated or altered, or one it never recorded is there."""
 
 _ROUND_DIR = re.compile(r"^round_(\d{5,})$")
 _PROCESS_DIR = re.compile(r"^process_(\d{5,})$")
@@ -103,6 +112,54 @@ class PairStore:
             if match and entry.is_dir() and int(match.group(1)) > round_index:
                 remove_tree(entry)
 
+    # ---- what a committed round holds ------------------------------------------------------------
+
+    def shard_key(self, shard_path: Path) -> str:
+        """``round_RRRRR/process_PPPPP``: how a manifest names a shard."""
+        return f"{shard_path.parent.name}/{shard_path.name}"
+
+    def describe_shard(self, round_index: int, process_index: int, rows: int) -> ShardManifest:
+        """The manifest entry of one written shard (``{}`` when it holds no pairs and was not written)."""
+        path = self.root / _round_dir_name(round_index) / _process_dir_name(process_index)
+        if rows == 0 and not path.exists():
+            return {}
+        return {self.shard_key(path): {"rows": rows, "sha256": _digest(path)}}
+
+    def manifest(self, rounds: Iterable[int] | None = None) -> ShardManifest:
+        """Entries for the shards on disk now (of ``rounds``): for stores whose rounds were committed
+        before manifests were recorded, taken as they are."""
+        return {
+            self.shard_key(path): {"rows": datasets.load_from_disk(str(path)).num_rows, "sha256": _digest(path)}
+            for path in self.shard_paths(rounds)
+        }
+
+    def verify(self, manifest: Mapping[str, Mapping], rounds: Iterable[int], process: int | None = None,
+               *, advice: str) -> None:
+        """Check the shards of ``rounds`` (of ``process``) against ``manifest``; `PairStoreError` names the
+        first shard that is missing, altered or unrecorded, followed by ``advice`` (what to do)."""
+        wanted = {int(r) for r in rounds}
+
+        def in_scope(key: str) -> bool:
+            round_name, _, process_name = key.partition("/")
+            round_match, process_match = _ROUND_DIR.match(round_name), _PROCESS_DIR.match(process_name)
+            return bool(round_match and process_match) and int(round_match.group(1)) in wanted and (
+                process is None or int(process_match.group(1)) == process
+            )
+
+        expected = {key: entry for key, entry in manifest.items() if in_scope(key)}
+        present = {self.shard_key(path): path for path in self.shard_paths(wanted, process)}
+        for key, entry in sorted(expected.items()):
+            shard = self.root / key
+            if key not in present:
+                raise PairStoreError(f"pair shard {shard} is missing (the run recorded {entry['rows']} pairs there); {advice}")
+            if _digest(shard) != entry["sha256"]:
+                raise PairStoreError(
+                    f"pair shard {shard} is truncated or altered (its checksum is not the one recorded with its "
+                    f"{entry['rows']} pairs); {advice}"
+                )
+        for key in sorted(set(present) - set(expected)):
+            raise PairStoreError(f"pair shard {self.root / key} was not written by the run's committed rounds; {advice}")
+
     # ---- reading ------------------------------------------------------------------------------
 
     def rounds(self) -> list[int]:
@@ -173,3 +230,14 @@ class PairStore:
                 if process_match and shard_entry.is_dir():
                     shards.append((int(round_match.group(1)), int(process_match.group(1)), shard_entry))
         return [path for _, _, path in sorted(shards)]
+
+
+def _digest(shard_path: Path) -> str:
+    """sha256 over a shard's files (names and bytes, in name order): any truncation or edit changes it."""
+    digest = hashlib.sha256()
+    for path in sorted(item for item in shard_path.rglob("*") if item.is_file()):
+        digest.update(str(path.relative_to(shard_path)).encode() + b"\0")
+        with path.open("rb") as handle:
+            while chunk := handle.read(_HASH_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
