@@ -70,9 +70,21 @@ def trained(request, tmp_path_factory, kit_dir) -> tuple[str, Path]:
         pytest.importorskip("deepspeed")
     cwd = tmp_path_factory.mktemp(request.param)
     out = cwd / "run"
-    result = launch(CONFIGS / LAUNCHERS[request.param], "--dtype", "bfloat16", "--rounds", "1", "--output_dir", str(out), cwd=cwd)
+    # tiny.yaml's `dtype: auto` follows a bf16 DeepSpeed config (it used to be a bf16/float32 traceback).
+    dtype = [] if request.param == "deepspeed" else ["--dtype", "bfloat16"]
+    result = launch(CONFIGS / LAUNCHERS[request.param], *dtype, "--rounds", "1", "--output_dir", str(out), cwd=cwd)
     assert result.returncode == 0, result.stderr[-4000:]
     return request.param, out
+
+
+def test_deepspeed_bf16_with_float32_weights_is_a_one_line_error(tmp_path, kit_dir):
+    pytest.importorskip("deepspeed")
+    result = launch(CONFIGS / "deepspeed_zero2.yaml", "--dtype", "float32", "--rounds", "1",
+                    "--output_dir", str(tmp_path / "run"), cwd=tmp_path)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tscale train: error:")]
+    assert result.returncode != 0 and errors, result.stderr[-3000:]
+    assert "--dtype float32" in errors[0] and "pass --dtype bfloat16 (or auto)" in errors[0]
+    assert "Input type (c10::BFloat16)" not in result.stderr
 
 
 def test_every_file_of_a_checkpoint_planted_with_a_pickle_is_refused_by_name(trained, tmp_path):
@@ -123,7 +135,8 @@ def test_resuming_a_planted_checkpoint_runs_nothing_and_names_the_file(trained, 
     for path in checkpoint.rglob("*"):
         if path.is_file() and path.name != "trainer_state.json":
             plant(path, marker)
-    result = launch(CONFIGS / LAUNCHERS[kind], "--dtype", "bfloat16", "--rounds", "2", "--output_dir", str(run),
+    dtype = [] if kind == "deepspeed" else ["--dtype", "bfloat16"]
+    result = launch(CONFIGS / LAUNCHERS[kind], *dtype, "--rounds", "2", "--output_dir", str(run),
                     "--resume_from_checkpoint", "latest", cwd=tmp_path)
     assert result.returncode != 0
     assert not marker.exists(), f"a planted {kind} checkpoint ran code on resume"

@@ -54,7 +54,7 @@ from .pairs import PairRecord, PairStore, records_from_search
 from .prompt_cache import PromptEmbeddingCache
 from .prompts import load_prompts
 from .run_dir import FINAL_STATE_NAME, METRICS_NAME, RunDirectory, read_metrics
-from .ses import search_prompts
+from .ses import score_counts, search_prompts, unusable_scores_reason
 
 # Re-exported: callers import these from here.
 __all__ = ["OnlineDPOTrainer", "derive_seed", "learning_summary", "shard_evenly", "split_eval_prompts"]
@@ -85,7 +85,7 @@ class OnlineDPOTrainer:
         self.run_dir = RunDirectory(self.output_dir)
         self.run_dir.claim(config, self.accelerator)
         with self.run_dir.released_on_error():
-            self.weight_dtype = config.torch_dtype(self.accelerator.device)
+            self.weight_dtype = self._weight_dtype()
             self.store = PairStore(self.output_dir / "pairs")
             # What each committed shard holds: recorded with every checkpoint, checked before pairs are reread.
             self.pair_manifest: dict[str, dict] = {}
@@ -106,6 +106,27 @@ class OnlineDPOTrainer:
     def _make_accelerator(self):
         config = self.config
         return make_accelerator(self.output_dir, config.gradient_accumulation_steps, config.report_to)
+
+    def _weight_dtype(self):
+        """The pipeline's dtype: `--dtype`, except that DeepSpeed with bf16/fp16 mixed precision casts the
+        transformer it wraps to that dtype, so `auto` follows it and any other dtype is refused (the VAE
+        and text encoder would then disagree with the transformer's outputs)."""
+        import torch
+
+        config, accelerator = self.config, self.accelerator
+        engine = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision))
+        if accelerator.state.deepspeed_plugin is None or engine is None:
+            return config.torch_dtype(accelerator.device)
+        if config.dtype == "auto":
+            return engine
+        if config.torch_dtype(accelerator.device) != engine:
+            name = {torch.bfloat16: "bfloat16", torch.float16: "float16"}[engine]
+            raise ValueError(
+                f"--dtype {config.dtype}, but the DeepSpeed launch config trains in {accelerator.mixed_precision} mixed "
+                f"precision, which casts the transformer to {name}; pass --dtype {name} (or auto), or launch with "
+                "mixed_precision: 'no'"
+            )
+        return engine
 
     def _setup_models(self) -> None:
         from accelerate.utils import set_seed
@@ -287,6 +308,7 @@ class OnlineDPOTrainer:
             progress=self._show_progress,
             method=config.search,
         )
+        self.score_counts = score_counts(results)  # this process's; the no-pair error sums them
         if config.offload_reward:
             self.reward.to("cpu")
         records = [
@@ -526,9 +548,9 @@ class OnlineDPOTrainer:
             started = time.perf_counter()
             records, metrics = self.make_pairs(round_index)
             if metrics["train/num_pairs"] == 0:  # a global count, the same on every rank: all raise
-                below = f", or margins below min_margin={config.min_margin}" if config.min_margin else ""
-                raise ValueError(f"round {round_index}: the reward {config.reward!r} gave no usable pair "
-                                 f"(all scores NaN or tied{below}) on any process; check the reward")
+                counts = {key: global_sum(accelerator, value) for key, value in self.score_counts.items()}
+                raise ValueError(f"round {round_index}: the reward {config.reward!r} gave no usable pair on any process: "
+                                 f"{unusable_scores_reason(counts, config.min_margin)}; check the reward")
             metrics["train/implicit_acc_new"] = self.implicit_accuracy(records, round_index)
             metrics.update(self.train_on_pairs(self._training_records(records, round_index), round_index))
             final_round = round_index == config.rounds - 1
