@@ -75,6 +75,47 @@ def _umask() -> int:
     return mask
 
 
+def file_mode(*, directory: bool = False) -> int:
+    """The mode a plain new file (0o666) or directory (0o777) gets under the process umask."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+def respect_umask(path: str | Path) -> Path:
+    """Give `path`, and with a directory everything under it, the modes a plain `open` or `mkdir` would.
+
+    For writers that create owner-only files whatever the umask: `tempfile.mkstemp`/`mkdtemp`, and
+    safetensors from 0.8 on, whose `save_file` (under diffusers' `save_lora_weights` and
+    `save_pretrained`) renames a 0600 temporary file into place (safetensors issue #782). An executable
+    file keeps its execute bits, masked too; symbolic links are left alone.
+    """
+    path = Path(path)
+    file_bits, directory_bits = file_mode(), file_mode(directory=True)
+
+    def fix(item: Path, is_directory: bool) -> None:
+        mode = item.lstat().st_mode & 0o7777
+        if is_directory:
+            wanted = directory_bits
+        else:
+            wanted = file_bits | (directory_bits & 0o111 if mode & 0o100 else 0)
+        if mode != wanted:
+            os.chmod(item, wanted)
+
+    if path.is_symlink():
+        return path
+    if path.is_dir():
+        for root, directories, files in os.walk(path):
+            for name in files:
+                if not os.path.islink(os.path.join(root, name)):
+                    fix(Path(root, name), False)
+            for name in directories:
+                if not os.path.islink(os.path.join(root, name)):
+                    fix(Path(root, name), True)
+        fix(path, True)
+    else:
+        fix(path, False)
+    return path
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_path)` on a temporary file beside `path`, then `os.replace` it into place.
 
@@ -89,7 +130,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         tmp_path = Path(tmp_name)
         try:
             write(tmp_path)
-            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.chmod(tmp_path, file_mode())
             os.replace(tmp_path, path)
         finally:
             tmp_path.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ from .generators.flux2 import (
     FLUX2_ATTENTION_TARGETS,
     FLUX2_LORA_TARGETS,
 )
+from .io_utils import respect_umask
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
@@ -88,7 +89,11 @@ def lora_state_dict(transformer, adapter_name: str = "default") -> dict[str, tor
 
 
 def save_lora(pipeline_class, transformer, out_dir: str | Path, adapter_name: str = "default") -> Path:
-    """Write `out_dir/pytorch_lora_weights.safetensors` through the pipeline class's `save_lora_weights`."""
+    """Write `out_dir/pytorch_lora_weights.safetensors` through the pipeline class's `save_lora_weights`.
+
+    The file gets the mode of any other file of the run (0o644 under umask 022), not the 0600 that
+    safetensors >= 0.8 gives every file it writes: a LoRA is made to be shared.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pipeline_class.save_lora_weights(
@@ -100,4 +105,4 @@ def save_lora(pipeline_class, transformer, out_dir: str | Path, adapter_name: st
         # would load at the wrong scale.
         transformer_lora_adapter_metadata=transformer.peft_config[adapter_name].to_dict(),
     )
-    return out_dir / LORA_WEIGHT_NAME
+    return respect_umask(out_dir / LORA_WEIGHT_NAME)

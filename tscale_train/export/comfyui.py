@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from ..io_utils import respect_umask
 from ..lora import LORA_WEIGHT_NAME
 
 # Next to `pytorch_lora_weights.safetensors`; ComfyUI takes any file name in its `loras` folder.
@@ -244,4 +245,4 @@ def save_comfyui_lora(lora_dir_or_file: str | Path, out_path: str | Path | None 
         out = out / COMFYUI_WEIGHT_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(converted, str(out), metadata={"format": "pt"})
-    return out
+    return respect_umask(out)  # safetensors >= 0.8 writes 0600

@@ -17,7 +17,7 @@ from unittest.mock import patch
 
 from filelock import FileLock
 
-from ..io_utils import atomic_directory
+from ..io_utils import atomic_directory, respect_umask
 
 TINY_MODEL_NAME = "tiny"
 # Bump when a tiny config changes, so stale caches are rebuilt instead of silently reused.
@@ -103,6 +103,8 @@ def _build_once(target: Path, build: Callable[[Path], object], stamp: str, *, ex
             with _saving_on_any_rank():
                 build(staging)
             (staging / _COMPLETE_MARKER).write_text(stamp)
+            # save_pretrained writes 0600 weights (safetensors >= 0.8): a kit dir shared by a node's users needs the umask's modes.
+            respect_umask(staging)
     return target
 
 

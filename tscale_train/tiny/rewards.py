@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from ..io_utils import respect_umask
+
 PICKSCORE_SUBDIR = "pickscore"
 OPEN_CLIP_SUBDIR = "open_clip"
 TINY_OPEN_CLIP_NAME = "tscale-tiny-open-clip"
@@ -72,6 +74,7 @@ def _atomic_build(out_dir: str | Path, kind: str, seed: int, build: Callable[[Pa
     try:
         build(tmp_dir)
         (tmp_dir / _MARKER).write_text(json.dumps({"kind": kind, "seed": seed, "format": _FORMAT_VERSION}))
+        respect_umask(tmp_dir)  # mkdtemp's 0700 and safetensors' 0600 -> the modes the umask gives
         if out_dir.exists():
             # Move the old directory aside first: renaming onto a non-empty directory fails.
             old_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
