@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from .io_utils import process_alive
+
 _ACCUMULATION_ENV = "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
 
 
@@ -104,16 +106,6 @@ WATCH_INTERVAL_SECONDS = 1.0
 _watch_started = False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stop_with_launcher(accelerator=None, interval: float = WATCH_INTERVAL_SECONDS) -> bool:
     """Under a launcher (`accelerate launch`, torchrun), watch from a daemon thread that the launcher and,
     on this host, the main process are alive; when either is gone, end this process at once.
@@ -139,7 +131,7 @@ def stop_with_launcher(accelerator=None, interval: float = WATCH_INTERVAL_SECOND
             time.sleep(interval)
             if os.getppid() != launcher:
                 gone = f"its launcher (pid {launcher})"
-            elif main_pid is not None and not _alive(main_pid):
+            elif main_pid is not None and not process_alive(main_pid):
                 gone = f"the main process (pid {main_pid})"
             else:
                 continue

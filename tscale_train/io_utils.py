@@ -215,3 +215,14 @@ def atomic_directory(target: str | Path, *, remove_stale: bool = False) -> Itera
             os.replace(staging, target)
     finally:
         remove_tree(staging)  # already gone after a successful swap
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (someone else's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

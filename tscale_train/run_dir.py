@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from filelock import FileLock, Timeout
 
-from .io_utils import atomic_write_text, dumps_json, remove_tree
+from .io_utils import atomic_write_text, dumps_json, process_alive, remove_tree
 from .lora import LORA_WEIGHT_NAME
 
 logger = logging.getLogger(__name__)
@@ -45,16 +45,6 @@ RUN_OUTPUTS = (METRICS_NAME, "pairs", "checkpoints", "eval", "guard", "logs", LO
                PIPELINE_INFO_NAME, FINAL_STATE_NAME, CONFIG_HISTORY_NAME)
 # How long a run that has the lock may take to write its pid file before its lock is judged stale.
 _PID_GRACE_SECONDS = 2.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -111,7 +101,7 @@ class RunDirectory:
 
     def _is_stale(self, holder: tuple[int, str] | None) -> bool:
         """Only a pid on this host can be checked; one elsewhere is trusted to be alive."""
-        return holder is not None and holder[1] == socket.gethostname() and not _alive(holder[0])
+        return holder is not None and holder[1] == socket.gethostname() and not process_alive(holder[0])
 
     def acquire(self) -> None:
         """Take the dir for this process; ValueError (one line) if another live run has it."""
