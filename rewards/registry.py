@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Mapping
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -64,9 +66,36 @@ class CallableReward(RewardModel):
         pixels = pixels.to(self.dtype)
         scores = []
         for chunk in self._chunks(len(prompts)):
-            result = self.function(pixels[chunk], prompts[chunk], **self.call_kwargs)
-            scores.append(torch.as_tensor(result, dtype=torch.float32).detach().cpu().reshape(-1))
+            with user_code_errors(f"reward {self.name!r}", "when called as fn(images [N, 3, H, W] in [0, 1], prompts [N strings])"):
+                result = self.function(pixels[chunk], prompts[chunk], **self.call_kwargs)
+            try:
+                scores.append(torch.as_tensor(result, dtype=torch.float32).detach().cpu().reshape(-1))
+            except (TypeError, ValueError, RuntimeError) as error:
+                raise ValueError(
+                    f"reward {self.name!r} returned a {type(result).__name__}, not numbers ({error}); make it return one "
+                    "score per image (a tensor, array or list of N floats)."
+                ) from error
         return torch.cat(scores)
+
+
+@contextmanager
+def user_code_errors(what: str, context: str) -> Iterator[None]:
+    """Turn an exception raised by user code (a reward callable) into a one-line ValueError naming the reward,
+    the exception and where it was raised, so `tscale` reports it as a bad reward, not as its own bug.
+
+    Memory errors pass through unchanged: they are about the machine, not the callable.
+    """
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as error:  # noqa: BLE001 - user code may raise anything
+        frames = traceback.extract_tb(error.__traceback__)
+        where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        reason = (str(error).splitlines() or [""])[0]
+        raise ValueError(
+            f"{what} raised {type(error).__name__}: {reason}{where} ({context}); fix the reward, or pass another --reward."
+        ) from error
 
 
 def _import_callable(name: str) -> Any:
@@ -74,16 +103,20 @@ def _import_callable(name: str) -> Any:
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as error:
-        raise ValueError(f"cannot import module {module_name!r} for reward {name!r}: {error}") from error
+        raise ValueError(
+            f"cannot import module {module_name!r} for reward {name!r} ({error}); check the name, and that the module is "
+            "importable from here (on PYTHONPATH)."
+        ) from error
     for attribute in attribute_path.split("."):
         if not hasattr(target, attribute):
-            raise ValueError(f"module {module_name!r} has no attribute {attribute_path!r} (reward {name!r})")
+            raise ValueError(f"module {module_name!r} has no attribute {attribute_path!r} (reward {name!r}); check the name after the colon.")
         target = getattr(target, attribute)
     if not callable(target):
-        raise ValueError(f"reward {name!r} is not callable (it is a {type(target).__name__})")
+        raise ValueError(f"reward {name!r} is not callable (it is a {type(target).__name__}); name a function or class.")
     if not isinstance(target, type) and not _accepts_two_arguments(target):
         raise ValueError(
-            f"{name!r} is not a reward: a reward function must accept (images, prompts) and return one score per image."
+            f"{name!r} is not a reward: a reward function must accept (images, prompts) and return one score per image; "
+            "pass such a callable."
         )
     return target
 
@@ -132,7 +165,7 @@ def check_reward_arguments(name: str, arguments: dict[str, Any]) -> None:
     unknown = sorted(set(arguments) - accepted) if accepted is not None else []
     if unknown:
         raise ValueError(
-            f"reward {name!r} takes no argument {', '.join(map(repr, unknown))}; it accepts: {', '.join(sorted(accepted)) or 'none'}."
+            f"reward {name!r} takes no argument {', '.join(map(repr, unknown))}; use one it accepts: {', '.join(sorted(accepted)) or 'none'}."
         )
 
 
@@ -243,10 +276,10 @@ def load_reward(
         raise _unknown_name_error(name)
     check_reward_arguments(name, kwargs)
     target = _import_callable(name)
-    if isinstance(target, type) and issubclass(target, RewardModel):
-        return target(**kwargs, **common)
     if isinstance(target, type):
-        return CallableReward(target(**kwargs), name=name, **common)
+        with user_code_errors(f"reward {name!r}", "when constructed"):
+            instance = target(**kwargs, **common) if issubclass(target, RewardModel) else target(**kwargs)
+        return instance if isinstance(instance, RewardModel) else CallableReward(instance, name=name, **common)
     return CallableReward(target, name=name, call_kwargs=kwargs, **common)
 
 

@@ -1,4 +1,4 @@
-"""`tscale ses` end to end on the tiny kit, LoRAs, bad input, and a 2-process search."""
+"""`tscale ses` end to end on the tiny kit, LoRAs and a 2-process search (its bad input: `test_bad_input.py`)."""
 
 import json
 import os
@@ -119,34 +119,6 @@ def test_lora_for_another_model_is_refused(tmp_path, lora_dir, kit_dir):
     save_file({"unet.down.lora_A.weight": torch.zeros(2, 2)}, str(other / "pytorch_lora_weights.safetensors"))
     with pytest.raises(ValueError, match="another model|does not match"):
         load_lora(load_pipeline("tiny", dtype="float32"), str(other))
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--model", "no-such-model", "--prompt", "a", "--out", "x.png"], "unknown model"),
-        (["--model", "./missing/dir", "--prompt", "a", "--out", "x.png"], "does not exist"),
-        (["--prompt", "a", "--reward", "nonsense", "--out", "x.png"], "unknown reward"),
-        (["--prompt", "a", "--budget", "0", "--out", "x.png"], "budget must be >= 1"),
-        (["--prompt", "a", "--search", "cmaes", "--out", "x.png"], "search 'cmaes' is not one of"),
-        (["--prompt", "a", "--budget", "5", "--popsize", "8", "--out", "x.png"], "popsize"),
-        (["--prompt", "a", "--height", "72", "--out", "x.png"], "multiple of 16"),
-        (["--prompt", "   ", "--out", "x.png"], "empty"),
-        (["--prompt", "a", "--lora", "./no/lora", "--out", "x.png"], "not found"),
-        (["--prompts-file", "missing.txt", "--out", "d"], "does not exist"),
-    ],
-)
-def test_bad_input_fails_before_loading_a_model(args, message, monkeypatch, capsys, tmp_path):
-    def refuse(*_, **__):
-        raise AssertionError("a model was loaded before the input was checked")
-
-    monkeypatch.setattr("tscale_train.loading.load_pipeline", refuse)
-    monkeypatch.chdir(tmp_path)
-    if "--model" not in args:
-        args = ["--model", "tiny", *args]
-    assert cli.main(["ses", "--no-progress", *args]) == 2
-    error = capsys.readouterr().err.strip()
-    assert message in error and len(error.splitlines()) == 1
 
 
 def one_and_two_processes(args: list[str], one_out: Path, two_out: Path) -> subprocess.CompletedProcess:

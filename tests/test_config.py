@@ -98,3 +98,54 @@ def test_tscale_train_bad_setting_is_a_one_line_error(capsys):
     assert cli.main(["train", "--model", "tiny", "--pairing", "nonsense"]) == 2
     error = capsys.readouterr().err.strip()
     assert "pairing 'nonsense'" in error and len(error.splitlines()) == 1
+
+
+def test_yaml_values_of_the_right_type_are_read(tmp_path):
+    """`1e-4` (no dot) is a string to PyYAML and still a float setting; null is None; `--config=` is the same flag."""
+    config = tmp_path / "run.yaml"
+    config.write_text("model: tiny\nbeta: 1\nlora_alpha: null\neval_budget: 12\nlearning_rate: 1e-4\n")
+    parsed = parse_config(["--config", str(config)])
+    assert parsed.beta == 1 and parsed.lora_alpha is None and parsed.eval_budget == 12
+    assert parsed.learning_rate == 1e-4
+    assert parse_config([f"--config={config}"]).eval_budget == 12
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"beta": float("nan")}, "--beta must be > 0 and finite, got nan"),
+        ({"learning_rate": -1e-4}, "--learning_rate must be > 0"),
+        ({"lora_dropout": 1.0}, r"--lora_dropout must be in \[0, 1\)"),
+        ({"logit_std": 0.0}, "--logit_std must be > 0"),
+        ({"max_grad_norm": -1.0}, "--max_grad_norm must be >= 0"),
+        ({"min_margin": float("nan")}, "--min_margin"),
+        ({"guard_max_drift": float("inf")}, "--guard_max_drift"),
+        ({"lr_scheduler": "piecewise_constant"}, "--lr_scheduler 'piecewise_constant' is not one of"),
+        ({"prompts_per_round": 10**12}, "--prompts_per_round 1000000000000 is above"),
+        ({"budget": 10**12}, "--budget 1000000000000 is above"),
+        ({"height": 65536}, "--height 65536 is above"),
+    ],
+)
+def test_non_finite_and_absurd_values_fail_when_parsed(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        OnlineDPOConfig(model="tiny", **overrides)
+
+
+def test_the_largest_accepted_values_pass():
+    from tscale_train.config import MAX_BUDGET, MAX_RESOLUTION
+
+    config = OnlineDPOConfig(model="tiny", budget=MAX_BUDGET, height=MAX_RESOLUTION, width=MAX_RESOLUTION, lora_dropout=0.0,
+                             max_grad_norm=0.0, min_margin=0.0, seed=2**63 - 1)
+    assert config.budget == MAX_BUDGET and config.popsize == 10
+
+
+def test_a_single_prompt_file_with_eval_on_is_refused_before_any_model(tmp_path):
+    """Before: the split held none out and the run trained without a single eval, silently."""
+    from tscale_train.evaluation import split_eval_prompts
+
+    one = tmp_path / "one.txt"
+    one.write_text("a single prompt\n")
+    with pytest.raises(ValueError, match="--eval_prompts FILE, raise --eval_fraction .* or set --eval_every 0"):
+        split_eval_prompts(["a single prompt"], OnlineDPOConfig(model="tiny", prompts=str(one)))
+    for explicit in ({"eval_every": 0}, {"eval_fraction": 0.0}, {"max_eval_prompts": 0}):
+        assert split_eval_prompts(["a single prompt"], OnlineDPOConfig(model="tiny", **explicit)) == (["a single prompt"], [])

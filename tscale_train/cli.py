@@ -49,10 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_ses_args(argv: list[str]) -> tuple[ModelConfig, SearchConfig, SESArguments]:
-    """`tscale ses` flags (or `--config file.yaml`) -> validated settings; nothing is loaded."""
+    """`tscale ses` flags (or `--config file.yaml`) -> validated settings; nothing is loaded.
+
+    A training YAML (`recipes/configs/tiny.yaml`) is accepted too: one settings vocabulary. Its
+    training-only settings are ignored, and one line on stderr names them.
+    """
+    from .config import OnlineDPOConfig
     from .loading import check_reward_overrides
 
-    model, search, ses = parse_args([ModelConfig, SearchConfig, SESArguments], argv, prog="tscale ses")
+    model, search, ses = parse_args(
+        [ModelConfig, SearchConfig, SESArguments], argv, prog="tscale ses", also_known=[OnlineDPOConfig]
+    )
     check_reward_overrides(search.reward, ses.reward_overrides())  # a --reward-arg typo fails now
     return model, search, ses
 
@@ -62,12 +69,13 @@ def _load_for_ses(model_config: ModelConfig, search_config: SearchConfig, ses_ar
     import torch
     from accelerate import PartialState
 
-    from .distributed import run_on_cpu
+    from .distributed import run_on_cpu, stop_with_launcher
     from .generation import generator_for_pipeline
     from .loading import load_lora, load_pipeline, load_reward_for
 
     # cpu=True where there is no CUDA: otherwise 2 CPU processes each think they are rank 0 of 1.
     state = PartialState(cpu=run_on_cpu())
+    stop_with_launcher(state)  # a killed `accelerate launch` takes its searching workers with it
     device = torch.device(ses_args.device) if ses_args.device else state.device
     pipe = load_pipeline(model_config.model, dtype=model_config.torch_dtype(device), device=device)
     if ses_args.lora:
@@ -94,7 +102,7 @@ def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SE
     from .io_utils import atomic_write_json
     from .ses import search_prompts
 
-    prompts = ses_args.load_prompts()
+    prompts = ses_args.load_prompts()  # a bad prompts file fails before anything loads
     state, generator, reward = _load_for_ses(model_config, search_config, ses_args)
     if ses_args.compare:
         return run_compare(state, generator, reward, prompts, search_config, ses_args)
@@ -117,9 +125,12 @@ def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SE
     )
     for result in results:
         if not math.isfinite(result.search.best_score):
+            from .ses import describe_nonfinite
+
             raise ValueError(
-                f"the reward {search_config.reward!r} gave no finite score for {result.prompt!r} "
-                f"(all {search_config.budget} candidates NaN or infinite); check the reward."
+                f"the reward {search_config.reward!r} gave no finite score for {result.prompt!r}: "
+                f"{describe_nonfinite(result.nonfinite or {})} of {search_config.budget} candidates; a reward must return "
+                "finite numbers, so check it (call it on a few images)."
             )
     # Each image is written once: by the process that searched it, or by the main one.
     writes_images = shard_prompts or state.is_main_process
@@ -242,18 +253,18 @@ def run_compare(state, generator, reward, prompts: list[str], search_config: Sea
 def run_train(argv: list[str]) -> None:
     """`tscale train`: the recipe's loop, with the recipe's settings (`--config file.yaml` and flags)."""
     from .config import parse_config
+
+    config = parse_config(argv, prog="tscale train")
     from .trainer import OnlineDPOTrainer
 
-    OnlineDPOTrainer(parse_config(argv)).train()
+    OnlineDPOTrainer(config).train()
 
 
 def run_export(argv: list[str]) -> None:
     """`tscale export RUN --repo-id ID ...` (the run may also be given as --run)."""
-    from .export.run import ExportArguments, export_run
+    from .export.run import RUN_HELP, ExportArguments, export_run
 
-    if argv and not argv[0].startswith("-"):
-        argv = ["--run", *argv]
-    (args,) = parse_args([ExportArguments], argv, prog="tscale export")
+    (args,) = parse_args([ExportArguments], argv, prog="tscale export", positional=("run", RUN_HELP))
     export_run(args)
 
 

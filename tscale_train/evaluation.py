@@ -26,11 +26,23 @@ from .ses import search_prompts, to_pil
 
 
 def split_eval_prompts(prompts: list[str], config: OnlineDPOConfig) -> tuple[list[str], list[str]]:
-    """Train/held-out split: `eval_prompts` if given, else a seeded `eval_fraction` of `prompts`."""
+    """Train/held-out split: `eval_prompts` if given, else a seeded `eval_fraction` of `prompts`.
+
+    A split that holds none out although eval is on (`eval_every`, `eval_fraction` and `max_eval_prompts`
+    all above 0: a prompts file of one or a few prompts) is an error: the run would train without a single
+    eval, and without the guards and the learning summary that read them.
+    """
     if config.eval_prompts:
-        return prompts, load_prompts(config.eval_prompts, column=config.prompt_column)[: config.max_eval_prompts]
+        return prompts, load_prompts(config.eval_prompts, column=config.prompt_column, flag="--eval_prompts")[: config.max_eval_prompts]
     count = min(config.max_eval_prompts, int(round(len(prompts) * config.eval_fraction)))
     if count == 0 or len(prompts) - count < 1:
+        if config.eval_every > 0 and config.eval_fraction > 0 and config.max_eval_prompts > 0:
+            source = repr(str(config.prompts)) if config.prompts else "the bundled prompts"
+            raise ValueError(
+                f"--prompts {source} holds {len(prompts)} prompt(s), too few for --eval_fraction {config.eval_fraction} to "
+                "hold any out for eval (and keep one to train on), so no eval would run; pass --eval_prompts FILE, raise "
+                "--eval_fraction (with more prompts), or set --eval_every 0 to train without eval."
+            )
         return prompts, []
     order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(derive_seed(config.seed, "eval-split")))
     held_out = set(order[:count].tolist())

@@ -7,6 +7,7 @@ that users run. Every check that can fail on bad input runs before any weights a
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -109,15 +110,23 @@ def check_model_source(model: str) -> str:
     if looks_like_local_path(model):
         path = Path(model).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"model path {str(path)!r} does not exist; pass a saved pipeline directory, a hub id, or 'tiny'.")
+            raise FileNotFoundError(f"--model path {str(path)!r} does not exist; pass a saved pipeline directory, a hub id, or 'tiny'.")
         index = path / "model_index.json"
         if not index.is_file():
-            raise ValueError(f"{str(path)!r} is not a diffusers pipeline directory (no model_index.json); save one with pipe.save_pretrained(dir).")
-        _check_supported(json.loads(index.read_text()).get("_class_name"), str(path))
+            raise ValueError(
+                f"--model {str(path)!r} is not a diffusers pipeline directory (no model_index.json); save one with "
+                "pipe.save_pretrained(dir)."
+            )
+        try:
+            class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+        except (ValueError, AttributeError) as error:  # JSON, UTF-8 or not a mapping
+            raise ValueError(f"--model {str(path)!r}: its model_index.json is not a JSON object ({error}); save the pipeline again.") from error
+        _check_supported(class_name, str(path))
         return str(path)
     if not _HUB_ID.match(model):
         raise ValueError(
-            f"unknown model {model!r}: not 'tiny', not an existing local directory, and not a hub id of the form org/name."
+            f"--model {model!r} is an unknown model: not 'tiny', not an existing local directory, and not a hub id of the "
+            "form org/name; pass one of those."
         )
     return model
 
@@ -125,7 +134,7 @@ def check_model_source(model: str) -> str:
 def _check_supported(class_name: str | None, source: str) -> str:
     if class_name not in SUPPORTED_PIPELINES:
         raise ValueError(
-            f"{source!r} holds a {class_name}; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}. "
+            f"--model {source!r} holds a {class_name}; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}. "
             "Pass a checkpoint of one of those classes."
         )
     return class_name
@@ -180,6 +189,11 @@ def load_pipeline(
         # traceback about it before falling back.
         pipe = pipeline_class.from_pretrained(source, dtype=torch_dtype, local_files_only=constants.HF_HUB_OFFLINE)
     except OSError as error:
+        if directory is not None:  # a local directory: nothing to do with the network
+            raise OSError(
+                f"could not load --model {source!r}: {str(error).splitlines()[0]} A weight file of this directory is missing "
+                "or damaged; save the pipeline again (pipe.save_pretrained(dir)) or copy it again."
+            ) from error
         raise OSError(
             f"could not load {source!r}: {str(error).splitlines()[0]} If this is a hub id, check the name and your "
             "network/HF_TOKEN; offline, pass a local directory or 'tiny'."
@@ -192,22 +206,72 @@ def load_pipeline(
 
 
 def check_lora_source(lora: str) -> str:
-    """Validate a `--lora` value: a local dir/file with diffusers LoRA weights, or a hub id."""
+    """Validate a `--lora` value: a local dir/file with diffusers LoRA weights (complete: see
+    `check_safetensors_file`), or a hub id."""
     path = Path(lora).expanduser()
     if path.is_dir():
-        if not any(path.glob("*.safetensors")):
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
             raise FileNotFoundError(
-                f"LoRA directory {str(path)!r} has no .safetensors file; expected pytorch_lora_weights.safetensors "
-                "as written by save_lora_weights / the training recipe."
+                f"--lora directory {str(path)!r} has no .safetensors file; pass a directory holding "
+                "pytorch_lora_weights.safetensors (as save_lora_weights and the training recipe write it)."
             )
+        # The file diffusers loads from a directory: the standard name, else the only one.
+        for file in [path / LORA_WEIGHT_NAME] if (path / LORA_WEIGHT_NAME).is_file() else files:
+            check_safetensors_file(file, "--lora")
         return str(path)
     if path.is_file():
         if path.suffix != ".safetensors":
-            raise ValueError(f"LoRA file {str(path)!r} is not .safetensors; only safetensors LoRAs are loaded (no pickles).")
+            raise ValueError(
+                f"--lora file {str(path)!r} is not .safetensors, and only safetensors LoRAs are loaded (no pickles); "
+                "convert it with safetensors.torch.save_file, or pass the .safetensors file."
+            )
+        check_safetensors_file(path, "--lora")
         return str(path)
     if looks_like_local_path(lora) or not _HUB_ID.match(lora):
-        raise FileNotFoundError(f"LoRA {lora!r} not found: pass a directory with pytorch_lora_weights.safetensors or a hub id.")
+        raise FileNotFoundError(f"--lora {lora!r} not found: pass a directory with pytorch_lora_weights.safetensors or a hub id.")
     return lora
+
+
+# A safetensors header larger than this is not a LoRA's (the format itself caps it at 100 MB).
+_MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def check_safetensors_file(path: str | Path, what: str = "--lora", fix: str | None = None) -> int:
+    """Check that `path` is a complete safetensors file from its header alone (no tensor is read); returns
+    the number of tensors. A file cut short (an interrupted copy or download) fails here, in one line, rather
+    than deep inside a loader whose error blames the network or the model."""
+    path = Path(path)
+    size = path.stat().st_size
+    fix = fix or "copy or download it again, or save it again with save_lora_weights."
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ValueError(f"{what} file {str(path)!r} is {size} bytes, too short for a safetensors file; {fix}")
+        header_size = int.from_bytes(prefix, "little")
+        if header_size > min(_MAX_SAFETENSORS_HEADER, size - 8):
+            raise ValueError(
+                f"{what} file {str(path)!r} is truncated or not a safetensors file (its header needs {header_size} bytes, "
+                f"the file holds {size}); {fix}"
+            )
+        try:
+            header = json.loads(handle.read(header_size).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as error:
+            raise ValueError(f"{what} file {str(path)!r} has a damaged safetensors header ({error}); {fix}") from error
+    if not isinstance(header, dict):
+        raise ValueError(f"{what} file {str(path)!r} has a damaged safetensors header (not a JSON object); {fix}")
+    tensors = {name: entry for name, entry in header.items() if name != "__metadata__"}
+    try:
+        needed = max((int(entry["data_offsets"][1]) for entry in tensors.values()), default=0)
+    except (TypeError, KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"{what} file {str(path)!r} has a damaged safetensors header (bad data_offsets); {fix}") from error
+    held = size - 8 - header_size
+    if needed > held:
+        raise ValueError(
+            f"{what} file {str(path)!r} is truncated: its header lists {len(tensors)} tensors in {needed} bytes, but the "
+            f"file holds {held}; {fix}"
+        )
+    return len(tensors)
 
 
 def load_lora(pipe, lora: str, adapter_name: str = "default", scale: float = 1.0) -> None:
@@ -228,21 +292,28 @@ def load_lora(pipe, lora: str, adapter_name: str = "default", scale: float = 1.0
     try:
         pipe.load_lora_weights(source, **kwargs)
     except OSError as error:  # not downloadable / not cached: nothing to do with the model
+        if path.exists():  # a local file: the network and HF_TOKEN have nothing to do with it
+            raise OSError(
+                f"could not read --lora {lora!r}: {str(error).splitlines()[0]} The file is damaged or incomplete; copy it "
+                "again, or save it again with save_lora_weights."
+            ) from error
         raise OSError(
             f"could not fetch LoRA {lora!r}: {str(error).splitlines()[0]} Check the hub id and your network or "
             "HF_TOKEN, or pass a local directory."
         ) from error
     except (RuntimeError, ValueError, KeyError) as error:
         raise ValueError(
-            f"LoRA {lora!r} does not match this model ({type(pipe.transformer).__name__}): {error}. "
+            f"--lora {lora!r} does not match this model ({type(pipe.transformer).__name__}): {error}. "
             "Use a LoRA trained for the same base model."
         ) from error
     adapters = pipe.get_list_adapters() if hasattr(pipe, "get_list_adapters") else {}
     if adapter_name not in adapters.get("transformer", []):
         raise ValueError(
-            f"LoRA {lora!r} has no weights for this model's transformer; it was made for another model. "
+            f"--lora {lora!r} has no weights for this model's transformer; it was made for another model. "
             "Use a LoRA trained for the same base model."
         )
+    if not math.isfinite(scale):
+        raise ValueError(f"--lora_scale must be a finite number, got {scale}; e.g. --lora_scale 1.0.")
     pipe.set_adapters([adapter_name], adapter_weights=[scale])
 
 
@@ -270,7 +341,10 @@ def check_reward_overrides(reward: str, overrides: dict) -> list[str]:
             "--reward, or set each reward's arguments in its own callable."
         )
     if overrides:
-        check_reward_arguments(names[0], overrides)
+        try:
+            check_reward_arguments(names[0], overrides)
+        except ValueError as error:
+            raise ValueError(f"--reward-arg: {error}") from error
     return names
 
 

@@ -10,6 +10,7 @@ search N times faster. `ses_generate` is the one-prompt convenience API.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,46 @@ logger = logging.getLogger(__name__)
 Reward = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
 # Prompts searched in lockstep: one generation is popsize x this many candidates, scored batch by batch.
 DEFAULT_SEARCH_GROUP_SIZE = 8
+# The scores a reward may return that no search or pairing uses, as `PromptSearch.nonfinite` counts them.
+NONFINITE_KINDS = ("NaN", "+inf", "-inf")
+
+
+def count_nonfinite(scores: torch.Tensor) -> dict[str, int]:
+    """How many of `scores` are NaN, +inf and -inf."""
+    return {
+        "NaN": int(torch.isnan(scores).sum()),
+        "+inf": int(torch.isposinf(scores).sum()),
+        "-inf": int(torch.isneginf(scores).sum()),
+    }
+
+
+def describe_nonfinite(counts: dict[str, int]) -> str:
+    """`{"NaN": 3, "+inf": 1, "-inf": 0}` -> "3 NaN and 1 +inf" ("none non-finite" when all are 0)."""
+    parts = [f"{counts.get(kind, 0)} {kind}" for kind in NONFINITE_KINDS if counts.get(kind, 0)]
+    if not parts:
+        return "none non-finite"
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+
+
+def score_counts(results: Sequence[PromptSearch]) -> dict[str, int]:
+    """Candidates scored by `results` and how many of their scores were NaN, +inf and -inf."""
+    counts = {"candidates": sum(len(result.search.scores) for result in results)}
+    for kind in NONFINITE_KINDS:
+        counts[kind] = sum((result.nonfinite or {}).get(kind, 0) for result in results)
+    return counts
+
+
+def unusable_scores_reason(counts: dict[str, int | float], min_margin: float = 0.0) -> str:
+    """Why searches with these `score_counts` gave no preference pair, in words, with the numbers."""
+    total = int(counts["candidates"])
+    bad = {kind: int(counts.get(kind, 0)) for kind in NONFINITE_KINDS}
+    finite = total - sum(bad.values())
+    scores = f"of {total} candidate scores, {finite} finite" + (f", {describe_nonfinite(bad)}" if any(bad.values()) else "")
+    if finite == 0:
+        return f"{scores}: nothing to rank (a reward must return finite numbers)"
+    if min_margin > 0:
+        return f"{scores}: within each search the finite scores were tied, or closer than --min_margin {min_margin:g}"
+    return f"{scores}: within each search the finite scores were tied (or there was only one)"
 
 
 @dataclass
@@ -50,6 +91,9 @@ class PromptSearch:
     # the first generation that standardised them (the search's scores are the weighted standardised ones).
     component_scores: torch.Tensor | None = None
     reward_statistics: tuple[torch.Tensor, torch.Tensor] | None = None
+    # How many of the reward's scores were NaN, +inf and -inf (`count_nonfinite`); the search saw each as NaN
+    # (never selected), so `search.scores` holds NaN for all three.
+    nonfinite: dict[str, int] | None = None
 
     @property
     def best_components(self) -> torch.Tensor | None:
@@ -198,18 +242,20 @@ def search_prompts(
     bar = tqdm(total=budget * len(prompts), desc=SEARCH_METHODS[method], unit="cand", disable=not (progress and is_main))
     step = group_size or max(1, len(prompts))
     results: list[PromptSearch] = []
-    nan_count = 0
     for start in range(0, len(prompts), step):
         group = slice(start, start + step)
         group_embeds = embeds(prompts[group]) if callable(embeds) else list(embeds[group])
-        group_results, group_nans = _search_group(
+        results += _search_group(
             generator, evaluate, prompts[group], seeds[group], group_embeds, budget, config, bar, method, statistics[group]
         )
-        results += group_results
-        nan_count += group_nans
     bar.close()
-    if nan_count:
-        warnings.warn(f"the reward returned NaN for {nan_count} candidates; they were never selected.", stacklevel=2)
+    counts = score_counts(results)
+    if any(counts[kind] for kind in NONFINITE_KINDS):
+        warnings.warn(
+            f"the reward gave no finite score for {sum(counts[kind] for kind in NONFINITE_KINDS)} of {counts['candidates']} "
+            f"candidates ({describe_nonfinite(counts)}); they were never selected (a reward must return finite numbers).",
+            stacklevel=2,
+        )
     return results
 
 
@@ -224,8 +270,11 @@ def _search_group(
     bar,
     method: str,
     statistics: list[tuple[torch.Tensor, torch.Tensor] | None],
-) -> tuple[list[PromptSearch], int]:
-    """The searches of one group, in lockstep; returns their results and the count of NaN scores.
+) -> list[PromptSearch]:
+    """The searches of one group, in lockstep.
+
+    Non-finite scores (NaN, and +-inf, which would otherwise win or poison the search's statistics) are told
+    as NaN, so no search selects them; each result counts them (`PromptSearch.nonfinite`).
 
     With a `WeightedReward` the evaluator returns raw scores `[N, K]`; each search standardises them with
     `statistics[i]`, or where that is None with those of its own first generation, kept for the rest of
@@ -244,14 +293,13 @@ def _search_group(
     kept: list[dict[str, list[torch.Tensor]]] = [{} for _ in searches]
     statistics = list(statistics)  # filled in as first generations are scored
     weighted = evaluate.reward if isinstance(evaluate.reward, WeightedReward) else None
-    nan_count = 0
+    nonfinite = [dict.fromkeys(NONFINITE_KINDS, 0) for _ in searches]
     while not all(search.done for search in searches):
         active = [index for index, search in enumerate(searches) if not search.done]
         asked = [searches[index].ask() for index in active]
         sizes = [noises.shape[0] for noises in asked]
         batch_embeds = [embeds[index] for index, size in zip(active, sizes, strict=True) for _ in range(size)]
         scores, extras = evaluate(torch.cat(asked), batch_embeds)
-        nan_count += int(torch.isnan(scores.reshape(scores.shape[0], -1)).any(dim=1).sum())
         offset = 0
         for index, size in zip(active, sizes, strict=True):
             chunk = scores[offset : offset + size]
@@ -260,11 +308,13 @@ def _search_group(
                 if statistics[index] is None:
                     statistics[index] = standardisation(chunk)
                 chunk = weighted.combine(chunk, *statistics[index])
-            searches[index].tell(chunk)
+            for kind, count in count_nonfinite(chunk).items():
+                nonfinite[index][kind] += count
+            searches[index].tell(torch.where(torch.isfinite(chunk), chunk, torch.full_like(chunk, float("nan"))))
             for name, values in extras.items():
                 kept[index].setdefault(name, []).append(values[offset : offset + size])
             offset += size
-        best = max(search.result().best_score for search in searches)
+        best = max((search.result().best_score for search in searches), key=lambda score: -math.inf if math.isnan(score) else score)
         bar.update(sum(sizes))
         bar.set_postfix(best=f"{best:.4f}")
     results = [
@@ -276,10 +326,11 @@ def _search_group(
             previews=torch.cat(extra["previews"]) if "previews" in extra else None,
             component_scores=torch.cat(extra["component_scores"]) if "component_scores" in extra else None,
             reward_statistics=stats,
+            nonfinite=counts,
         )
-        for prompt, seed, search, extra, stats in zip(prompts, seeds, searches, kept, statistics, strict=True)
+        for prompt, seed, search, extra, stats, counts in zip(prompts, seeds, searches, kept, statistics, nonfinite, strict=True)
     ]
-    return results, nan_count
+    return results
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

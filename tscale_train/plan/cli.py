@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from .estimate import DEFAULT_GPU_MEMORY_GIB, MemoryPlan, _show, plan_ses, plan_training
@@ -59,13 +60,18 @@ def add_plan_parser(subparsers) -> None:
 
 
 PLAN_HELP = "estimate the peak GPU/CPU memory of a training run or a ses command, without loading weights"
+# Bounds of the plan's own options: far above any machine, low enough to catch a typo.
+MAX_GPU_MEMORY_GIB = 4096.0
+MAX_PROCESSES = 65_536
 
 
 def plan_option_parser() -> argparse.ArgumentParser:
-    """The options of the plan itself; every other flag is a setting of the planned run."""
+    """The options of the plan itself; every other flag is a setting of the planned run. Its errors are
+    one-line `ValueError`s (`OneLineArgumentParser`)."""
+    from ..parsing import OneLineArgumentParser
     from ..real_configs import known_models
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="tscale plan",
         description=PLAN_HELP,
         epilog=(
@@ -76,8 +82,8 @@ def plan_option_parser() -> argparse.ArgumentParser:
             "family (FLUX.2-klein, FLUX.1, Z-Image) plans from a local pipeline dir or the local HF cache."
         ),
     )
-    parser.add_argument("--gpu-memory", type=float, default=DEFAULT_GPU_MEMORY_GIB, help="GiB of the card (default 80)")
-    parser.add_argument("--num-processes", type=int, default=1, help="processes (GPUs) of the run")
+    parser.add_argument("--gpu-memory", type=float, default=DEFAULT_GPU_MEMORY_GIB, help="GiB of the card (default 80), > 0")
+    parser.add_argument("--num-processes", type=int, default=1, help=f"processes (GPUs) of the run, 1 to {MAX_PROCESSES}")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--no-suggest", action="store_true", help="do not search for settings that fit")
     parser.add_argument("--ses", action="store_true", help="plan `tscale ses` instead of a training run")
@@ -86,17 +92,27 @@ def plan_option_parser() -> argparse.ArgumentParser:
 
 def run_plan(argv: list[str]) -> int:
     """`tscale plan`: print the table (or `--json`); 0 if it fits, 1 if not, 2 on bad input."""
-    from ..config import ModelConfig, SearchConfig, parse_args, parse_config
+    from ..config import ModelConfig, OnlineDPOConfig, SearchConfig, SESArguments, parse_args, parse_config
 
-    options, settings = plan_option_parser().parse_known_args(argv)
-    settings = [item for item in settings if item != "--"]  # `tscale plan -- --flag` still reads
     try:
-        if options.gpu_memory <= 0:
-            raise ValueError(f"--gpu-memory must be > 0 GiB, got {options.gpu_memory:g}.")
-        if options.num_processes < 1:
-            raise ValueError(f"--num-processes must be >= 1, got {options.num_processes}.")
+        parser = plan_option_parser()
+        parser.typed_args = argv
+        options, settings = parser.parse_known_args(argv)
+        settings = [item for item in settings if item != "--"]  # `tscale plan -- --flag` still reads
+        if not (math.isfinite(options.gpu_memory) and 0 < options.gpu_memory <= MAX_GPU_MEMORY_GIB):
+            raise ValueError(
+                f"--gpu-memory must be > 0 and at most {MAX_GPU_MEMORY_GIB:g} GiB, got {options.gpu_memory:g}; "
+                "e.g. --gpu-memory 80 for an 80 GB card."
+            )
+        if not 1 <= options.num_processes <= MAX_PROCESSES:
+            raise ValueError(
+                f"--num-processes must be >= 1 and at most {MAX_PROCESSES}, got {options.num_processes}; e.g. --num-processes 8."
+            )
         if options.ses:
-            model, search = parse_args([ModelConfig, SearchConfig], settings, prog="tscale plan --ses")
+            # A ses or training YAML plans too: their other settings do not change the memory of the search.
+            model, search = parse_args(
+                [ModelConfig, SearchConfig], settings, prog="tscale plan --ses", also_known=[OnlineDPOConfig, SESArguments]
+            )
             plan = plan_ses(
                 model.model, height=model.height, width=model.width, eval_batch_size=search.eval_batch_size,
                 guidance_scale=model.guidance_scale, reward=search.reward, reward_batch_size=search.reward_batch_size,
@@ -104,10 +120,11 @@ def run_plan(argv: list[str]) -> int:
                 suggest=not options.no_suggest,
             )
         else:
-            config = parse_config(settings)
+            config = parse_config(settings, prog="tscale plan")
             plan = plan_training(config, options.num_processes, options.gpu_memory, suggest=not options.no_suggest)
     except (ValueError, FileNotFoundError, OSError) as error:
-        print(f"tscale plan: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())  # one line, as every tscale command's errors
+        print(f"tscale plan: error: {message}", file=sys.stderr)
         return 2
     print(json.dumps(plan.to_dict(), indent=2) if options.json else format_plan_table(plan))
     return 0 if plan.fits else 1
