@@ -223,17 +223,20 @@ def check_reward_setting(name: str, spec: str) -> dict[str, float]:
         raise ValueError(f"--{name}: {error}") from error
 
 
-def check_search_budget(budget: int, popsize: int) -> None:
-    """The one budget rule: at least the base noise, at most `MAX_BUDGET`, and a full first generation."""
+def check_search_budget(budget: int, popsize: int, flag: str = "--budget") -> None:
+    """The one budget rule: at least the base noise, at most `MAX_BUDGET`, and a full first generation.
+    `flag` is the setting the budget came from (`--budget`, `--eval_budget`), as the error names it."""
     if budget < 1:
-        raise ValueError(f"--budget must be >= 1 (the base noise alone is budget 1), got {budget}; set --budget 1 or more.")
+        raise ValueError(f"{flag} must be >= 1 (the base noise alone is budget 1), got {budget}; set {flag} 1 or more.")
     if budget > MAX_BUDGET:
         raise ValueError(
-            f"--budget {budget} is above the most a search takes, {MAX_BUDGET} (every candidate keeps its score and low "
-            f"band); set --budget {MAX_BUDGET} or less (50 is the published SES budget)."
+            f"{flag} {budget} is above the most a search takes, {MAX_BUDGET} (every candidate keeps its score and low "
+            f"band); set {flag} {MAX_BUDGET} or less (50 is the published SES budget)."
         )
     if popsize > budget:
-        raise ValueError(f"popsize ({popsize}) is larger than budget ({budget}); lower --popsize or raise --budget.")
+        raise ValueError(
+            f"{flag}: popsize ({popsize}) is larger than {flag.removeprefix('--')} ({budget}); lower --popsize or raise {flag}."
+        )
 
 
 # `search_prompts(method=...)` and `tscale ses --compare`: the search over noise, and the best-of-N
@@ -516,13 +519,8 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
         _check_at_most(self, MAX_LORA_RANK, "wider than any supported transformer's linears", "lora_rank")
         _check_at_most(self, MAX_PREVIEW_SIZE, "pixels per side of a kept thumbnail", "preview_size")
         _check_at_most(self, MAX_DIVERSITY_SEEDS, "budget-0 images per eval prompt, made at once", "guard_diversity_seeds")
-        _check_at_most(self, MAX_BUDGET, "every candidate keeps its score and low band", "eval_budget")
-        if self.eval_budget is not None and self.popsize > self.eval_budget:
-            # The final round always evaluates with search: fail now, not after the last round.
-            raise ValueError(
-                f"--eval_budget: popsize ({self.popsize}) is larger than eval_budget ({self.eval_budget}); set --eval_budget "
-                f"to at least {self.popsize}, or lower --popsize."
-            )
+        if self.eval_budget is not None:  # the final round always searches at it: fail now, not after the last round
+            check_search_budget(self.eval_budget, self.popsize, flag="--eval_budget")
         if self.eval_reward:
             check_reward_setting("eval_reward", self.eval_reward)
         # Every float setting: argparse and YAML read `nan` and `inf` as numbers, and most ranges are open.
