@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .io_utils import atomic_write_json, disk_full_error, json_safe, remove_tree
 from .lora import LORA_WEIGHT_NAME, save_lora
+from .run_dir import describe_differences, settings_differences
 from .safe_load import (
     UnreadableCheckpointFile,
     UnsafeCheckpointError,
@@ -55,12 +55,6 @@ RESUMABLE_SETTINGS = frozenset({
 def run_settings(config: Any) -> dict[str, Any]:
     """The settings that define a run (all but `RESUMABLE_SETTINGS`), as JSON values."""
     return {name: value for name, value in json_safe(config.to_dict()).items() if name not in RESUMABLE_SETTINGS}
-
-
-def settings_differences(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{name: (recorded, current)} for every setting that differs (one missing on either side included)."""
-    names = sorted(set(recorded) | set(current))
-    return {name: (recorded.get(name), current.get(name)) for name in names if recorded.get(name) != current.get(name)}
 
 
 @dataclass
@@ -267,15 +261,15 @@ class CheckpointManager:
             differences = {name: (state.get(name), self.settings.get(name)) for name in LEGACY_CHECKPOINT_IDENTITY
                            if state.get(name) != self.settings.get(name)}
         if differences:
-            detail = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in differences.items())
             raise ValueError(
-                f"checkpoint {str(path)!r} belongs to a run with other settings ({detail}); resume with the run's "
+                f"checkpoint {str(path)!r} belongs to a run with other settings ({describe_differences(differences)}); "
+                "resume with the run's "
                 "settings (its config.yaml) or start a new run in another --output_dir (what may change on resume: "
                 "rounds, eval, checkpoint and logging cadence, batching and offloading, the guards' policy; see the README)"
             )
 
-    def load(self, point: ResumePoint) -> dict[str, Any]:
-        """Load `point`'s states into the accelerator (every `torch.load` data-only); returns its trainer state."""
+    def load(self, point: ResumePoint) -> None:
+        """Load `point`'s states into the accelerator (every `torch.load` data-only, see `safe_load.py`)."""
         path = point.path
         try:
             with weights_only_loading():
@@ -284,9 +278,9 @@ class CheckpointManager:
                     self.accelerator.load_state(str(path), load_module_strict=False)
                 else:
                     self.accelerator.load_state(str(path))
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
-            # A truncated optimizer/scheduler/RNG file (torch.load); the LoRA is checked in the load hook.
+        except (RuntimeError, EOFError) as error:
+            # A truncated optimizer/scheduler/RNG file (torch.load; a pickle it refuses is an UnsafeCheckpointError
+            # already naming the file); the LoRA is checked in the load hook.
             raise ValueError(self._unloadable(path, str(path), error)) from error
         if self.ema is not None:
             self.ema.load(path)
-        return point.state

@@ -65,6 +65,17 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def settings_differences(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{name: (recorded, current)} for every setting that differs (one missing on either side included)."""
+    names = sorted(set(recorded) | set(current))
+    return {name: (recorded.get(name), current.get(name)) for name in names if recorded.get(name) != current.get(name)}
+
+
+def describe_differences(differences: dict[str, tuple[Any, Any]]) -> str:
+    """`settings_differences` in one line: "beta 100.0 -> 2.0, seed 0 -> 3"."""
+    return ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in differences.items())
+
+
 class RunDirectory:
     """`output_dir` of one run: its lock, its freshness check and its metrics file."""
 
@@ -242,13 +253,12 @@ class RunDirectory:
         path = self.path / CONFIG_NAME
         previous = yaml.safe_load(path.read_text()) if path.is_file() else None
         previous = previous if isinstance(previous, dict) or previous is None else {}
-        changed = {} if previous is None else {
-            name: [previous.get(name), value] for name, value in config.items()
-            if previous.get(name) != value and name not in ("resume_from_checkpoint", "overwrite_output_dir")
-        }
-        if changed:
-            logger.warning("output_dir %s: this launch changes %s", self.path,
-                           ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items()))
+        differences = {} if previous is None else settings_differences(previous, config)
+        for name in ("resume_from_checkpoint", "overwrite_output_dir"):  # how this launch started, not a setting of the run
+            differences.pop(name, None)
+        if differences:
+            logger.warning("output_dir %s: this launch changes %s", self.path, describe_differences(differences))
+        changed = {name: list(values) for name, values in differences.items()}
         row = {"launched_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "start_round": start_round, "resumed_from": resumed_from, "changed": changed}
         with (self.path / CONFIG_HISTORY_NAME).open("a") as handle:

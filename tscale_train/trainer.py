@@ -233,16 +233,17 @@ class OnlineDPOTrainer:
         """Continue after the chosen checkpoint's round (`resume_point`); later rounds' pairs and metrics
         rows (all, without a checkpoint) are dropped."""
         point = self.resume_point
-        state = self.checkpoints.load(point) if point is not None else None
+        resumed_round = None if point is None else point.round
         if point is not None:
+            self.checkpoints.load(point)
             self.start_round = point.round + 1
             self.global_step = point.state["global_step"]
             # A checkpoint older than manifests: its rounds' shards are taken as they are now.
             self.pair_manifest = point.pairs if point.pairs is not None else self.store.manifest(range(point.round + 1))
         rows: list[dict] = []
         if self.accelerator.is_main_process:
-            self.store.remove_rounds_after(state["round"] if state else -1)
-            self.run_dir.truncate_metrics(state["round"] if state else None)
+            self.store.remove_rounds_after(-1 if resumed_round is None else resumed_round)
+            self.run_dir.truncate_metrics(resumed_round)
             rows = read_metrics(self.output_dir / METRICS_NAME)
         if self.accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
@@ -252,7 +253,7 @@ class OnlineDPOTrainer:
         self.evaluator.before = next((row for row in rows if row["round"] == -1), None)
         # The guards' streak and last good round follow from the logged rows.
         self.guards.replay(rows)
-        self._check_last_good(state["round"] if state else None)
+        self._check_last_good(resumed_round)
 
     def _check_last_good(self, resumed_round: int | None) -> None:
         """After a resume: the saved last-good LoRA must be the replayed last good round's.
@@ -475,14 +476,15 @@ class OnlineDPOTrainer:
         kept = self.last_good_dir / LORA_WEIGHT_NAME
         # Until the new commit is written, the last committed round is the newest checkpoint's.
         (self.output_dir / FINAL_STATE_NAME).unlink(missing_ok=True)
+        trained_round = self.config.rounds - 1 if stopped is None else stopped.round
+        lora_round = trained_round
         if stopped is not None and kept.is_file():
             atomic_write(target, lambda temporary: shutil.copyfile(kept, temporary))
+            lora_round = self.guards.last_good_round
         else:  # no stop, or the last good LoRA was lost to a resume from an older checkpoint (warned then)
             with disk_full_error(target), self._evaluated_lora():
                 save_lora(type(self.pipe), self.unwrapped_transformer, self.output_dir)
-        lora_round = self.config.rounds - 1 if stopped is None else (self.guards.last_good_round if kept.is_file() else stopped.round)
-        final = {"round": self.config.rounds - 1 if stopped is None else stopped.round, "lora_round": lora_round,
-                 "global_step": self.global_step, "pairs": self.pair_manifest}
+        final = {"round": trained_round, "lora_round": lora_round, "global_step": self.global_step, "pairs": self.pair_manifest}
         if stopped is not None:
             self._write_guard_report(stopped, lora_round)
         atomic_write_json(self.output_dir / FINAL_STATE_NAME, final)
