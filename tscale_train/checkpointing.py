@@ -57,6 +57,15 @@ def run_settings(config: Any) -> dict[str, Any]:
     return {name: value for name, value in json_safe(config.to_dict()).items() if name not in RESUMABLE_SETTINGS}
 
 
+def checkpoint_dirs(root: Path, complete: bool = True) -> list[Path]:
+    """The `checkpoint-NNNNN` dirs under `root` (a run's `checkpoints/`), oldest first; only those with
+    `trainer_state.json` (committed) unless `complete` is False."""
+    found = [path for path in Path(root).glob(f"{CHECKPOINT_PREFIX}*") if path.is_dir()]
+    numbered = sorted((path for path in found if path.name.removeprefix(CHECKPOINT_PREFIX).isdigit()),
+                      key=lambda path: int(path.name.removeprefix(CHECKPOINT_PREFIX)))
+    return [path for path in numbered if (path / TRAINER_STATE).is_file()] if complete else numbered
+
+
 @dataclass
 class ResumePoint:
     """The checkpoint a run resumes from and its trainer state, chosen and checked before models load."""
@@ -136,20 +145,15 @@ class CheckpointManager:
     def _round(path: Path) -> int:
         return int(path.name.removeprefix(CHECKPOINT_PREFIX))
 
-    def _all_dirs(self) -> list[Path]:
-        """Every checkpoint dir, complete or not, oldest first."""
-        found = [path for path in self.root.glob(f"{CHECKPOINT_PREFIX}*") if path.is_dir()]
-        return sorted((path for path in found if path.name.removeprefix(CHECKPOINT_PREFIX).isdigit()), key=self._round)
-
     def checkpoint_dirs(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
-        return [path for path in self._all_dirs() if (path / TRAINER_STATE).is_file()]
+        return checkpoint_dirs(self.root)
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint. Newer incomplete ones (a save cut short) are named in a
         warning and, on the main process, removed: the run redoes their rounds."""
         complete = self.checkpoint_dirs()
-        for path in self._all_dirs():
+        for path in checkpoint_dirs(self.root, complete=False):
             if (path / TRAINER_STATE).is_file():
                 continue
             if self.accelerator.is_main_process and (not complete or self._round(path) > self._round(complete[-1])):

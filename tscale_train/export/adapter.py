@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from ..checkpointing import CHECKPOINT_PREFIX, TRAINER_STATE
+from ..checkpointing import CHECKPOINT_PREFIX, TRAINER_STATE, checkpoint_dirs
 from ..io_utils import atomic_directory
 from ..lora import LORA_WEIGHT_NAME
 from ..run_dir import FINAL_STATE_NAME, METRICS_NAME, read_metrics
@@ -54,10 +54,7 @@ def find_adapter(path: str | Path) -> AdapterSource:
         raise FileNotFoundError(f"{str(path)!r} is not a directory; pass a run's --output_dir or one of its checkpoints.")
     if path.name.startswith(CHECKPOINT_PREFIX):
         return _from_checkpoint(path, run_dir=path.parent.parent)
-    checkpoints = sorted(
-        (item for item in (path / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*") if (item / TRAINER_STATE).is_file()),
-        key=lambda item: int(item.name.removeprefix(CHECKPOINT_PREFIX)),
-    )
+    checkpoints = checkpoint_dirs(path / "checkpoints")
     final = json.loads((path / FINAL_STATE_NAME).read_text()) if (path / FINAL_STATE_NAME).is_file() else None
     newest = int(checkpoints[-1].name.removeprefix(CHECKPOINT_PREFIX)) if checkpoints else None
     if final is not None and (path / LORA_WEIGHT_NAME).is_file() and (newest is None or final["round"] >= newest):
