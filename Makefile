@@ -24,13 +24,17 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 
-# The online loop on 2 CPU processes and the tiny models, then SES with the LoRA it trained.
+# The online loop on 2 CPU processes and the shapes model: SES pairs scored by shapes-clip teach a LoRA;
+# the verifier (ground truth, never trained on) judges the held-out prompts before -> after; then SES
+# with the trained LoRA on a held-out prompt, base vs searched side by side.
 demo: install
 	rm -rf runs/demo
 	OMP_NUM_THREADS=1 $(BIN)/accelerate launch --config_file accelerate_configs/cpu/demo.yaml \
-		recipes/flux2_klein_dpo.py --config recipes/configs/tiny.yaml --output_dir runs/demo
-	$(BIN)/tscale ses --model tiny --lora runs/demo --prompt "sketch, a cat" --budget 20 --seed 1 \
-		--save-trace --out runs/demo/ses/cat.png
+		recipes/flux2_klein_dpo.py --config recipes/configs/shapes.yaml --output_dir runs/demo
+	OMP_NUM_THREADS=2 $(BIN)/python -m tscale_train.shapes.evaluation --lora runs/demo --run runs/demo
+	OMP_NUM_THREADS=2 $(BIN)/tscale ses --model shapes --lora runs/demo --reward shapes-clip \
+		--prompt "an orange circle to the left of a cyan square" --budget 20 --seed 1 \
+		--save-trace --out runs/demo/ses/orange_circle.png
 
 # The CPU benchmarks of the README's Performance section (each under 10 minutes on 2 cores).
 bench: install

@@ -93,7 +93,7 @@ def small_klein_architecture() -> KleinArchitecture:
         TINY_TEXT_ENCODER_OUT_LAYERS,
         TINY_TEXT_HIDDEN,
     )
-    from tscale_train.tiny.shapes import SHAPES_VAE_OVERRIDES
+    from tscale_train.tiny.real_dims import SHAPES_VAE_OVERRIDES
 
     return klein_architecture(
         transformer={
@@ -115,7 +115,7 @@ def small_klein_architecture() -> KleinArchitecture:
             "head_dim": 16,
             "max_position_embeddings": 512,
         },
-        # The real-shape kit's small VAE at the tiny kit's width (16): at 32 its 512px decode alone took ~1.5 s
+        # The real-dimension kit's small VAE at the tiny kit's width (16): at 32 its 512px decode alone took ~1.5 s
         # on these CPUs, 3x the four transformer steps, where on a GPU the real klein's transformer dominates.
         vae={**SHAPES_VAE_OVERRIDES, "block_out_channels": (16, 16, 16, 16)},
         text_encoder_out_layers=TINY_TEXT_ENCODER_OUT_LAYERS,

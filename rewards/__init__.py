@@ -7,7 +7,8 @@ scores = reward(images, prompts)
 ```
 
 `images`: a list of PIL images or a float tensor `[N, 3, H, W]` in [0, 1] on any device;
-`prompts`: one string for all images or a list of N. Built-in names: "pickscore", "hpsv2", "clip";
+`prompts`: one string for all images or a list of N. Built-in names: "pickscore", "hpsv2", "clip",
+"verifier" and "shapes-clip" (the shapes world's judge and CLIP-style reward, `rewards.shapes`);
 any "package.module:callable" string (e.g. "rewards.synthetic:brightness") is imported and used
 with the same call signature. `load_reward_spec("pickscore:1.0,hpsv2:0.5")` loads a `WeightedReward`:
 each reward standardised per prompt, then weighted (see `rewards.weighted`). This package never imports `tscale_train`, and the model libraries

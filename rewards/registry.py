@@ -14,13 +14,18 @@ import torch
 
 from .base import RewardModel
 
-BUILTIN_REWARDS = ("pickscore", "hpsv2", "clip")
-# Where each built-in reward's class lives (imported only when that reward is asked for).
+BUILTIN_REWARDS = ("pickscore", "hpsv2", "clip", "verifier", "shapes-clip")
+# Where each built-in reward's class lives, as (module under this package, class name); imported only when that
+# reward is asked for.
 _BUILTIN_CLASSES = {
     "pickscore": ("pickscore", "PickScoreReward"),
     "hpsv2": ("hpsv2", "HPSv2Reward"),
     "clip": ("clip", "ClipScoreReward"),
+    "verifier": ("shapes.verifier", "ShapesVerifierReward"),
+    "shapes-clip": ("shapes.clip", "ShapesClipReward"),
 }
+# Rewards that need no downloaded weights: the shapes world's judge and its shipped learned proxy.
+SHIPPED_REWARDS = ("verifier", "shapes-clip")
 _CALLABLE_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
@@ -243,6 +248,9 @@ def load_reward(
         `model_name` (default "ViT-H-14").
       - "clip": `model_name` (default "ViT-H-14"), `pretrained` (tag or weights file;
         default "laion2b_s32b_b79k").
+      - "verifier": none; the shapes world's programmatic judge (`rewards.shapes.verifier`): the
+        fraction of a shapes-world caption's clauses the image satisfies.
+      - "shapes-clip": see `rewards.shapes.clip` (a CLIP-style reward for the shapes world).
     "package.module:callable": a function `(images, prompts) -> scores` (kwargs are passed on
     each call), a RewardModel subclass (constructed with device, dtype, batch_size and kwargs),
     or another class (constructed with kwargs, then called like a function).
@@ -261,17 +269,9 @@ def load_reward(
             raise _unknown_name_error(name)
         check_reward_arguments(name, kwargs)
         # Imported lazily: the heavy model libraries load only for the reward actually used.
-        if builtin == "pickscore":
-            from .pickscore import PickScoreReward
-
-            return PickScoreReward(**kwargs, **common)
-        if builtin == "hpsv2":
-            from .hpsv2 import HPSv2Reward
-
-            return HPSv2Reward(**kwargs, **common)
-        from .clip import ClipScoreReward
-
-        return ClipScoreReward(**kwargs, **common)
+        module, class_name = _BUILTIN_CLASSES[builtin]
+        reward_class = getattr(importlib.import_module(f"{__package__}.{module}"), class_name)
+        return reward_class(**kwargs, **common)
     if not _CALLABLE_PATTERN.match(name):
         raise _unknown_name_error(name)
     check_reward_arguments(name, kwargs)

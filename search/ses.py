@@ -93,7 +93,7 @@ class SESConfig:
     """
 
     wavelet: str = "db1"
-    level: int = 4
+    level: int | None = 4
     popsize: int | None = None
     k_elites: int = 5
     init_mean: float = 0.0
@@ -121,7 +121,8 @@ class SESConfig:
                 )
         validate_wavelet(self.wavelet)
         resolve_backend(self.wavelet, self.backend)
-        check_positive_int(self.level, "SESConfig.level")
+        if self.level is not None:
+            check_positive_int(self.level, "SESConfig.level")
         check_positive_int(self.popsize, "SESConfig.popsize")
         check_positive_int(self.k_elites, "SESConfig.k_elites")
         if not math.isfinite(self.init_mean):

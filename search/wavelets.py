@@ -76,8 +76,25 @@ def max_level(height: int, width: int, wavelet: str) -> int:
     return pywt.dwt_max_level(min(height, width), pywt.Wavelet(wavelet).dec_len)
 
 
-def resolve_level(height: int, width: int, wavelet: str, level: int) -> int:
-    """Return ``level``, lowered with a warning when the latent is too small for it (see :func:`max_level`).
+# The automatic level keeps at least this many low-band coefficients per side: 4x4, as level 4 does on
+# a 1024px FLUX latent (64x64), the setting SES was published with.
+AUTO_LEVEL_MIN_SIDE = 4
+AUTO_LEVEL_MAX = 4
+
+
+def auto_level(height: int, width: int, wavelet: str) -> int:
+    """The level ``level=None`` means: the deepest level up to 4 whose low band keeps at least 4x4
+    coefficients (4 on a 64x64 latent, 2 on 16x16, 1 on 8x8), and at least level 1."""
+    side = min(height, width)
+    level = 1
+    while level < AUTO_LEVEL_MAX and side // 2 ** (level + 1) >= AUTO_LEVEL_MIN_SIDE:
+        level += 1
+    return min(level, max(max_level(height, width, wavelet), 1))
+
+
+def resolve_level(height: int, width: int, wavelet: str, level: int | None) -> int:
+    """Return ``level``, lowered with a warning when the latent is too small for it (see :func:`max_level`);
+    ``None`` takes :func:`auto_level`.
 
     Raises ValueError when not even level 1 fits (e.g. a 1-pixel-high latent, or a long wavelet on a
     small latent).
@@ -88,6 +105,8 @@ def resolve_level(height: int, width: int, wavelet: str, level: int) -> int:
             f"latent of {height}x{width} is too small for a {wavelet!r} wavelet transform at any level: "
             "use wavelet='db1' (Haar) or a latent with min(H, W) >= 2"
         )
+    if level is None:
+        return auto_level(height, width, wavelet)
     if level > deepest:
         warnings.warn(
             f"wavelet level {level} is too deep for a {height}x{width} latent with {wavelet!r} "

@@ -24,11 +24,11 @@ def tiny_pipe(kit_dir):
 
 
 @pytest.fixture(scope="session")
-def shapes_kit_dir(kit_dir) -> Path:
-    """The saved real-shape pipeline (`shapes-klein-4b`, 1.1 GB), built on first use, reused afterwards."""
-    from tscale_train.tiny import ensure_shapes_kit
+def dims_kit_dir(kit_dir) -> Path:
+    """The saved real-dimension pipeline (`dims-klein-4b`, 1.1 GB), built on first use, reused afterwards."""
+    from tscale_train.tiny import ensure_dims_kit
 
-    return ensure_shapes_kit(kit_dir)
+    return ensure_dims_kit(kit_dir)
 
 
 # The family test modules (`test_family_<family>.py`) each name their kit in a module-level `MODEL`.

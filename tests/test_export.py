@@ -201,7 +201,7 @@ def test_no_adapter_and_a_mismatched_adapter_are_clear_errors(run_dir, tmp_path)
         find_adapter(tmp_path / "empty")
     other = tmp_path / "other"
     shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("checkpoints", "pairs", "hub_export", ".tscale*"))
-    (other / "config.yaml").write_text((other / "config.yaml").read_text().replace("model: tiny", "model: shapes-klein-4b"))
+    (other / "config.yaml").write_text((other / "config.yaml").read_text().replace("model: tiny", "model: dims-klein-4b"))
     with pytest.raises(ValueError, match="trained for another base model"):
         build_adapter_folder(find_adapter(other), tmp_path / "out", repo_id="me/x", examples=False)
 

@@ -181,7 +181,7 @@ def _write_result(generator, result, summary: dict, ses_args: SESArguments, out:
         trace = dict(summary, scores=[float(score) for score in result.search.scores], trace=result.search.trace)
         atomic_write_json(f"{stem}_trace.json", trace)
         plot_trace(result.search, f"{stem}_reward.png", title=result.prompt)
-        atomic_save_image(side_by_side(rendered.base_image, rendered.image), f"{stem}_base_vs_ses.png")
+        atomic_save_image(side_by_side(rendered.base_image, rendered.image, caption=rendered.prompt), f"{stem}_base_vs_ses.png")
     print(
         f"[{summary['index']}] base {summary['base_score']:.4f} -> {summary['method']} {summary['best_score']:.4f} "
         f"(best candidate #{summary['best_index']} of {summary['budget']}) -> {image_path}"

@@ -121,7 +121,7 @@ class ModelConfig:
     model: str = field(
         default="black-forest-labs/FLUX.2-klein-4B",
         **_help("hub id or local pipeline dir of a supported family, or an offline kit: 'tiny', 'tiny-base', "
-                "'tiny-flux1', 'tiny-flux2-dev', 'tiny-qwen-image', 'tiny-sd3', 'tiny-z-image', 'shapes-klein-4b'"),
+                "'tiny-flux1', 'tiny-flux2-dev', 'tiny-qwen-image', 'tiny-sd3', 'tiny-z-image', 'dims-klein-4b'"),
     )
     dtype: str = field(default="auto", **_help("auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16"))
     height: int | None = field(default=None, **_help("image height (default: the model's, 1024 for the real ones)"))
@@ -165,8 +165,8 @@ class SearchConfig:
     reward: str = field(
         default="pickscore",
         **_help(
-            "pickscore, hpsv2, clip, or package.module:callable; several with weights, e.g. 'pickscore:1.0,hpsv2:0.5' "
-            "(YAML: a mapping), each standardised per prompt before weighting"
+            "pickscore, hpsv2, clip, verifier, shapes-clip, or package.module:callable; several with weights, "
+            "e.g. 'pickscore:1.0,hpsv2:0.5' (YAML: a mapping), each standardised per prompt before weighting"
         ),
     )
     reward_batch_size: int | None = field(default=None, **_help("images per reward forward (default: eval_batch_size)"))
@@ -183,7 +183,10 @@ class SearchConfig:
     )
     k_elites: int = field(default=5, **_help("elite archive size"))
     wavelet: str = field(default="db1", **_help("wavelet of the spectral decomposition"))
-    level: int = field(default=4, **_help("wavelet level (lowered automatically for small latents)"))
+    level: int | None = field(
+        default=None,
+        **_help("wavelet level (default: the deepest up to 4 that keeps a 4x4 low band: 4 at 1024px, lower on small latents)"),
+    )
     preview_steps: int | None = field(default=None, **_help("sampler steps while searching (default: the model's)"))
     eval_batch_size: int = field(default=4, **_help("candidates generated (and decoded) per batch"))
     search_group_size: int = field(default=8, **_help("prompts searched in lockstep at once; bounds a generation's size"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rewards.weighted import WeightedReward, short_reward_names
@@ -22,7 +23,7 @@ from .io_utils import atomic_save_image
 from .prompt_cache import PromptEmbeddingCache
 from .prompts import load_prompts
 from .run_dir import read_metrics
-from .ses import search_prompts, to_pil
+from .ses import labelled_grid, search_prompts, to_pil
 
 
 def split_eval_prompts(prompts: list[str], config: OnlineDPOConfig) -> tuple[list[str], list[str]]:
@@ -145,7 +146,7 @@ class Evaluator:
                 count = grid_images.shape[0]
                 best_noises = torch.cat([result.search.best_noise.float().cpu() for result in results[:count]])
                 ses_images = torch.cat([output.images.float().cpu() for _, output in self.generator.iter_batches(best_noises, embeds[:count], steps)])
-                self._save_grid(round_index, grid_images, ses_images)
+                self._save_grid(round_index, grid_images, ses_images, prompts)
             if config.offload_reward:
                 self.reward.to("cpu")
         metrics.update(self._guard_metrics(gathered))
@@ -243,13 +244,13 @@ class Evaluator:
             metrics["guard/diversity"] = distance / reference if reference > 0 else float("nan")
         return metrics
 
-    def _save_grid(self, round_index: int, budget0_images: torch.Tensor, ses_images: torch.Tensor) -> None:
-        """`eval/round_NNNNN.png` (top: budget 0, bottom: SES), also sent to tensorboard/wandb if tracking."""
-        from torchvision.utils import make_grid
-
+    def _save_grid(self, round_index: int, budget0_images: torch.Tensor, ses_images: torch.Tensor, prompts: list[str]) -> None:
+        """`eval/round_NNNNN.png` (top: budget 0, bottom: SES, the prompt under each column), also sent to
+        tensorboard/wandb if tracking."""
         count = min(budget0_images.shape[0], ses_images.shape[0])
-        grid = make_grid(torch.cat([budget0_images[:count], ses_images[:count]]).float(), nrow=count, padding=2)
-        image = to_pil(grid[None])[0]
+        rows = [to_pil(budget0_images[:count]), to_pil(ses_images[:count])]
+        image = labelled_grid(rows, prompts[:count], [f"round {round_index}: budget 0", f"SES, budget {self.config.eval_budget or self.config.budget}"])
+        grid = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float().div(255)
         atomic_save_image(image, self.output_dir / "eval" / f"round_{round_index:05d}.png")
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":

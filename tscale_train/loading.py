@@ -43,11 +43,13 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 # The offline kit's model names (`tscale_train.tiny` is imported only when one is used).
 # `tiny` is the distilled tiny klein, `tiny-base` the undistilled (CFG) flavour.
 TINY_MODELS = {"tiny": True, "tiny-base": False}
-# Kits beyond `tiny`, built on first use: `shapes-klein-4b` has FLUX.2-klein-4B's real widths with
+# Kits beyond `tiny`, built on first use: `dims-klein-4b` has FLUX.2-klein-4B's real widths with
 # one block of each kind; `tiny-<family>` is a tiny pipeline of each further family
 # (`tscale_train.tiny.FAMILY_KITS`).
 FAMILY_KIT_MODELS = ("tiny-flux1", "tiny-flux2-dev", "tiny-qwen-image", "tiny-sd3", "tiny-z-image")
-KIT_MODELS = ("shapes-klein-4b", *FAMILY_KIT_MODELS)
+# `shapes` is the trained miniature FLUX.2-klein of the shapes world, shipped with the package.
+SHAPES_MODEL = "shapes"
+KIT_MODELS = (SHAPES_MODEL, "dims-klein-4b", *FAMILY_KIT_MODELS)
 
 # Settings that a known checkpoint needs and its pipeline class cannot say: a distilled model shares
 # its class with the undistilled one (Z-Image-Turbo is a `ZImagePipeline`, whose defaults are the base
@@ -61,18 +63,32 @@ KNOWN_MODEL_SETTINGS: dict[str, dict] = {
 
 
 def is_tiny(model: str) -> bool:
-    """A model of the offline kit (`tiny`, `tiny-base`, `shapes-klein-4b`, `tiny-<family>`): uses the kit's reward models."""
+    """A model of the offline kit (`tiny`, `tiny-base`, `shapes`, `dims-klein-4b`, `tiny-<family>`): uses the kit's reward models."""
     return model in TINY_MODELS or model in KIT_MODELS
 
 
 def _kit_pipeline_dir(model: str) -> Path:
-    from .tiny import family_pipeline_dir, shapes_pipeline_dir, tiny_pipeline_dir
+    from .tiny import family_pipeline_dir, dims_pipeline_dir, tiny_pipeline_dir
 
     if model in TINY_MODELS:
         return tiny_pipeline_dir(distilled=TINY_MODELS[model])
     if model in FAMILY_KIT_MODELS:
         return family_pipeline_dir(model)
-    return shapes_pipeline_dir()
+    if model == SHAPES_MODEL:
+        return shapes_model_dir()
+    return dims_pipeline_dir()
+
+
+def shapes_model_dir() -> Path:
+    """The shipped shapes pipeline (`--model shapes`); a clear error when a checkout lacks its weights."""
+    from .shapes import SHIPPED_PIPELINE_DIR
+
+    if not (SHIPPED_PIPELINE_DIR / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the shapes model is missing from {SHIPPED_PIPELINE_DIR}; rebuild it with "
+            "`python scripts/train_shapes_model.py` (about 2 hours on 2 CPU cores), or reinstall the package."
+        )
+    return SHIPPED_PIPELINE_DIR
 
 
 def _local_pipeline_dir(model: str) -> Path | None:
@@ -100,7 +116,7 @@ def generator_defaults(model: str) -> dict:
 def check_model_source(model: str) -> str:
     """Validate a `--model` value without loading anything; returns the local path or hub id.
 
-    Accepted: a kit model (`tiny`, `tiny-base`, `shapes-klein-4b`, `tiny-<family>`), a local pipeline
+    Accepted: a kit model (`tiny`, `tiny-base`, `shapes`, `dims-klein-4b`, `tiny-<family>`), a local pipeline
     directory (with `model_index.json` naming a supported class), or a hub id `org/name`.
     """
     if not model or not model.strip():

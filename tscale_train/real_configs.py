@@ -1,7 +1,7 @@
 """The component configs of the real models, for what must know their shapes without their weights.
 
-`tscale plan` estimates memory from these on the meta device, and the real-shape kit
-(`--model shapes-klein-4b`) builds random-weight models with the same dimensions. Where the real
+`tscale plan` estimates memory from these on the meta device, and the real-dimension kit
+(`--model dims-klein-4b`) builds random-weight models with the same dimensions. Where the real
 config can be read (a local pipeline dir, or a hub id already in the local HF cache), it is read;
 these copies are the fall-back for the hub ids below when nothing can be fetched.
 

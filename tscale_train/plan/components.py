@@ -16,7 +16,7 @@ import torch
 from .families import PlanFamily, plan_family
 from .tracker import module_bytes
 
-SHAPES_MODEL_NAME = "shapes-klein-4b"
+DIMS_MODEL_NAME = "dims-klein-4b"
 
 
 @dataclass(frozen=True)
@@ -175,8 +175,8 @@ def resolve_pipeline_spec(model: str) -> PipelineSpec:
     """
     from ..real_configs import FLUX2_KLEIN_4B, known_models, known_pipeline_config
 
-    if model == SHAPES_MODEL_NAME:
-        # The real-shape kit: FLUX.2-klein-4B dimensions with one double and one single block.
+    if model == DIMS_MODEL_NAME:
+        # The real-dimension kit: FLUX.2-klein-4B dimensions with one double and one single block.
         known = known_pipeline_config(FLUX2_KLEIN_4B)
         known["transformer"].update(num_layers=1, num_single_layers=1)
         return _known_spec(model, known, "bundled klein-4B config, 1 + 1 blocks")

@@ -144,46 +144,46 @@ def tiny_pipeline_dir(distilled: bool = True, kit_dir: str | Path | None = None)
     return kit / (FLUX2_DISTILLED_SUBDIR if distilled else FLUX2_BASE_SUBDIR)
 
 
-# The real-shape kit (`--model shapes-klein-4b`): ~550 M parameters, 1.1 GB, built only on request.
-SHAPES_MODEL_NAME = "shapes-klein-4b"
-SHAPES_SUBDIR = SHAPES_MODEL_NAME
+# The real-dimension kit (`--model dims-klein-4b`): ~550 M parameters, 1.1 GB, built only on request.
+DIMS_MODEL_NAME = "dims-klein-4b"
+DIMS_SUBDIR = DIMS_MODEL_NAME
 
 
-def shapes_kit_dir(kit_dir: str | Path | None = None) -> Path:
-    """Where the real-shape pipeline lives: `<tiny kit dir>/shapes-klein-4b`."""
+def dims_kit_dir(kit_dir: str | Path | None = None) -> Path:
+    """Where the real-dimension pipeline lives: `<tiny kit dir>/dims-klein-4b`."""
     kit = Path(kit_dir) if kit_dir is not None else default_kit_dir()
-    return kit / SHAPES_SUBDIR
+    return kit / DIMS_SUBDIR
 
 
-def _shapes_stamp(seed: int) -> str:
-    from .shapes import SHAPES_KIT_VERSION
+def _dims_stamp(seed: int) -> str:
+    from .real_dims import DIMS_KIT_VERSION
 
-    return f"version={SHAPES_KIT_VERSION} seed={seed}\n"
+    return f"version={DIMS_KIT_VERSION} seed={seed}\n"
 
 
-def ensure_shapes_kit(kit_dir: str | Path | None = None, seed: int = 0) -> Path:
-    """Return the real-shape `Flux2KleinPipeline` directory, building it once if needed.
+def ensure_dims_kit(kit_dir: str | Path | None = None, seed: int = 0) -> Path:
+    """Return the real-dimension `Flux2KleinPipeline` directory, building it once if needed.
 
     It lives inside the tiny kit directory, which is made complete first (so that a tiny-kit build never
     replaces a directory holding it, and its reward models are there for `--reward pickscore`). Built
     like the tiny kit: under a file lock, into a temporary sibling renamed into place; a kit from
     another version or seed is rebuilt.
     """
-    from .shapes import build_shapes_flux2_klein
+    from .real_dims import build_dims_flux2_klein
 
-    target = shapes_kit_dir(ensure_tiny_kit(kit_dir))
-    return _build_once(target, lambda staging: build_shapes_flux2_klein(staging, seed=seed), _shapes_stamp(seed))
+    target = dims_kit_dir(ensure_tiny_kit(kit_dir))
+    return _build_once(target, lambda staging: build_dims_flux2_klein(staging, seed=seed), _dims_stamp(seed))
 
 
-def shapes_pipeline_dir(kit_dir: str | Path | None = None) -> Path:
-    """The saved real-shape `Flux2KleinPipeline` directory (building it if needed)."""
-    return ensure_shapes_kit(kit_dir)
+def dims_pipeline_dir(kit_dir: str | Path | None = None) -> Path:
+    """The saved real-dimension `Flux2KleinPipeline` directory (building it if needed)."""
+    return ensure_dims_kit(kit_dir)
 
 
 # One tiny kit per further pipeline family (`--model tiny-flux1`, ...): model name -> "module:builder".
 # A builder `build(out_dir: Path, seed: int) -> Path` saves the pipeline with `save_pretrained` and
 # writes `KIT_MARKER` ({"kind": ..., "resolution": ..., "generator_kwargs": {...}}). Each is built on
-# first use, inside the tiny kit directory, like the real-shape kit.
+# first use, inside the tiny kit directory, like the real-dimension kit.
 FAMILY_KITS = {
     "tiny-flux1": "tscale_train.tiny.flux1:build_tiny_flux1",
     "tiny-flux2-dev": "tscale_train.tiny.flux2_dev:build_tiny_flux2_dev",

@@ -189,14 +189,16 @@ def build_tiny_rewards(kit_dir: str | Path, seed: int = 0) -> Path:
 def tiny_reward_kwargs(name: str, kit_dir: str | Path) -> dict[str, Any]:
     """Keyword arguments that make `load_reward(name, **kwargs)` load the tiny model from `kit_dir`.
 
-    "package.module:callable" rewards need nothing ({}). Raises FileNotFoundError when the kit has
+    "package.module:callable" rewards and those whose weights ship with the package (`verifier`,
+    `shapes-clip`) need nothing ({}). Raises FileNotFoundError when the kit has
     not been built (call `build_tiny_rewards(kit_dir)` first) and ValueError for unknown names.
     """
     from rewards import BUILTIN_REWARDS
+    from rewards.registry import SHIPPED_REWARDS
 
-    if ":" in name:
-        return {}
     builtin = name.strip().lower()
+    if ":" in name or builtin in SHIPPED_REWARDS:
+        return {}
     if builtin not in BUILTIN_REWARDS:
         raise ValueError(
             f"no tiny version of reward {name!r}; use one of {', '.join(BUILTIN_REWARDS)} or a 'module:callable'"

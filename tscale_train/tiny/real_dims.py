@@ -1,4 +1,4 @@
-"""The real-shape kit: a random-weight FLUX.2-klein with FLUX.2-klein-4B's real widths (`shapes-klein-4b`).
+"""The real-dimension kit: a random-weight FLUX.2-klein with FLUX.2-klein-4B's real widths (`dims-klein-4b`).
 
 The tiny kit (`tiny`) exercises the code paths; this kit also exercises the real tensor shapes: the
 transformer has the real 128 input channels, 24 heads x 128, joint_attention_dim 7680 (3 x 2560
@@ -8,7 +8,7 @@ size 2560 and enough layers for the real `text_encoder_out_layers` (9, 18, 27), 
 MLP; the VAE has the real 32 latent channels (2x2-patchified to 128) with small blocks. Every field is
 taken from `tscale_train.real_configs` and only depth/size fields are overridden, so the kit follows the
 real configs. About 550 M parameters, saved in bfloat16 (about 1.1 GB), so it is built only on request
-(`ensure_shapes_kit`), never as part of the tiny kit that every test builds.
+(`ensure_dims_kit`), never as part of the tiny kit that every test builds.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from ..real_configs import (
     QWEN3_4B_TEXT_ENCODER,
 )
 
-SHAPES_MODEL_NAME = "shapes-klein-4b"
+DIMS_MODEL_NAME = "dims-klein-4b"
 # Bump when a config below changes, so a stale kit is rebuilt instead of silently reused.
-SHAPES_KIT_VERSION = "v1"
+DIMS_KIT_VERSION = "v1"
 
 # Depth/size overrides of the real configs; everything else is the real value.
 SHAPES_TRANSFORMER_OVERRIDES: dict[str, Any] = {"num_layers": 1, "num_single_layers": 1}
@@ -59,7 +59,7 @@ SHAPES_RESOLUTION = 256
 _LINEAR_STD_SCALE = 0.5
 
 
-def shapes_component_configs() -> dict[str, dict[str, Any]]:
+def dims_component_configs() -> dict[str, dict[str, Any]]:
     """The kit's transformer / text-encoder / VAE configs: the real ones with the overrides above."""
     transformer = {**FLUX2_KLEIN_4B_TRANSFORMER, **SHAPES_TRANSFORMER_OVERRIDES}
     text_encoder = {**QWEN3_4B_TEXT_ENCODER, **SHAPES_TEXT_ENCODER_OVERRIDES}
@@ -78,8 +78,8 @@ def _init_linears(module: torch.nn.Module, generator: torch.Generator) -> None:
                 submodule.bias.zero_()
 
 
-def build_shapes_flux2_klein(out_dir: str | Path, *, seed: int = 0) -> Path:
-    """Build the real-shape random-weight FLUX.2-klein-4B pipeline into `out_dir` (bf16 safetensors).
+def build_dims_flux2_klein(out_dir: str | Path, *, seed: int = 0) -> Path:
+    """Build the real-dimension random-weight FLUX.2-klein-4B pipeline into `out_dir` (bf16 safetensors).
 
     Deterministic given `seed`. Returns `out_dir`.
     """
@@ -92,7 +92,7 @@ def build_shapes_flux2_klein(out_dir: str | Path, *, seed: int = 0) -> Path:
     from .flux2 import _byte_level_tokenizer, save_klein_pipeline
 
     out_dir = Path(out_dir)
-    configs = shapes_component_configs()
+    configs = dims_component_configs()
     tokenizer = _byte_level_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -124,7 +124,7 @@ def build_shapes_flux2_klein(out_dir: str | Path, *, seed: int = 0) -> Path:
     torch.nn.Module.to(vae, torch.bfloat16)
     marker = {
         "shapes_of": "black-forest-labs/FLUX.2-klein-4B",
-        "version": SHAPES_KIT_VERSION,
+        "version": DIMS_KIT_VERSION,
         "seed": seed,
         "text_encoder_out_layers": list(FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS),
         "max_sequence_length": SHAPES_MAX_SEQUENCE_LENGTH,

@@ -1,7 +1,7 @@
-"""The real-shape kit (`--model shapes-klein-4b`): FLUX.2-klein-4B's real widths, one block of each kind.
+"""The real-dimension kit (`--model dims-klein-4b`): FLUX.2-klein-4B's real widths, one block of each kind.
 
 The kit is ~550 M parameters (1.1 GB in bf16) and is built once per kit directory (about 10 s) by the
-session fixture `shapes_kit_dir`; `shapes_pipe` loads it once in bf16 for the tests that only read it.
+session fixture `dims_kit_dir`; `dims_pipe` loads it once in bf16 for the tests that only read it.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ SINGLE_ATTENTION = ("to_qkv_mlp_proj", "to_out")
 
 
 @pytest.fixture(scope="session")
-def shapes_pipe(shapes_kit_dir):
-    """The real-shape pipeline in bf16 on the CPU. Shared: tests must not modify it."""
+def dims_pipe(dims_kit_dir):
+    """The real-dimension pipeline in bf16 on the CPU. Shared: tests must not modify it."""
     from tscale_train.loading import load_pipeline
 
-    return load_pipeline("shapes-klein-4b", dtype="bfloat16", device="cpu")
+    return load_pipeline("dims-klein-4b", dtype="bfloat16", device="cpu")
 
 
 def _normalise(value):
@@ -43,21 +43,21 @@ def _matched_linears(model: torch.nn.Module, pattern: str) -> tuple[list[str], l
 def test_model_name_is_registered_like_tiny():
     from tscale_train.loading import check_model_source, is_tiny, reward_kwargs_for
 
-    assert check_model_source("shapes-klein-4b") == "shapes-klein-4b"
-    assert is_tiny("shapes-klein-4b") and is_tiny("tiny") and is_tiny("tiny-base")
+    assert check_model_source("dims-klein-4b") == "dims-klein-4b"
+    assert is_tiny("dims-klein-4b") and is_tiny("tiny") and is_tiny("tiny-base")
     # The tiny kit's reward models serve it, so `--reward pickscore` works offline.
-    assert reward_kwargs_for("pickscore", "shapes-klein-4b") == reward_kwargs_for("pickscore", "tiny")
+    assert reward_kwargs_for("pickscore", "dims-klein-4b") == reward_kwargs_for("pickscore", "tiny")
 
 
-def test_configs_are_the_real_ones_but_shallow(shapes_pipe, shapes_kit_dir):
-    transformer = dict(shapes_pipe.transformer.config)
+def test_configs_are_the_real_ones_but_shallow(dims_pipe, dims_kit_dir):
+    transformer = dict(dims_pipe.transformer.config)
     for key, real in real_configs.FLUX2_KLEIN_4B_TRANSFORMER.items():
         if key in ("num_layers", "num_single_layers"):
             assert transformer[key] == 1, key
         else:
             assert _normalise(transformer[key]) == _normalise(real), key
 
-    text = shapes_pipe.text_encoder.config
+    text = dims_pipe.text_encoder.config
     real_text = real_configs.QWEN3_4B_TEXT_ENCODER
     assert text.hidden_size == real_text["hidden_size"] == 2560
     assert text.num_hidden_layers >= max(real_configs.FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS) == 27
@@ -67,21 +67,21 @@ def test_configs_are_the_real_ones_but_shallow(shapes_pipe, shapes_kit_dir):
     assert rope_theta == real_text["rope_theta"]
     assert 3 * text.hidden_size == transformer["joint_attention_dim"]
 
-    vae = shapes_pipe.vae.config
+    vae = dims_pipe.vae.config
     assert vae.latent_channels == real_configs.FLUX2_VAE["latent_channels"] == 32
     assert _normalise(vae.patch_size) == _normalise(real_configs.FLUX2_VAE["patch_size"])
     assert vae.latent_channels * 4 == transformer["in_channels"] == 128
-    assert shapes_pipe.config.is_distilled
+    assert dims_pipe.config.is_distilled
 
-    marker = json.loads((shapes_kit_dir / "tscale_tiny.json").read_text())
+    marker = json.loads((dims_kit_dir / "tscale_tiny.json").read_text())
     assert marker["text_encoder_out_layers"] == [9, 18, 27]
     assert marker["resolution"] == 256 and marker["max_sequence_length"] <= 64
-    assert shapes_pipe.transformer.dtype == torch.bfloat16
-    assert all(path.stat().st_size < 1.3e9 for path in shapes_kit_dir.rglob("*.safetensors"))
+    assert dims_pipe.transformer.dtype == torch.bfloat16
+    assert all(path.stat().st_size < 1.3e9 for path in dims_kit_dir.rglob("*.safetensors"))
 
 
-def test_default_lora_regex_hits_the_attention_linears(shapes_pipe):
-    linears, hit = _matched_linears(shapes_pipe.transformer, FLUX2_ATTENTION_TARGETS)
+def test_default_lora_regex_hits_the_attention_linears(dims_pipe):
+    linears, hit = _matched_linears(dims_pipe.transformer, FLUX2_ATTENTION_TARGETS)
     expected = [f"transformer_blocks.0.attn.{name}" for name in DOUBLE_ATTENTION]
     expected += [f"single_transformer_blocks.0.attn.{name}" for name in SINGLE_ATTENTION]
     assert sorted(hit) == sorted(expected) and len(hit) == 10
@@ -99,10 +99,10 @@ def test_default_lora_regex_on_the_full_real_transformer():
     assert sum(parameter.numel() for parameter in transformer.parameters()) == 3_875_544_576
 
 
-def test_generation_is_finite_at_256px_bf16(shapes_pipe):
+def test_generation_is_finite_at_256px_bf16(dims_pipe):
     from tscale_train.generation import generator_for_pipeline
 
-    generator = generator_for_pipeline(shapes_pipe)  # the kit's defaults: 256px, 4 steps
+    generator = generator_for_pipeline(dims_pipe)  # the kit's defaults: 256px, 4 steps
     assert (generator.height, generator.width, generator.num_inference_steps) == (256, 256, 4)
     assert generator.noise_shape == (128, 16, 16)
     embeds = generator.encode_prompt("a cat")
@@ -118,7 +118,7 @@ def _run_ses(tmp_path: Path, reward: str) -> dict:
     from tscale_train.cli import main
 
     out = tmp_path / "cat.png"
-    argv = ["ses", "--model", "shapes-klein-4b", "--prompt", "a cat", "--budget", "4", "--popsize", "2"]
+    argv = ["ses", "--model", "dims-klein-4b", "--prompt", "a cat", "--budget", "4", "--popsize", "2"]
     argv += ["--height", "256", "--width", "256", "--dtype", "bfloat16", "--reward", reward]
     argv += ["--out", str(out), "--no-progress", "--save-trace"]
     assert main(argv) == 0
@@ -131,22 +131,22 @@ def _run_ses(tmp_path: Path, reward: str) -> dict:
 
 
 @pytest.mark.slow
-def test_ses_cli_end_to_end_synthetic_reward(shapes_kit_dir, tmp_path):
+def test_ses_cli_end_to_end_synthetic_reward(dims_kit_dir, tmp_path):
     _run_ses(tmp_path, "rewards.synthetic:brightness")
 
 
 @pytest.mark.slow
-def test_ses_cli_end_to_end_tiny_pickscore(shapes_kit_dir, tmp_path):
+def test_ses_cli_end_to_end_tiny_pickscore(dims_kit_dir, tmp_path):
     _run_ses(tmp_path, "pickscore")
 
 
 @pytest.mark.slow
-def test_lora_round_trip_gives_the_same_velocity(shapes_kit_dir, tmp_path):
+def test_lora_round_trip_gives_the_same_velocity(dims_kit_dir, tmp_path):
     from tscale_train.generation import generator_for_pipeline
     from tscale_train.loading import load_lora, load_pipeline
     from tscale_train.lora import add_lora, save_lora
 
-    pipe = load_pipeline("shapes-klein-4b", dtype="bfloat16", device="cpu")
+    pipe = load_pipeline("dims-klein-4b", dtype="bfloat16", device="cpu")
     parameters = add_lora(pipe.transformer, rank=4)
     wrapped = [name for name, module in pipe.transformer.named_modules() if hasattr(module, "lora_A")]
     assert len(wrapped) == 10
@@ -158,7 +158,7 @@ def test_lora_round_trip_gives_the_same_velocity(shapes_kit_dir, tmp_path):
     assert parameters
     save_lora(type(pipe), pipe.transformer, tmp_path / "lora")
 
-    fresh = load_pipeline("shapes-klein-4b", dtype="bfloat16", device="cpu")
+    fresh = load_pipeline("dims-klein-4b", dtype="bfloat16", device="cpu")
     load_lora(fresh, str(tmp_path / "lora"))
     loaded = {name: parameter for name, parameter in fresh.transformer.named_parameters() if "lora_" in name}
     assert len(loaded) == 20
@@ -189,13 +189,13 @@ def test_lora_round_trip_gives_the_same_velocity(shapes_kit_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_build_is_deterministic_from_the_seed(shapes_kit_dir, tmp_path):
-    from tscale_train.tiny.shapes import build_shapes_flux2_klein
+def test_build_is_deterministic_from_the_seed(dims_kit_dir, tmp_path):
+    from tscale_train.tiny.real_dims import build_dims_flux2_klein
 
-    rebuilt = build_shapes_flux2_klein(tmp_path / "again", seed=0)
+    rebuilt = build_dims_flux2_klein(tmp_path / "again", seed=0)
     try:
         for component in ("transformer", "text_encoder", "vae"):
-            (original,) = (shapes_kit_dir / component).glob("*.safetensors")
+            (original,) = (dims_kit_dir / component).glob("*.safetensors")
             (copy,) = (rebuilt / component).glob("*.safetensors")
             digests = [hashlib.sha256(path.read_bytes()).hexdigest() for path in (original, copy)]
             assert digests[0] == digests[1], component
@@ -204,7 +204,7 @@ def test_build_is_deterministic_from_the_seed(shapes_kit_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_one_training_round_in_bf16_under_bf16_mixed_precision(shapes_kit_dir, tmp_path):
+def test_one_training_round_in_bf16_under_bf16_mixed_precision(dims_kit_dir, tmp_path):
     """The recipe on klein-4B's real widths, through the single-GPU config's CPU twin (bf16 mixed precision)."""
     import os
     import subprocess
@@ -214,7 +214,7 @@ def test_one_training_round_in_bf16_under_bf16_mixed_precision(shapes_kit_dir, t
     out = tmp_path / "run"
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "accelerate_configs/cpu/single_gpu.yaml"),
-        str(repo / "recipes/flux2_klein_dpo.py"), "--model", "shapes-klein-4b", "--dtype", "bfloat16",
+        str(repo / "recipes/flux2_klein_dpo.py"), "--model", "dims-klein-4b", "--dtype", "bfloat16",
         "--height", "256", "--width", "256", "--reward", "rewards.synthetic:brightness", "--budget", "4", "--popsize", "2",
         "--k_elites", "2", "--prompts_per_round", "2", "--rounds", "1", "--epochs_per_round", "1", "--lora_rank", "4",
         "--eval_every", "0", "--max_eval_prompts", "1", "--eval_budget", "2", "--checkpoint_every", "0",
@@ -233,4 +233,4 @@ def test_one_training_round_in_bf16_under_bf16_mixed_precision(shapes_kit_dir, t
     assert len([key for key in lora if "lora_A" in key]) == 10  # the 10 attention linears of 1 + 1 blocks
     from tscale_train.loading import load_lora, load_pipeline
 
-    load_lora(load_pipeline("shapes-klein-4b", dtype="bfloat16"), str(out))
+    load_lora(load_pipeline("dims-klein-4b", dtype="bfloat16"), str(out))
