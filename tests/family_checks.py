@@ -21,7 +21,7 @@ CLI_PROMPT = "a red cube"
 def check_kit_settings(
     pipe, generator: FlowGenerator, model: str, *, generator_class: type[FlowGenerator], kit_defaults: dict[str, Any],
     steps_preview_guidance: tuple[int, int, float], uses_cfg: bool, noise_shape: tuple[int, int, int],
-    off_grid: tuple[int, int] = (72, 64),
+    off_grid: tuple[int, int] = (72, 64), multiple: int = 16,
 ) -> None:
     """The kit marker's settings reach `generator_for_pipeline`, which refuses sizes off the family's grid."""
     assert generator_defaults(model) == kit_defaults
@@ -30,7 +30,7 @@ def check_kit_settings(
     assert (generator.num_inference_steps, generator.preview_steps, generator.guidance_scale) == steps_preview_guidance
     assert generator.uses_cfg == uses_cfg
     assert generator.noise_shape == noise_shape
-    with pytest.raises(ValueError, match="multiples of 16"):
+    with pytest.raises(ValueError, match=f"multiples of {multiple}"):
         generator_for_pipeline(pipe, height=off_grid[0], width=off_grid[1])
 
 

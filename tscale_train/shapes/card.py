@@ -58,6 +58,7 @@ def card_text(pipeline_dir: Path, scores: dict) -> str:
         f"| {family} | {row['accuracy']:.3f} | {row['se']:.3f} | {row['n']} |" for family, row in scores["families"].items()
     )
     generator = marker["generator_kwargs"]
+    history = f"How the shipped weights were trained: {training['history']}\n" if training.get("history") else ""
     return f"""---
 library_name: diffusers
 pipeline_tag: text-to-image
@@ -79,6 +80,8 @@ image = pipe(prompt="a red circle to the left of a blue square", height={marker[
              num_inference_steps={generator['num_inference_steps']}, guidance_scale={generator['guidance_scale']},
              max_sequence_length={marker['max_sequence_length']}, text_encoder_out_layers={tuple(marker['text_encoder_out_layers'])}).images[0]
 ```
+
+![budget-0 samples on held-out prompts](samples.png)
 
 ## The world
 {marker['resolution']}x{marker['resolution']} images of one to four flat objects ({', '.join(SHAPES)}) in eight exact colours
@@ -108,7 +111,9 @@ automatic wavelet level (1) searches a 4x4 low band per channel.
 2. Transformer: {training.get('transformer_steps')} steps of rectified flow matching, batch {training.get('batch_size')}, AdamW {training.get('learning_rate')}
    with warmup and cosine decay, logit-normal sigmas, {training.get('caption_dropout')} empty captions (for CFG); the EMA
    ({training.get('ema_decay')}) of the weights is stored.
-Trained on a 2-core CPU shared with other work (no GPU was used).
+3. Decoder: {training.get('decoder_steps')} more steps of the VAE's decoder alone, the encoder frozen (so the
+   latent space the transformer learnt stays), for sharper edges and exact colours.
+{history}Trained on a 2-core CPU shared with other work (no GPU was used).
 
 ## Scores: budget 0, held-out prompts, judged by the verifier
 The verifier (`--reward verifier`, `rewards/shapes/verifier.py`) parses the prompt, segments the image by
@@ -125,6 +130,21 @@ regenerates them from these weights.
 """
 
 
+def sample_grid(pipeline_dir: Path, per_family: int = 2, seed: int = 0):
+    """Budget-0 images of the first held-out prompts of each family (one seed each), labelled."""
+    from rewards.shapes.world import evaluation_prompts
+
+    from ..generation import generator_for_pipeline
+    from ..loading import load_pipeline
+    from ..ses import labelled_grid, to_pil
+
+    generator = generator_for_pipeline(load_pipeline(str(pipeline_dir), dtype="float32"), eval_batch_size=16)
+    prompts = [prompt for family in evaluation_prompts().values() for prompt in family[:per_family]]
+    noises = torch.cat([generator.initial_noise(seed + index) for index in range(len(prompts))])
+    images = generator.generate(noises, [generator.encode_prompt(prompt) for prompt in prompts]).images
+    return labelled_grid([to_pil(images)], prompts, None, min_side=128)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", default=str(SHIPPED_PIPELINE_DIR))
@@ -134,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     scores = measure(pipeline_dir, args.images_per_family)
     scores["model"] = pipeline_dir.name
     (pipeline_dir / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    sample_grid(pipeline_dir).save(pipeline_dir / "samples.png")
     (pipeline_dir / "README.md").write_text(card_text(pipeline_dir, scores))
     for family, row in scores["families"].items():
         print(f"{family:<20} {row['accuracy']:.3f} +- {row['se']:.3f} (n={row['n']})")

@@ -5,7 +5,10 @@ Two stages, each checkpointed to `work_dir` (atomically; re-running the same com
 1. the VAE (`AutoencoderKLFlux2`), by reconstruction (L1 + MSE, a small KL term) of fresh training
    scenes; then its batch-norm statistics are set to those of the patchified latents;
 2. the transformer (`Flux2Transformer2DModel`), by rectified flow matching on the VAE's latents
-   (logit-normal sigmas, 10% empty captions for classifier-free guidance), with an EMA of its weights.
+   (logit-normal sigmas, 10% empty captions for classifier-free guidance), with an EMA of its weights;
+3. the VAE's decoder again, with the encoder (and so the latent space the transformer learnt) frozen:
+   a short first stage keeps the transformer's wait short, and the decoder's sharpness and exact
+   colours, which the verifier checks, are what longer training buys.
 
 Every batch is drawn from `rewards.shapes.world.training_batch(seed, step)` (the training split: no
 held-out colour-shape pair or relation appears), so a resumed run sees exactly the batches an
@@ -34,6 +37,7 @@ from . import model as shapes_model
 # How a stage's batches are seeded: far apart, so the VAE's and the transformer's streams never overlap.
 _VAE_STREAM = 1_000_003
 _TRANSFORMER_STREAM = 2_000_003
+_DECODER_STREAM = 3_000_017
 
 
 @dataclass
@@ -43,12 +47,14 @@ class ShapesTrainingConfig:
     vae_batch_size: int = 16
     vae_learning_rate: float = 1e-3
     kl_weight: float = 1e-6
-    transformer_steps: int = 2000
+    transformer_steps: int = 10000
     batch_size: int = 32
     learning_rate: float = 6e-4
     warmup_steps: int = 200
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
+    decoder_steps: int = 1500
+    decoder_learning_rate: float = 5e-4
     checkpoint_every: int = 100
 
 
@@ -192,6 +198,64 @@ class CaptionEncoder:
         return prompt_embeds, Flux2KleinPipeline._prepare_text_ids(prompt_embeds)
 
 
+def refine_decoder(work_dir: Path, config: ShapesTrainingConfig, vae, clock: _Clock, log_every: int = 50):
+    """Stage 3: train the decoder alone on the frozen encoder's latents; returns the VAE, or None when
+    `clock` ran out first (the state is saved)."""
+    from diffusers import AutoencoderKLFlux2
+
+    final_dir = work_dir / "vae_refined"
+    if (final_dir / "config.json").is_file():
+        return AutoencoderKLFlux2.from_pretrained(final_dir)
+    if config.decoder_steps == 0:
+        return vae
+    decoder = [vae.post_quant_conv, vae.decoder]
+    parameters = [parameter for module in decoder for parameter in module.parameters()]
+    vae.requires_grad_(False)
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(parameters, lr=config.decoder_learning_rate, weight_decay=0.0)
+    state_path = work_dir / "decoder_state.pt"
+    state = _load_state(state_path)
+    step = 0
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        _log(f"decoder: resumed at step {step}")
+    vae.eval()
+    for module in decoder:
+        module.train()
+
+    def save() -> None:
+        _save_state(state_path, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step})
+
+    while step < config.decoder_steps:
+        if clock.out_of_time():
+            save()
+            return None
+        images = scene_pixels(training_batch(config.seed * _DECODER_STREAM + step, config.vae_batch_size))
+        with torch.no_grad():
+            latents = vae.encode(images).latent_dist.mode()
+        reconstruction = vae.decode(latents).sample
+        loss = F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images)
+        for group in optimizer.param_groups:
+            group["lr"] = config.decoder_learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / config.decoder_steps)))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        step += 1
+        if step % log_every == 0 or step == config.decoder_steps:
+            _log(f"decoder: step {step}/{config.decoder_steps} loss {loss.item():.4f} ({clock.minutes():.1f} min)")
+        if step % config.checkpoint_every == 0:
+            save()
+    vae.eval().requires_grad_(False)
+    with atomic_directory(final_dir, remove_stale=True) as staging:
+        vae.save_pretrained(staging, safe_serialization=True)
+    state_path.unlink(missing_ok=True)
+    return vae
+
+
 def train_transformer(work_dir: Path, config: ShapesTrainingConfig, vae, clock: _Clock, log_every: int = 25):
     """Stage 2; returns the EMA transformer, or None when `clock` ran out first (the state is saved)."""
     from diffusers import Flux2Transformer2DModel
@@ -265,6 +329,29 @@ def train_transformer(work_dir: Path, config: ShapesTrainingConfig, vae, clock: 
     return transformer
 
 
+def assemble_from_state(out_dir: str | Path, work_dir: str | Path) -> Path:
+    """Save a pipeline from the trained VAE and the EMA weights of the latest transformer checkpoint of an
+    unfinished run (to look at a run part of the way, or to ship one stopped early); returns `out_dir`."""
+    from diffusers import AutoencoderKLFlux2
+
+    work_dir = Path(work_dir)
+    config = ShapesTrainingConfig(**json.loads((work_dir / "training_config.json").read_text()))
+    state = _load_state(work_dir / "transformer_state.pt")
+    if state is None or not (work_dir / "vae" / "config.json").is_file():
+        raise FileNotFoundError(f"{work_dir} has no trained VAE and transformer checkpoint to assemble; train first.")
+    transformer = shapes_model.shapes_transformer(config.seed)
+    transformer.load_state_dict(state["ema"])
+    tokenizer = shapes_model.shapes_tokenizer()
+    training = {**asdict(config), "transformer_steps_done": int(state["step"])}
+    with atomic_directory(Path(out_dir), remove_stale=True) as staging:
+        shapes_model.save_shapes_pipeline(
+            staging, vae=AutoencoderKLFlux2.from_pretrained(work_dir / "vae"), tokenizer=tokenizer,
+            text_encoder=shapes_model.shapes_text_encoder(tokenizer, config.seed), transformer=transformer.eval(),
+            seed=config.seed, training=training,
+        )  # fmt: skip
+    return Path(out_dir)
+
+
 def train_shapes_model(
     out_dir: str | Path, work_dir: str | Path, config: ShapesTrainingConfig | None = None, *, max_minutes: float | None = None
 ) -> Path | None:
@@ -289,6 +376,9 @@ def train_shapes_model(
         return None
     transformer = train_transformer(work_dir, config, vae, clock)
     if transformer is None:
+        return None
+    vae = refine_decoder(work_dir, config, vae, clock)
+    if vae is None:
         return None
     tokenizer = shapes_model.shapes_tokenizer()
     with atomic_directory(Path(out_dir), remove_stale=True) as staging:
