@@ -71,7 +71,9 @@ class SESConfig:
     Attributes:
         wavelet: orthogonal PyWavelets wavelet name; ``"db1"`` / ``"haar"`` run in pure torch.
         level: DWT level; lowered with a warning when the latent is too small
-            (see :func:`search.wavelets.max_level`: for Haar, ``2**level <= min(H, W)``).
+            (see :func:`search.wavelets.max_level`: for Haar, ``2**level <= min(H, W)``). None: the
+            deepest level up to 4 that keeps a 4x4 low band (:func:`search.wavelets.auto_level`; 4 on a
+            1024px FLUX latent), which the product's settings use by default.
         popsize: candidates per generation (the first generation includes the base noise).
         k_elites: size of the elite archive (best candidates over all generations so far).
         init_mean, init_var: the initial search distribution N(init_mean, init_var) per coefficient;

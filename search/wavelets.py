@@ -267,7 +267,7 @@ class LowBandCodec:
         self,
         base_noise: Tensor,
         wavelet: str = "db1",
-        level: int = 4,
+        level: int | None = 4,
         generator: torch.Generator | None = None,
         backend: str = "auto",
     ) -> None:

@@ -135,7 +135,7 @@ def test_one_round_of_the_loop_with_the_verifier_as_guard_judge(tmp_path, kit_di
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the config names its prompt files from the repo root
     config = parse_config(
         ["--config", "recipes/configs/shapes.yaml", "--output_dir", str(tmp_path / "run"), "--rounds", "1",
-         "--prompts_per_round", "2", "--max_eval_prompts", "2", "--epochs_per_round", "1", "--budget", "4",
+         "--prompts_per_round", "2", "--max_eval_prompts", "2", "--epochs_per_round", "3", "--budget", "4",
          "--popsize", "2", "--eval_budget", "4", "--progress", "false"]
     )  # fmt: skip
     assert (config.model, config.reward, config.guard_rewards) == ("shapes", "shapes-clip", "verifier")
@@ -144,3 +144,26 @@ def test_one_round_of_the_loop_with_the_verifier_as_guard_judge(tmp_path, kit_di
     assert [row["round"] for row in evals] == [-1, 0]
     assert all(0.0 <= row["guard/verifier"] <= 1.0 for row in evals)
     assert (Path(out) / "pytorch_lora_weights.safetensors").is_file()
+    _check_comfyui_export_loads_back(Path(out))
+
+
+def _check_comfyui_export_loads_back(run_dir: Path) -> None:
+    """The loop's LoRA, exported for ComfyUI, loads into the shapes pipeline through diffusers' own reader
+    and moves the transformer as the diffusers-format file does."""
+    from tscale_train.export.comfyui import save_comfyui_lora
+    from tscale_train.generation import generator_for_pipeline
+    from tscale_train.loading import load_pipeline
+
+    comfy_file = save_comfyui_lora(run_dir)
+    velocities = []
+    for weights in (run_dir / "pytorch_lora_weights.safetensors", comfy_file, None):
+        pipe = load_pipeline(MODEL, dtype="float32")
+        if weights is not None:
+            pipe.load_lora_weights(str(weights.parent), weight_name=weights.name)
+        generator = generator_for_pipeline(pipe)
+        embeds = [generator.encode_prompt("a red circle")] * 2
+        with torch.no_grad():
+            velocities.append(generator.predict_velocity(pipe.transformer, generator.initial_noise(0, 2), torch.tensor([0.9, 0.5]), embeds))
+    diffusers_format, comfyui_format, base = velocities
+    torch.testing.assert_close(comfyui_format, diffusers_format, atol=1e-4, rtol=0)
+    assert (diffusers_format - base).abs().max() > 1e-5

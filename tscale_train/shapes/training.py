@@ -47,7 +47,7 @@ class ShapesTrainingConfig:
     vae_batch_size: int = 16
     vae_learning_rate: float = 1e-3
     kl_weight: float = 1e-6
-    transformer_steps: int = 10000
+    transformer_steps: int = 14000
     batch_size: int = 32
     learning_rate: float = 6e-4
     warmup_steps: int = 200
@@ -343,9 +343,11 @@ def assemble_from_state(out_dir: str | Path, work_dir: str | Path) -> Path:
     transformer.load_state_dict(state["ema"])
     tokenizer = shapes_model.shapes_tokenizer()
     training = {**asdict(config), "transformer_steps_done": int(state["step"])}
+    # The refined decoder when stage 3 already ran (its encoder, and so the latent space, is stage 1's).
+    vae_dir = work_dir / "vae_refined" if (work_dir / "vae_refined" / "config.json").is_file() else work_dir / "vae"
     with atomic_directory(Path(out_dir), remove_stale=True) as staging:
         shapes_model.save_shapes_pipeline(
-            staging, vae=AutoencoderKLFlux2.from_pretrained(work_dir / "vae"), tokenizer=tokenizer,
+            staging, vae=AutoencoderKLFlux2.from_pretrained(vae_dir), tokenizer=tokenizer,
             text_encoder=shapes_model.shapes_text_encoder(tokenizer, config.seed), transformer=transformer.eval(),
             seed=config.seed, training=training,
         )  # fmt: skip
