@@ -31,7 +31,7 @@ demo: install
 	rm -rf runs/demo
 	OMP_NUM_THREADS=1 $(BIN)/accelerate launch --config_file accelerate_configs/cpu/demo.yaml \
 		recipes/flux2_klein_dpo.py --config recipes/configs/shapes.yaml --output_dir runs/demo
-	OMP_NUM_THREADS=2 $(BIN)/python -m tscale_train.shapes.evaluation --lora runs/demo --run runs/demo
+	OMP_NUM_THREADS=2 $(BIN)/python -m tscale_train.shapes.evaluation --lora runs/demo --run runs/demo --images_per_family 40
 	OMP_NUM_THREADS=2 $(BIN)/tscale ses --model shapes --lora runs/demo --reward shapes-clip \
 		--prompt "an orange circle to the left of a cyan square" --budget 20 --seed 1 \
 		--save-trace --out runs/demo/ses/orange_circle.png

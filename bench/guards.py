@@ -1,6 +1,6 @@
 """The guards on the tiny loop: a run that hacks its reward stops itself, a run whose guards hold does not.
 
-Every run trains the tiny FLUX.2-klein with the settings of `make demo` (one process, six rounds) and
+Every run trains the tiny FLUX.2-klein with the tiny loop's settings (recipes/configs/tiny.yaml; one process, six rounds) and
 logs the guards at every eval, with a tolerance of 1%. The runs:
 
 - `stop`: trained on brightness, guarded by a judge that contradicts it (darkness); `guard_policy=stop`.
@@ -38,7 +38,7 @@ RUNS = {
     "holding": dict(DARKNESS_JUDGE, reward=synthetic("redness")),
     "unguarded": dict(reward=synthetic("redness"), guard_diversity_seeds=0),
 }
-# `make demo`'s loop (recipes/configs/tiny.yaml) on one process, with per-round checkpoints to compare LoRAs.
+# The tiny loop (recipes/configs/tiny.yaml) on one process, with per-round checkpoints to compare LoRAs.
 DEMO = dict(
     budget=16, popsize=8, k_elites=2, eval_budget=8, eval_batch_size=8,
     max_eval_prompts=16, eval_fraction=0.2, eval_ses_every=0, checkpoint_every=1, checkpoints_total_limit=0,
@@ -142,7 +142,7 @@ def main() -> None:
         kept_is_checkpoint = report is not None and same_lora(
             results["stop"][1], results["stop"][1] / "checkpoints" / f"checkpoint-{report['final_lora_round']:05d}"
         )
-    print(f"tiny FLUX.2-klein, make demo's settings, {args.rounds} rounds, tolerance {TOLERANCE:.0%}, patience 2; "
+    print(f"tiny FLUX.2-klein, tiny.yaml settings, {args.rounds} rounds, tolerance {TOLERANCE:.0%}, patience 2; "
           f"{len(RUNS)} runs in {time.perf_counter() - started:.0f} s\n")
     for name, (rows, _) in results.items():
         print(table(f"{name} ({RUNS[name]['reward'].split(':')[-1]})", rows) + "\n")

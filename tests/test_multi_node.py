@@ -158,7 +158,7 @@ def test_two_machines_train_resume_and_match_one_machine(case, tmp_path, kit_dir
     launch_machines(multi_node, ["--rounds", "1", "--output_dir", str(out)], tmp_path, node_local)
     # Node-local kits must be the same bytes on every node: DDP syncs only the trained transformer.
     # The shared kit may also hold kits that other tests built on first use (real-dimension, other families).
-    from tscale_train.tiny import FAMILY_KITS, DIMS_SUBDIR
+    from tscale_train.tiny import DIMS_SUBDIR, FAMILY_KITS
 
     assert _digests(node_local[1]) == _digests(kit_dir, skip=(DIMS_SUBDIR, *FAMILY_KITS))
     rank_loras(out, config["distributed_type"])

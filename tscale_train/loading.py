@@ -68,7 +68,7 @@ def is_tiny(model: str) -> bool:
 
 
 def _kit_pipeline_dir(model: str) -> Path:
-    from .tiny import family_pipeline_dir, dims_pipeline_dir, tiny_pipeline_dir
+    from .tiny import dims_pipeline_dir, family_pipeline_dir, tiny_pipeline_dir
 
     if model in TINY_MODELS:
         return tiny_pipeline_dir(distilled=TINY_MODELS[model])
