@@ -36,6 +36,14 @@ def _parameters(directory: Path) -> int:
     return sum(tensor.numel() for path in directory.glob("*.safetensors") for tensor in load_file(path).values())
 
 
+def _shown_path(pipeline_dir: Path) -> str:
+    """The pipeline's path as a reader at the repository root would type it."""
+    try:
+        return str(pipeline_dir.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(pipeline_dir)
+
+
 def measure(pipeline_dir: Path, images_per_family: int) -> dict:
     scores = evaluate_shapes(str(pipeline_dir), images_per_family=images_per_family)["base"]
     correct = scores.correct()
@@ -75,7 +83,7 @@ model on which tscale-train measures quality claims against a ground-truth judge
 ```python
 from diffusers import Flux2KleinPipeline
 
-pipe = Flux2KleinPipeline.from_pretrained("{pipeline_dir.name}")
+pipe = Flux2KleinPipeline.from_pretrained("{_shown_path(pipeline_dir)}")
 image = pipe(prompt="a red circle to the left of a blue square", height={marker['resolution']}, width={marker['resolution']},
              num_inference_steps={generator['num_inference_steps']}, guidance_scale={generator['guidance_scale']},
              max_sequence_length={marker['max_sequence_length']}, text_encoder_out_layers={tuple(marker['text_encoder_out_layers'])}).images[0]
