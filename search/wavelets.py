@@ -84,8 +84,11 @@ AUTO_LEVEL_MAX = 4
 
 def auto_level(height: int, width: int, wavelet: str) -> int:
     """The level ``level=None`` means: the deepest level up to 4 whose low band keeps at least 4x4
-    coefficients (4 on a 64x64 latent, 2 on 16x16, 1 on 8x8), and at least level 1."""
+    coefficients (4 on a 64x64 latent, 2 on 16x16, 1 on 8x8). A latent below 8 px a side cannot keep 4x4
+    at any level; there it is the deepest level that fits, up to 4, as for an explicit level 4."""
     side = min(height, width)
+    if side < 2 * AUTO_LEVEL_MIN_SIDE:
+        return max(1, min(AUTO_LEVEL_MAX, max_level(height, width, wavelet)))
     level = 1
     while level < AUTO_LEVEL_MAX and side // 2 ** (level + 1) >= AUTO_LEVEL_MIN_SIDE:
         level += 1

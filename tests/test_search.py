@@ -604,9 +604,10 @@ def test_rank_best_first_and_base_score():
     assert result.base_score == pytest.approx(0.3) and isinstance(result.base_score, float)
 
 
-@pytest.mark.parametrize(("shape", "expected"), [((64, 64), 4), ((128, 96), 4), ((32, 48), 3), ((16, 16), 2), ((8, 8), 1), ((4, 4), 1), ((2, 2), 1)])
+@pytest.mark.parametrize(("shape", "expected"), [((64, 64), 4), ((128, 96), 4), ((32, 48), 3), ((16, 16), 2), ((8, 8), 1), ((4, 4), 2), ((2, 2), 1)])
 def test_auto_level_keeps_a_4x4_low_band(shape, expected):
-    """level=None: 4 on a 1024px FLUX latent (64x64), lower on smaller latents so the band keeps 4x4, never 0."""
+    """level=None: 4 on a 1024px FLUX latent (64x64), lower on smaller latents so the band keeps 4x4; below 8 px
+    (the tiny kit's 4x4) the deepest level that fits, as an explicit 4 gives; never 0."""
     from search.wavelets import auto_level, resolve_level
 
     assert auto_level(*shape, "db1") == resolve_level(*shape, "db1", None) == expected

@@ -180,8 +180,10 @@ def resolve_pipeline_spec(model: str) -> PipelineSpec:
         known = known_pipeline_config(FLUX2_KLEIN_4B)
         known["transformer"].update(num_layers=1, num_single_layers=1)
         return _known_spec(model, known, "bundled klein-4B config, 1 + 1 blocks")
-    from ..loading import FAMILY_KIT_MODELS, TINY_MODELS, check_model_source
+    from ..loading import FAMILY_KIT_MODELS, SHAPES_MODEL, TINY_MODELS, check_model_source, shapes_model_dir
 
+    if model == SHAPES_MODEL:
+        return _read_pipeline_dir(model, shapes_model_dir(), "shipped shapes model")
     if model in TINY_MODELS:
         from ..tiny import tiny_pipeline_dir
 
