@@ -370,15 +370,6 @@ class ShapesVerifierReward(RewardModel):
 
     name = "verifier"
 
-    def __init__(
-        self,
-        *,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
-        batch_size: int | None = None,
-    ) -> None:
-        super().__init__(device=device, dtype=dtype, batch_size=batch_size)
-
     def _score(self, pixels: torch.Tensor | list[torch.Tensor], prompts: list[str]) -> torch.Tensor:
         results = _judge(pixels, prompts, self.batch_size, None)
         return torch.tensor([score for score, _ in results], dtype=torch.float32)

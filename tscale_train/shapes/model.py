@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..tiny.flux2 import save_klein_pipeline
+from ..tiny.flux2 import save_klein_pipeline, tiny_qwen3_config
 
 RESOLUTION = 64
 MAX_SEQUENCE_LENGTH = 24
@@ -71,21 +71,11 @@ def shapes_tokenizer():
 
 
 def shapes_text_encoder(tokenizer, seed: int):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
     torch.manual_seed(seed)
-    config = Qwen3Config(
-        vocab_size=512,
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
+    config = tiny_qwen3_config(
+        tokenizer, vocab_size=512, hidden_size=TEXT_HIDDEN, intermediate_size=128, head_dim=32, tie_word_embeddings=True
     )
     return Qwen3ForCausalLM(config).eval().requires_grad_(False)
 

@@ -74,6 +74,21 @@ def _load_state(path: Path) -> dict | None:
     return torch.load(path, weights_only=True) if path.is_file() else None
 
 
+def _resume(state_path: Path, model, optimizer, stage: str) -> tuple[int, dict | None]:
+    """Load a stage's checkpoint into `model` and `optimizer`; returns (step reached, the whole state or None)."""
+    state = _load_state(state_path)
+    if state is None:
+        return 0, None
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    _log(f"{stage}: resumed at step {int(state['step'])}")
+    return int(state["step"]), state
+
+
+def _checkpoint(state_path: Path, model, optimizer, step: int, **extra) -> None:
+    _save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, **extra})
+
+
 class _Clock:
     def __init__(self, max_minutes: float | None) -> None:
         self.start = time.monotonic()
@@ -100,18 +115,12 @@ def train_vae(work_dir: Path, config: ShapesTrainingConfig, clock: _Clock, log_e
     vae = shapes_model.shapes_vae(config.seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate, weight_decay=0.0)
     state_path = work_dir / "vae_state.pt"
-    state = _load_state(state_path)
-    step = 0
-    if state is not None:
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        _log(f"vae: resumed at step {step}")
+    step, _ = _resume(state_path, vae, optimizer, "vae")
     vae.train()
     generator = torch.Generator().manual_seed(config.seed)
     while step < config.vae_steps:
         if clock.out_of_time():
-            _save_state(state_path, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step})
+            _checkpoint(state_path, vae, optimizer, step)
             return None
         images = scene_pixels(training_batch(config.seed * _VAE_STREAM + step, config.vae_batch_size))
         generator.manual_seed(config.seed * _VAE_STREAM + step)
@@ -131,7 +140,7 @@ def train_vae(work_dir: Path, config: ShapesTrainingConfig, clock: _Clock, log_e
         if step % log_every == 0 or step == config.vae_steps:
             _log(f"vae: step {step}/{config.vae_steps} loss {loss.item():.4f} ({clock.minutes():.1f} min)")
         if step % config.checkpoint_every == 0:
-            _save_state(state_path, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step})
+            _checkpoint(state_path, vae, optimizer, step)
     vae.eval()
     _set_latent_statistics(vae, config)
     with atomic_directory(final_dir, remove_stale=True) as staging:
@@ -215,19 +224,13 @@ def refine_decoder(work_dir: Path, config: ShapesTrainingConfig, vae, clock: _Cl
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(parameters, lr=config.decoder_learning_rate, weight_decay=0.0)
     state_path = work_dir / "decoder_state.pt"
-    state = _load_state(state_path)
-    step = 0
-    if state is not None:
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        _log(f"decoder: resumed at step {step}")
+    step, _ = _resume(state_path, vae, optimizer, "decoder")
     vae.eval()
     for module in decoder:
         module.train()
 
     def save() -> None:
-        _save_state(state_path, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step})
+        _checkpoint(state_path, vae, optimizer, step)
 
     while step < config.decoder_steps:
         if clock.out_of_time():
@@ -270,17 +273,12 @@ def train_transformer(work_dir: Path, config: ShapesTrainingConfig, vae, clock: 
     ema = {name: value.detach().clone() for name, value in transformer.state_dict().items()}
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.learning_rate, weight_decay=0.0)
     state_path = work_dir / "transformer_state.pt"
-    state = _load_state(state_path)
-    step = 0
+    step, state = _resume(state_path, transformer, optimizer, "transformer")
     if state is not None:
-        transformer.load_state_dict(state["model"])
         ema = state["ema"]
-        optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        _log(f"transformer: resumed at step {step}")
 
     def save() -> None:
-        _save_state(state_path, {"model": transformer.state_dict(), "ema": ema, "optimizer": optimizer.state_dict(), "step": step})
+        _checkpoint(state_path, transformer, optimizer, step, ema=ema)
 
     transformer.train()
     generator = torch.Generator()

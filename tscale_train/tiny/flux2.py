@@ -65,10 +65,10 @@ def _byte_level_tokenizer():
 
 
 def tiny_qwen3_config(tokenizer, **overrides):
-    """A two-layer `Qwen3Config` of width `TINY_TEXT_HIDDEN` for the byte-level `tokenizer`."""
+    """A two-layer `Qwen3Config` of width `TINY_TEXT_HIDDEN` for `tokenizer`; `overrides` replace any setting."""
     from transformers import Qwen3Config
 
-    return Qwen3Config(
+    settings = dict(
         vocab_size=320,
         hidden_size=TINY_TEXT_HIDDEN,
         intermediate_size=64,
@@ -79,8 +79,8 @@ def tiny_qwen3_config(tokenizer, **overrides):
         max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        **overrides,
     )
+    return Qwen3Config(**{**settings, **overrides})
 
 
 def tiny_flux2_transformer(*, joint_attention_dim: int, guidance_embeds: bool):
