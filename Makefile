@@ -36,8 +36,14 @@ demo: install
 		--prompt "an orange circle to the left of a cyan square" --budget 20 --seed 1 \
 		--save-trace --out runs/demo/ses/orange_circle.png
 
-# The CPU benchmarks of the README's Performance section (each under 10 minutes on 2 cores).
+# The CPU benchmarks of the README's Performance section: the shapes world's (each 5-30 minutes on 2 cores),
+# then the analytic and tiny-kit ones (each under 10 minutes).
 bench: install
+	$(BIN)/python bench/shapes_previews.py
+	$(BIN)/python bench/shapes_search.py --search-rewards shapes-clip --plot bench/results/shapes_search_clip.png
+	$(BIN)/python bench/shapes_search.py --search-rewards verifier --plot bench/results/shapes_search_verifier.png
+	$(BIN)/python bench/shapes_training.py
+	$(BIN)/python bench/shapes_hacking.py
 	$(BIN)/python bench/search_quality.py
 	$(BIN)/python bench/search_speed.py
 	$(BIN)/python bench/amortisation.py

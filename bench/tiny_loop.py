@@ -19,7 +19,7 @@ import os
 import statistics
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,21 +95,22 @@ def _run(job: dict[str, Any]) -> list[dict[str, Any]]:
         return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-def run_jobs(jobs: Sequence[dict[str, Any]], workers: int) -> list[list[dict[str, Any]]]:
-    """Every job's metrics rows, in job order; `workers` processes at once."""
+def run_jobs(jobs: Sequence[dict[str, Any]], workers: int, function: Callable[[dict[str, Any]], Any] = _run) -> list[Any]:
+    """`function(job)` for every job (default: the job's loop run, its metrics rows), in job order;
+    `workers` processes at once, each on one torch thread."""
     if workers <= 1:
         import torch
 
         threads = torch.get_num_threads()
         try:
             _init_worker()
-            return [_run(job) for job in jobs]
+            return [function(job) for job in jobs]
         finally:
             torch.set_num_threads(threads)  # in-process (a test): leave the caller's threads as they were
     context = multiprocessing.get_context("spawn")  # no fork of a process that already holds torch threads
     pool = context.Pool(workers, initializer=_init_worker)
     try:
-        return pool.map(_run, jobs, chunksize=1)
+        return pool.map(function, jobs, chunksize=1)
     finally:
         pool.close()  # a clean shutdown, not the context manager's terminate()
         pool.join()

@@ -23,8 +23,9 @@ transform runs batched on the noise's device (Haar in torch) instead of per cand
 non-power-of-two latents are padded with extra Gaussian values so candidates stay standard Gaussian.
 
 The default, ``variant="surrogate"``, reaches the published algorithm's budget-50 reward at half the
-evaluations on every objective of ``bench/search_quality.py`` (README, Performance). It changes three
-things:
+evaluations on every objective of ``bench/search_quality.py`` (analytic and tiny-kit objectives), but
+not on the shapes world's learned reward (``bench/shapes_search.py``: at budget 25 it is ahead of
+best-of-N, behind the published algorithm at 50; README, Performance). It changes three things:
 
 - the first generation is the base noise and ``popsize - 1`` FRESH standard Gaussian noises (every
   coefficient drawn, as best-of-N does), and the detail bands held fixed afterwards are those of the

@@ -85,3 +85,43 @@ def test_guards_bench_runs_and_checks_both_behaviours(kit_dir, tmp_path, monkeyp
     assert "| stop (brightness): round |" in out and "| holding (redness): round |" in out
     assert "final LoRA identical to the unguarded run's: True" in out
     assert plot.stat().st_size > 0
+
+
+# The shapes-world benchmarks (issue 23) on the shipped shapes model, in their --quick modes.
+
+
+def test_shapes_previews_bench_ranks_and_recommends(monkeypatch, capsys) -> None:
+    out = run_script("shapes_previews.py", ["--quick"], monkeypatch, capsys)
+    # One row per preview length plus the full schedule, which ranks its own final images perfectly.
+    assert "| 2 |" in out and "| 4 |" in out
+    assert "| 16 | " in out and "| 1.00 ± 0.00 | 1.00 ± 0.00 |" in out.split("| 16 | ")[1].split("\n")[0]
+    assert "fewest preview steps whose shapes-clip -> verifier rank correlation" in out
+
+
+def test_shapes_search_bench_judges_every_method_by_the_other_reward(tmp_path, monkeypatch, capsys) -> None:
+    plot = tmp_path / "search.png"
+    out = run_script("shapes_search.py", ["--quick", "--plot", str(plot)], monkeypatch, capsys)
+    assert "Searched with shapes-clip, judged by the verifier" in out and "Searched with verifier, judged by the shapes-clip" in out
+    for method in ("default SES", "published SES", "best-of-N"):
+        assert f"| {method} | 20 |" in out, method
+    # At budget 10 (one generation) the default SES has scored exactly best-of-N's candidates.
+    assert "| default@10 - best-of-N@10 | +0.000 ± 0.000 | +0.000 ± 0.000 | +0.000 ± 0.000 |" in out
+    assert plot.stat().st_size > 0
+
+
+def test_shapes_training_bench_runs_every_arm(monkeypatch, capsys) -> None:
+    out = run_script("shapes_training.py", ["--quick", "--workers", "1"], monkeypatch, capsys)
+    for arm in ("SES pairs", "best-of-N pairs", "random pairs", "reversed pairs"):
+        assert f"| {arm} | " in out and f"| R, {arm} | " in out, arm
+    assert "| untrained, SES@24 |" in out and "| trained, SES@12 |" in out
+    assert "5 runs in" in out
+
+
+def test_shapes_hacking_bench_runs_the_guarded_loops(tmp_path, monkeypatch, capsys) -> None:
+    plot = tmp_path / "hacking.png"
+    out = run_script("shapes_hacking.py", ["--quick", "--workers", "1", "--plot", str(plot)], monkeypatch, capsys)
+    assert "| round | shapes-clip | verifier (guard) | guards held |" in out
+    assert "| -1 | " in out and "| 1 | " in out  # round -1 and the last of two rounds
+    for name in ("warn", "stop", "default", "base model"):
+        assert f"| {name} | " in out, name
+    assert plot.stat().st_size > 0

@@ -259,6 +259,21 @@ def search_prompts(
     return results
 
 
+def start_search(
+    generator: FlowGenerator, seed: int, budget: int, config: SESConfig, method: str = "ses"
+) -> RandomSearch | SpectralEvolutionSearch:
+    """The ask/tell search `search_prompts` runs for `seed`: its base noise is `generator.initial_noise(seed)`,
+    its own random numbers a stream derived from the seed. Telling a new one the scores a finished search
+    recorded replays that search exactly (`noise_at` then gives any candidate's noise without generating it).
+    `config` is used as given (`search_prompts` has already turned it into the published variant)."""
+    # The search's own stream must not be the base noise's: seeded alike, its first fresh noise
+    # (best-of-N's, and the default SES's first generation) would be the base noise again.
+    base, rng = generator.initial_noise(seed)[0], torch.Generator().manual_seed(derive_seed(int(seed), "search"))
+    if method == "random":
+        return RandomSearch(base, budget, generator=rng, batch_size=config.popsize)
+    return SpectralEvolutionSearch(base, budget=budget, config=config, generator=rng)
+
+
 def _search_group(
     generator: FlowGenerator,
     evaluate: _Evaluator,
@@ -281,15 +296,7 @@ def _search_group(
     the search so its scores stay on one scale whatever the batching.
     """
 
-    def start(seed: int):
-        # The search's own stream must not be the base noise's: seeded alike, its first fresh noise
-        # (best-of-N's, and the default SES's first generation) would be the base noise again.
-        base, rng = generator.initial_noise(seed)[0], torch.Generator().manual_seed(derive_seed(int(seed), "search"))
-        if method == "random":
-            return RandomSearch(base, budget, generator=rng, batch_size=config.popsize)
-        return SpectralEvolutionSearch(base, budget=budget, config=config, generator=rng)
-
-    searches = [start(seed) for seed in seeds]
+    searches = [start_search(generator, seed, budget, config, method) for seed in seeds]
     kept: list[dict[str, list[torch.Tensor]]] = [{} for _ in searches]
     statistics = list(statistics)  # filled in as first generations are scored
     weighted = evaluate.reward if isinstance(evaluate.reward, WeightedReward) else None
