@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import statistics
 import warnings
 from collections.abc import Sequence
 
@@ -69,13 +68,11 @@ def held_out_items(per_family: int) -> list[tuple[str, str, int]]:
 
 
 def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (NaN se for one value); NaNs dropped."""
+    """Mean and standard error of the mean (NaN se for one value) of the finite `values`."""
+    from tscale_train.shapes.evaluation import mean_and_se
+
     finite = [float(value) for value in values if value is not None and math.isfinite(value)]
-    if not finite:
-        return math.nan, math.nan
-    if len(finite) == 1:
-        return finite[0], math.nan
-    return statistics.fmean(finite), statistics.stdev(finite) / math.sqrt(len(finite))
+    return mean_and_se(torch.tensor(finite, dtype=torch.float64))
 
 
 def fmt(values: Sequence[float], digits: int = 3, signed: bool = False) -> str:
@@ -95,50 +92,32 @@ def families_and_overall(families: Sequence[str]) -> list[tuple[str, list[int]]]
 
 def correct(verifier_scores: torch.Tensor | Sequence[float]) -> list[float]:
     """1.0 where the verifier found every clause of the prompt true (the accuracy the benchmarks report)."""
-    return [1.0 if float(score) >= 1.0 - 1e-6 else 0.0 for score in torch.as_tensor(verifier_scores).tolist()]
+    from tscale_train.shapes.evaluation import all_clauses_met
 
-
-def spearman(first: Sequence[float], second: Sequence[float]) -> float:
-    """Spearman's rank correlation with average ranks for ties; NaN when either side is constant."""
-    def ranks(values: Sequence[float]) -> torch.Tensor:
-        tensor = torch.as_tensor(values, dtype=torch.float64)
-        order = tensor.argsort()
-        rank = torch.empty_like(tensor)
-        rank[order] = torch.arange(len(tensor), dtype=torch.float64)
-        for value in tensor.unique():  # ties share their mean rank
-            mask = tensor == value
-            rank[mask] = rank[mask].mean()
-        return rank
-
-    a, b = ranks(first), ranks(second)
-    a, b = a - a.mean(), b - b.mean()
-    denominator = (a.square().sum() * b.square().sum()).sqrt()
-    return float((a * b).sum() / denominator) if denominator > 0 else math.nan
+    return all_clauses_met(verifier_scores).tolist()
 
 
 def machine_line() -> str:
     """Commit and machine, for the README's Performance section."""
     import platform
-    import subprocess
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True, cwd=os.path.dirname(__file__)).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return (f"commit {commit}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+    from tscale_train.shapes.card import git_commit
+
+    return (f"commit {git_commit()}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads")
 
 
 @torch.no_grad()
-def final_scores(generator, judges: dict, items: Sequence[tuple[str, str, int]], noises: torch.Tensor | None = None) -> dict:
-    """Both judges' scores of each item's final image (default: its seed's noise, i.e. budget 0)."""
+def final_scores(generator, judges: dict, items: Sequence[tuple[str, str, int]], noises: torch.Tensor | None = None,
+                 steps: int | None = None) -> dict:
+    """Both judges' scores of each item's image (default: its seed's noise, i.e. budget 0) at `steps`
+    sampler steps (default: the final image's)."""
     prompts = [prompt for _, prompt, _ in items]
     embeds = {prompt: generator.encode_prompt(prompt) for prompt in dict.fromkeys(prompts)}
     if noises is None:
         noises = torch.cat([generator.initial_noise(seed) for _, _, seed in items])
     scores: dict[str, list[float]] = {name: [] for name in judges}
-    for batch, output in generator.iter_batches(noises, [embeds[prompt] for prompt in prompts]):
+    for batch, output in generator.iter_batches(noises, [embeds[prompt] for prompt in prompts], steps):
         for name, judge in judges.items():
             scores[name].extend(judge(output.images, prompts[batch]).float().tolist())
     return scores

@@ -26,16 +26,17 @@ import time
 
 import torch
 from shapes_common import (
+    final_scores,
     fmt,
     load_generator,
     load_judges,
     machine_line,
     mean_se,
     setup,
-    spearman,
 )
 
 from rewards.shapes.world import evaluation_prompts
+from tscale_train.shapes.evaluation import all_clauses_met, spearman
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,27 +63,21 @@ def main(argv: list[str] | None = None) -> None:
     final_steps = generator.num_inference_steps
     steps = [k for k in args.steps if k < final_steps] + [final_steps]
     prompt_list = [prompt for prompts in evaluation_prompts(args.per_family).values() for prompt in prompts]
-    embeds = {prompt: generator.encode_prompt(prompt) for prompt in prompt_list}
-    items = [(prompt, 9_000_000 + 1000 * index + noise) for index, prompt in enumerate(prompt_list) for noise in range(args.noises)]
-    noises = torch.cat([generator.initial_noise(seed) for _, seed in items])
-    item_prompts = [prompt for prompt, _ in items]
+    items = [(None, prompt, 9_000_000 + 1000 * index + noise) for index, prompt in enumerate(prompt_list) for noise in range(args.noises)]
+    noises = torch.cat([generator.initial_noise(seed) for _, _, seed in items])
 
     scores: dict[int, dict[str, torch.Tensor]] = {}
     seconds: dict[int, float] = {}
     started = time.perf_counter()
     for k in steps:
         tick = time.perf_counter()
-        by_reward = {name: [] for name in judges}
-        for batch, output in generator.iter_batches(noises, [embeds[p] for p in item_prompts], k):
-            for name, judge in judges.items():
-                by_reward[name].append(judge(output.images, item_prompts[batch]).float())
-        scores[k] = {name: torch.cat(values) for name, values in by_reward.items()}
+        scores[k] = {name: torch.tensor(values) for name, values in final_scores(generator, judges, items, noises, k).items()}
         seconds[k] = (time.perf_counter() - tick) / len(items)
     total = time.perf_counter() - started
 
     groups = [list(range(i * args.noises, (i + 1) * args.noises)) for i in range(len(prompt_list))]
     final = scores[final_steps]
-    final_correct = (final["verifier"] >= 1 - 1e-6).double()
+    final_correct = all_clauses_met(final["verifier"])
     random_pick = [final_correct[group].mean().item() for group in groups]
     oracle_pick = [final_correct[group].max().item() for group in groups]
 

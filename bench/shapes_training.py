@@ -120,14 +120,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def per_seed_gain(runs: list[dict], base: dict, index: list[int], key: str = "budget0") -> list[float]:
-    """Each seed's verifier accuracy gain over `base` on the items `index`."""
-    before = correct(base["verifier"])
-    gains = []
-    for run in runs:
-        after = correct(run[key]["verifier"])
-        gains.append(sum(after[i] - before[i] for i in index) / len(index))
-    return gains
+def accuracy_gain(after: dict, before: dict, index: list[int]) -> float:
+    """Verifier accuracy of `after` minus that of `before` (scores of the same items) over the items `index`."""
+    after_correct, before_correct = correct(after["verifier"]), correct(before["verifier"])
+    return sum(after_correct[i] - before_correct[i] for i in index) / len(index)
+
+
+def subset(scores: dict, positions: list[int]) -> dict:
+    """The scores of the items at `positions`."""
+    return {name: [values[i] for i in positions] for name, values in scores.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,8 +156,11 @@ def main(argv: list[str] | None = None) -> None:
         runs.setdefault(arm, []).append(output)
 
     base = runs["no training"][0]
-    eval_families = [family for family, _, _ in held_out_items(args.eval_per_family)]
-    stack_families = [family for family, _, _ in held_out_items(args.stack_per_family)]
+    eval_items, stack_items = held_out_items(args.eval_per_family), held_out_items(args.stack_per_family)
+    eval_families = [family for family, _, _ in eval_items]
+    stack_families = [family for family, _, _ in stack_items]
+    position = {item: index for index, item in enumerate(eval_items)}
+    stack_positions = [position[item] for item in stack_items]  # the stacking items are among the eval items
     print(f"shapes world, the demo's loop ({settings['rounds']} rounds x {settings['prompts_per_round']} prompts, budget {budget}, "
           f"lr {settings['learning_rate']}, beta {settings['beta']}, {settings['epochs_per_round']} epochs a round), "
           f"{args.seeds} seeds; {len(jobs)} runs in {seconds:.0f} s ({args.workers} workers); {machine_line()}\n")
@@ -172,14 +176,15 @@ def main(argv: list[str] | None = None) -> None:
     for arm in args.arms:
         if arm == "no training":
             continue
-        cells = [fmt(per_seed_gain(runs[arm], base["budget0"], index), signed=True) for _, index in rows]
+        cells = [fmt([accuracy_gain(run["budget0"], base["budget0"], index) for run in runs[arm]], signed=True)
+                 for _, index in rows]
         proxy = [sum(run["budget0"]["shapes-clip"]) / len(base_proxy) - sum(base_proxy) / len(base_proxy) for run in runs[arm]]
         print(f"| {arm} | " + " | ".join(cells) + f" | {fmt(proxy, 2, signed=True)} |")
 
     stack_rows = families_and_overall(stack_families)
     untrained = base["searched"]
-    budget0_stack = final_scores_subset(base["budget0"], len(stack_families), args)
-    ses_gain = {label: per_seed_gain([{"s": untrained[budget]}], budget0_stack, index, "s")[0] for label, index in stack_rows}
+    budget0_stack = subset(base["budget0"], stack_positions)
+    ses_gain = {label: accuracy_gain(untrained[budget], budget0_stack, index) for label, index in stack_rows}
     print(f"\nAmortisation ratio R = budget-0 gain after training / SES@{budget} gain before training "
           f"(verifier accuracy, {len(stack_families)} items; mean ± se over seeds)")
     print("| arm | " + " | ".join(label for label, _ in stack_rows) + " |")
@@ -190,10 +195,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         cells = []
         for label, index in stack_rows:
-            gains = [
-                per_seed_gain([{"s": final_scores_subset(run["budget0"], len(stack_families), args)}], budget0_stack, index, "s")[0]
-                for run in runs[arm]
-            ]
+            gains = [accuracy_gain(subset(run["budget0"], stack_positions), budget0_stack, index) for run in runs[arm]]
             cells.append(fmt([gain / ses_gain[label] for gain in gains], 2, signed=True) if ses_gain[label] > 0 else "n/a")
         print(f"| R, {arm} | " + " | ".join(cells) + " |")
 
@@ -210,21 +212,10 @@ def main(argv: list[str] | None = None) -> None:
                 means = [sum(correct(s["verifier"])[i] for i in index) / len(index) for s in scores]
                 cells.append(fmt(means))
             print(f"| {name} | " + " | ".join(cells) + " |")
-        differences = [
-            per_seed_gain([{"s": run["searched"][budget]}], untrained[2 * budget], index, "s")[0]
-            for run in runs["SES pairs"] for _, index in stack_rows[-1:]
-        ]
+        overall = stack_rows[-1][1]
+        differences = [accuracy_gain(run["searched"][budget], untrained[2 * budget], overall) for run in runs["SES pairs"]]
         print(f"| trained SES@{budget} - untrained SES@{2 * budget} (overall) | {fmt(differences, signed=True)} |")
     print("\nseconds per run: " + ", ".join(f"{arm} {sum(r['seconds'] for r in rs) / len(rs):.0f}" for arm, rs in runs.items()))
-
-
-def final_scores_subset(scores: dict, count: int, args: argparse.Namespace) -> dict:
-    """The budget-0 scores of the stacking items: `held_out_items(stack)` is a per-family prefix of
-    `held_out_items(eval)`, so pick those items out by position."""
-    per_family = args.eval_per_family
-    keep = [family * per_family + index for family in range(count // args.stack_per_family)
-            for index in range(args.stack_per_family)]
-    return {name: [values[i] for i in keep] for name, values in scores.items()}
 
 
 if __name__ == "__main__":

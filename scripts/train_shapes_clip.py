@@ -48,6 +48,7 @@ from rewards.shapes.world import (
     sample_scene,
     scene_for,
 )
+from tscale_train.shapes.evaluation import spearman
 
 CORRUPTIONS = ("wrong colour", "wrong shape", "dropped object", "mirrored")
 
@@ -104,23 +105,6 @@ def corrupt(scene: Scene, how: str, rng: random.Random) -> list:
     else:
         raise ValueError(how)
     return objects
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    def ranks(values: np.ndarray) -> np.ndarray:
-        order = np.argsort(values, kind="stable")
-        result = np.empty(len(values))
-        sorted_values = values[order]
-        start = 0
-        while start < len(values):
-            end = start
-            while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
-                end += 1
-            result[order[start : end + 1]] = (start + end) / 2
-            start = end + 1
-        return result
-
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
 def verifier_agreement(

@@ -23,7 +23,8 @@ from . import SHIPPED_PIPELINE_DIR
 from .evaluation import evaluate_shapes, mean_and_se
 
 
-def _commit() -> str:
+def git_commit() -> str:
+    """The checkout's short commit id ("unknown" outside a git checkout)."""
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -133,7 +134,7 @@ the palette and checks every clause; an image is right when all clauses hold. On
 {rows}
 | overall | {scores['overall']['accuracy']:.3f} | {scores['overall']['se']:.3f} | {scores['overall']['n']} |
 
-Measured at commit {_commit()} on {platform.machine()} with {os.cpu_count()} CPUs; `tests/test_shapes_model.py`
+Measured at commit {git_commit()} on {platform.machine()} with {os.cpu_count()} CPUs; `tests/test_shapes_model.py`
 regenerates them from these weights.
 """
 

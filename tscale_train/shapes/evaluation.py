@@ -31,13 +31,36 @@ class ShapesScores:
     proxy: list[float] = field(default_factory=list)
 
     def correct(self) -> torch.Tensor:
-        return torch.tensor([score >= 1.0 - 1e-6 for score in self.verifier], dtype=torch.float64)
+        return all_clauses_met(self.verifier)
 
     def mask(self, family: str | None) -> torch.Tensor:
         return torch.tensor([family is None or item == family for item in self.families])
 
     def to_json(self) -> dict:
         return {"families": self.families, "verifier": self.verifier, "proxy": self.proxy}
+
+
+def all_clauses_met(verifier_scores) -> torch.Tensor:
+    """1.0 where the verifier's clause fraction is 1 (every clause of the prompt true): the accuracy."""
+    return (torch.as_tensor(verifier_scores, dtype=torch.float64) >= 1.0 - 1e-6).double()
+
+
+def spearman(first, second) -> float:
+    """Spearman's rank correlation, ties given their mean rank; NaN when either side is constant."""
+
+    def ranks(values) -> torch.Tensor:
+        tensor = torch.as_tensor(values, dtype=torch.float64)
+        rank = torch.empty_like(tensor)
+        rank[tensor.argsort()] = torch.arange(len(tensor), dtype=torch.float64)
+        for value in tensor.unique():
+            tied = tensor == value
+            rank[tied] = rank[tied].mean()
+        return rank
+
+    a, b = ranks(first), ranks(second)
+    a, b = a - a.mean(), b - b.mean()
+    denominator = (a.square().sum() * b.square().sum()).sqrt()
+    return float((a * b).sum() / denominator) if denominator > 0 else math.nan
 
 
 def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
