@@ -8,7 +8,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test test-fast demo lint bench clean
 
 $(BIN)/tscale: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +18,17 @@ $(BIN)/tscale: pyproject.toml
 
 install: $(BIN)/tscale
 
+# Everything, as CI runs it.
 test: install
 	$(BIN)/python -m pytest -q tests
 
+# The tier to run after every change: no subprocess launches, no kit builds, no benchmark smoke runs.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The online loop on 2 CPU processes and the shapes model: SES pairs scored by shapes-clip teach a LoRA;
 # the verifier (ground truth, never trained on) judges the held-out prompts before -> after; then SES

@@ -52,30 +52,52 @@ def main() -> None:
     for reward in rewards:
         for seed in seeds:
             for budget in budgets:
-                jobs.append(dict(loop, reward=synthetic(reward), budget=budget, eval_budget=budget, seed=seed))
+                jobs.append(
+                    dict(loop, reward=synthetic(reward), budget=budget, eval_budget=budget, seed=seed)
+                )
                 keys.append(("train", reward, budget, seed))
-            jobs.append(dict(loop, reward=synthetic("coin_flip"), eval_reward=synthetic(reward), budget=control_budget,
-                             eval_budget=control_budget, seed=seed))
+            jobs.append(
+                dict(
+                    loop,
+                    reward=synthetic("coin_flip"),
+                    eval_reward=synthetic(reward),
+                    budget=control_budget,
+                    eval_budget=control_budget,
+                    seed=seed,
+                )
+            )
             keys.append(("control", reward, control_budget, seed))
             for budget in budgets:
                 if 2 * budget not in budgets:
-                    jobs.append(dict(reward=synthetic(reward), budget=budget, only_eval_budget=2 * budget, seed=seed))
+                    jobs.append(
+                        dict(reward=synthetic(reward), budget=budget, only_eval_budget=2 * budget, seed=seed)
+                    )
                     keys.append(("untrained", reward, 2 * budget, seed))
     started = time.perf_counter()
     results = dict(zip(keys, run_jobs(jobs, args.workers), strict=True))
     seconds = time.perf_counter() - started
 
     print(describe(args, len(jobs), seconds) + "\n")
-    print("Amortisation ratio R per round (mean ± sd over seeds); SES gain = SES@B before training, in eval sd")
+    print(
+        "Amortisation ratio R per round (mean ± sd over seeds); SES gain = SES@B before training, in eval sd"
+    )
     rounds = list(range(args.rounds))
-    print("| reward | trained on | B | SES gain before (sd) | " + " | ".join(f"R after round {r}" for r in rounds) + " |")
+    print(
+        "| reward | trained on | B | SES gain before (sd) | "
+        + " | ".join(f"R after round {r}" for r in rounds)
+        + " |"
+    )
     print("|---|---|---:|---:|" + "---:|" * len(rounds))
     for reward in rewards:
         for budget in budgets:
             runs = [eval_rows(results[("train", reward, budget, seed)]) for seed in seeds]
             gains = [in_sd(run[-1]["eval/reward_ses"], run[-1]) for run in runs]
             ratios = [[run.get(r, {}).get("eval/amortisation_ratio") for run in runs] for r in rounds]
-            print(f"| {reward} | {reward} | {budget} | {mean_spread(gains)} | " + " | ".join(mean_spread(v) for v in ratios) + " |")
+            print(
+                f"| {reward} | {reward} | {budget} | {mean_spread(gains)} | "
+                + " | ".join(mean_spread(v) for v in ratios)
+                + " |"
+            )
         for budget in budgets:
             # The control's budget-0 change over each budget's SES gain (same seed: same eval prompts and seeds).
             ratios = []
@@ -86,12 +108,24 @@ def main() -> None:
                     before = eval_rows(results[("train", reward, budget, seed)])[-1]
                     gain = before["eval/reward_ses"] - before["eval/reward_budget0"]
                     after = control.get(r, {}).get("eval/reward_budget0")
-                    values.append((after - before["eval/reward_budget0"]) / gain if after is not None and gain > 0 else None)
+                    values.append(
+                        (after - before["eval/reward_budget0"]) / gain
+                        if after is not None and gain > 0
+                        else None
+                    )
                 ratios.append(values)
-            print(f"| {reward} | coin flip (control) | {budget} | | " + " | ".join(mean_spread(v) for v in ratios) + " |")
+            print(
+                f"| {reward} | coin flip (control) | {budget} | | "
+                + " | ".join(mean_spread(v) for v in ratios)
+                + " |"
+            )
 
-    print("\nStacking: SES@B on the trained model vs SES@2B on the untrained one (eval sd from the untrained budget 0)")
-    print("| reward | B | budget 0 trained | SES@B trained | SES@2B untrained | SES@B trained - SES@2B untrained |")
+    print(
+        "\nStacking: SES@B on the trained model vs SES@2B on the untrained one (eval sd from the untrained budget 0)"
+    )
+    print(
+        "| reward | B | budget 0 trained | SES@B trained | SES@2B untrained | SES@B trained - SES@2B untrained |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for reward in rewards:
         for budget in budgets:
@@ -99,14 +133,20 @@ def main() -> None:
             for seed in seeds:
                 run = eval_rows(results[("train", reward, budget, seed)])
                 before, after = run[-1], run[max(run)]
-                source = ("train", reward, 2 * budget, seed) if 2 * budget in budgets else ("untrained", reward, 2 * budget, seed)
+                source = (
+                    ("train", reward, 2 * budget, seed)
+                    if 2 * budget in budgets
+                    else ("untrained", reward, 2 * budget, seed)
+                )
                 doubled = eval_rows(results[source])[-1]
                 budget0.append(in_sd(after["eval/reward_budget0"], before))
                 trained.append(in_sd(after["eval/reward_ses"], before))
                 untrained_2b.append(in_sd(doubled["eval/reward_ses"], before))
             difference = [a - b for a, b in zip(trained, untrained_2b, strict=True)]
-            print(f"| {reward} | {budget} | {mean_spread(budget0)} | {mean_spread(trained)} | {mean_spread(untrained_2b)} | "
-                  f"{mean_spread(difference)} |")
+            print(
+                f"| {reward} | {budget} | {mean_spread(budget0)} | {mean_spread(trained)} | {mean_spread(untrained_2b)} | "
+                f"{mean_spread(difference)} |"
+            )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ def main() -> None:
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    print(f"tiny kits, CPU, float32, batches of {args.batch}, median of {args.repeats}, torch threads {torch.get_num_threads()}")
+    print(
+        f"tiny kits, CPU, float32, batches of {args.batch}, median of {args.repeats}, torch threads {torch.get_num_threads()}"
+    )
     print("| kit | pipeline | family | preview steps | CFG | size | ms / candidate |")
     print("|---|---|---|---:|---|---|---:|")
     for model in KITS:

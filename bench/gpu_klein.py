@@ -119,7 +119,9 @@ class Device:
         if not self.is_cuda:
             return None, None
         self.synchronize()
-        return torch.cuda.max_memory_allocated(self.device) / GIB, torch.cuda.max_memory_reserved(self.device) / GIB
+        return torch.cuda.max_memory_allocated(self.device) / GIB, torch.cuda.max_memory_reserved(
+            self.device
+        ) / GIB
 
     def free(self) -> None:
         gc.collect()
@@ -177,7 +179,9 @@ def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kw
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def _sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+def _sdpa_backward_flops(
+    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
+) -> int:
     from torch.utils.flop_counter import sdpa_backward_flop_count
 
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
@@ -227,7 +231,10 @@ def plan_mismatch(model: str, architecture: KleinArchitecture) -> str:
         return list(value) if isinstance(value, tuple) else value
 
     differences = []
-    for name, planned, built in (("transformer", spec.transformer, architecture.transformer), ("vae", spec.vae, architecture.vae)):
+    for name, planned, built in (
+        ("transformer", spec.transformer, architecture.transformer),
+        ("vae", spec.vae, architecture.vae),
+    ):
         for key in sorted(set(planned) & set(built)):
             if not key.startswith("_") and normalise(planned[key]) != normalise(built[key]):
                 differences.append(f"{name}.{key}: plan {planned[key]!r}, built {built[key]!r}")
@@ -257,15 +264,23 @@ def training_config(model: str, device: Device, resolution: int, pairs: int, che
 def plan_dpo_gib(config, device: Device) -> float:
     from tscale_train.plan import plan_training
 
-    return plan_training(config, num_processes=1, gpu_memory_gib=device.total_gib, suggest=False).phases["dpo"]
+    return plan_training(config, num_processes=1, gpu_memory_gib=device.total_gib, suggest=False).phases[
+        "dpo"
+    ]
 
 
 def plan_generation_gib(model: str, device: Device, resolution: int, batch_size: int) -> float:
     from tscale_train.plan import plan_ses
 
     plan = plan_ses(
-        model, height=resolution, width=resolution, eval_batch_size=batch_size, reward=REWARD,
-        dtype="float32" if device.dtype == torch.float32 else "bfloat16", gpu_memory_gib=device.total_gib, suggest=False,
+        model,
+        height=resolution,
+        width=resolution,
+        eval_batch_size=batch_size,
+        reward=REWARD,
+        dtype="float32" if device.dtype == torch.float32 else "bfloat16",
+        gpu_memory_gib=device.total_gib,
+        suggest=False,
     )
     return plan.phases["search"]
 
@@ -280,8 +295,15 @@ def forward_flops(generator: FlowGenerator, embeds: PromptEmbeds) -> int:
 
 
 def generation_rows(
-    model: str, pipe, architecture: KleinArchitecture, device: Device, resolution: int, embeds: PromptEmbeds,
-    batch_size: int, repeats: int, peak_rate: float,
+    model: str,
+    pipe,
+    architecture: KleinArchitecture,
+    device: Device,
+    resolution: int,
+    embeds: PromptEmbeds,
+    batch_size: int,
+    repeats: int,
+    peak_rate: float,
 ) -> list[Row]:
     """Seconds per candidate one at a time and batched, with peak memory, the plan and MFU."""
     rows = []
@@ -293,13 +315,20 @@ def generation_rows(
                 flops = forward_flops(generator, embeds)
         noises = generator.initial_noise(0, batch_size)
         setting = "one at a time (eval batch 1)" if eval_batch == 1 else f"eval batch {eval_batch}"
-        row = Row(resolution, f"generation ({generator.preview_steps} steps + decode)", f"{batch_size} candidates, {setting}")
+        row = Row(
+            resolution,
+            f"generation ({generator.preview_steps} steps + decode)",
+            f"{batch_size} candidates, {setting}",
+        )
         row.plan_gib = plan_generation_gib(model, device, resolution, eval_batch)
         device.free()
         with out_of_memory_as_row(row, device):
             generator.generate(noises[:eval_batch], embeds, generator.preview_steps)  # warm-up
             device.reset_peak()
-            times = [device.timed(partial(generator.generate, noises, embeds, generator.preview_steps)) for _ in range(repeats)]
+            times = [
+                device.timed(partial(generator.generate, noises, embeds, generator.preview_steps))
+                for _ in range(repeats)
+            ]
             row.peak_gib, row.reserved_gib = device.peaks()
             row.seconds = statistics.median(times)
             row.per_item = row.seconds / batch_size
@@ -313,19 +342,32 @@ def generation_rows(
     return rows
 
 
-def search_row(pipe, architecture: KleinArchitecture, device: Device, resolution: int, batch_size: int, budget: int,
-               popsize: int) -> Row:
+def search_row(
+    pipe,
+    architecture: KleinArchitecture,
+    device: Device,
+    resolution: int,
+    batch_size: int,
+    budget: int,
+    popsize: int,
+) -> Row:
     """One full SES search of one prompt through `search_prompts` (which encodes the prompt: it is timed too)."""
     from rewards import load_reward
 
     generator = klein_generator(pipe, architecture, resolution, batch_size)
     config = SESConfig(popsize=min(popsize, budget))
-    row = Row(resolution, f"SES search, budget {budget}", f"1 prompt, popsize {config.popsize}, eval batch {batch_size}")
+    row = Row(
+        resolution,
+        f"SES search, budget {budget}",
+        f"1 prompt, popsize {config.popsize}, eval batch {batch_size}",
+    )
     with out_of_memory_as_row(row, device):
         timing = time_search(generator, load_reward(REWARD), PROMPT, 0, budget, config)
         row.seconds, row.per_item = timing.seconds, timing.seconds / budget
-        row.note = (f"generation {timing.share(timing.generation):.1f}%, scoring {timing.share(timing.scoring):.2f}%, "
-                    f"prompt encode {timing.share(timing.encoding):.2f}%, outside them {timing.share(timing.outside):.2f}%")
+        row.note = (
+            f"generation {timing.share(timing.generation):.1f}%, scoring {timing.share(timing.scoring):.2f}%, "
+            f"prompt encode {timing.share(timing.encoding):.2f}%, outside them {timing.share(timing.outside):.2f}%"
+        )
     return row
 
 
@@ -334,7 +376,9 @@ def add_bench_lora(pipe, generator: FlowGenerator, seed: int) -> list[torch.nn.P
     from tscale_train.lora import add_lora
 
     with seeded(generator.device, seed):
-        return add_lora(pipe.transformer, rank=LORA_RANK, target_modules=LORA_TARGETS, presets=generator.lora_targets)
+        return add_lora(
+            pipe.transformer, rank=LORA_RANK, target_modules=LORA_TARGETS, presets=generator.lora_targets
+        )
 
 
 class DPOBench:
@@ -343,8 +387,15 @@ class DPOBench:
     on, as in a run); with its peak memory, the plan's estimate and MFU."""
 
     def __init__(
-        self, model: str, pipe, architecture: KleinArchitecture, device: Device, resolution: int, embeds: PromptEmbeds,
-        lora_parameters: list[torch.nn.Parameter], peak_rate: float,
+        self,
+        model: str,
+        pipe,
+        architecture: KleinArchitecture,
+        device: Device,
+        resolution: int,
+        embeds: PromptEmbeds,
+        lora_parameters: list[torch.nn.Parameter],
+        peak_rate: float,
     ) -> None:
         self.model, self.device, self.resolution, self.embeds = model, device, resolution, embeds
         self.transformer = pipe.transformer
@@ -355,16 +406,26 @@ class DPOBench:
     def step(self, config) -> FlowDPOStep:
         generator = self.generator
         return FlowDPOStep(
-            model=self.transformer, unwrapped_model=self.transformer, lora_parameters=self.lora_parameters,
-            predict_velocity=generator.predict_velocity, sampler_sigmas=generator.sampler_sigmas,
-            preview_steps=generator.preview_steps, beta=config.beta, sigma_sampling=config.sigma_sampling,
-            logit_mean=config.logit_mean, logit_std=config.logit_std, weight_dtype=self.device.dtype,
-            device=self.device.device, autocast=self.device.autocast,
+            model=self.transformer,
+            unwrapped_model=self.transformer,
+            lora_parameters=self.lora_parameters,
+            predict_velocity=generator.predict_velocity,
+            sampler_sigmas=generator.sampler_sigmas,
+            preview_steps=generator.preview_steps,
+            beta=config.beta,
+            sigma_sampling=config.sigma_sampling,
+            logit_mean=config.logit_mean,
+            logit_std=config.logit_std,
+            weight_dtype=self.device.dtype,
+            device=self.device.device,
+            autocast=self.device.autocast,
         )
 
     def pair_latents(self, pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Random stand-ins for kept clean latents: the step's cost does not depend on their values.
-        latents = torch.randn((2, pairs, *self.generator.noise_shape), generator=torch.Generator().manual_seed(pairs))
+        latents = torch.randn(
+            (2, pairs, *self.generator.noise_shape), generator=torch.Generator().manual_seed(pairs)
+        )
         return latents[0], latents[1]
 
     def set_checkpointing(self, enabled: bool) -> None:
@@ -397,8 +458,12 @@ class DPOBench:
         from tscale_train.optimization import make_optimizer
 
         config = training_config(self.model, self.device, self.resolution, pairs, checkpointing)
-        row = Row(self.resolution, "DPO step", f"{pairs} pair{'s' if pairs > 1 else ''}, "
-                  f"{'gradient checkpointing' if checkpointing else 'no checkpointing'}")
+        row = Row(
+            self.resolution,
+            "DPO step",
+            f"{pairs} pair{'s' if pairs > 1 else ''}, "
+            f"{'gradient checkpointing' if checkpointing else 'no checkpointing'}",
+        )
         row.plan_gib = plan_dpo_gib(config, self.device)
         self.device.free()  # what an earlier setting's OOM left cached
         self.set_checkpointing(checkpointing)
@@ -434,7 +499,11 @@ class DPOBench:
         self.transformer.train()
         try:
             flops_per_pair = self.flops_per_pair()
-            rows = [self.measure(pairs, checkpointing, flops_per_pair) for pairs in pair_counts for checkpointing in (True, False)]
+            rows = [
+                self.measure(pairs, checkpointing, flops_per_pair)
+                for pairs in pair_counts
+                for checkpointing in (True, False)
+            ]
         finally:
             self.set_checkpointing(False)
             self.transformer.eval()
@@ -462,8 +531,10 @@ def _gib(value: float | None) -> str:
 
 
 def print_table(rows: list[Row]) -> None:
-    print("| resolution | what | setting | seconds | s / candidate or pair | peak GiB allocated (reserved) "
-          "| tscale plan GiB | MFU % | notes |")
+    print(
+        "| resolution | what | setting | seconds | s / candidate or pair | peak GiB allocated (reserved) "
+        "| tscale plan GiB | MFU % | notes |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|---|")
     for row in rows:
         if row.oom:
@@ -477,22 +548,41 @@ def print_table(rows: list[Row]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="the tiny kit's configs on the CPU in float32 (CI)")
-    parser.add_argument("--resolutions", default=None, help="comma-separated (default 512,1024; --tiny 64,128)")
-    parser.add_argument("--batch-size", type=int, default=None, help="eval batch of the batched rows (default 10; --tiny 4)")
-    parser.add_argument("--budget", type=int, default=None, help="SES budget of the search row (default 50; --tiny 20)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="the tiny kit's configs on the CPU in float32 (CI)"
+    )
+    parser.add_argument(
+        "--resolutions", default=None, help="comma-separated (default 512,1024; --tiny 64,128)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="eval batch of the batched rows (default 10; --tiny 4)"
+    )
+    parser.add_argument(
+        "--budget", type=int, default=None, help="SES budget of the search row (default 50; --tiny 20)"
+    )
     parser.add_argument("--popsize", type=int, default=10, help="SES population per generation")
     parser.add_argument("--pairs", default="1,4", help="DPO pair batches, comma-separated")
     parser.add_argument("--repeats", type=int, default=3, help="timed generation runs (median)")
-    parser.add_argument("--matmul-size", type=int, default=None, help="side of the peak-rate matmul (default 8192; --tiny 1024)")
+    parser.add_argument(
+        "--matmul-size",
+        type=int,
+        default=None,
+        help="side of the peak-rate matmul (default 8192; --tiny 1024)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; --tiny 1)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's; --tiny 1)"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     if not args.tiny and not torch.cuda.is_available():
         parser.error("no CUDA GPU is visible; run with --tiny to check the code path on the CPU.")
-    resolutions = [int(value) for value in (args.resolutions or ("64,128" if args.tiny else "512,1024")).split(",")]
+    resolutions = [
+        int(value) for value in (args.resolutions or ("64,128" if args.tiny else "512,1024")).split(",")
+    ]
     batch_size = args.batch_size or (4 if args.tiny else 10)
     budget = args.budget or (20 if args.tiny else 50)
     matmul_size = args.matmul_size or (1024 if args.tiny else 8192)
@@ -510,7 +600,10 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     # The tiny kit's 4x4 and 8x8 latents are too small for level 4; the search says so once per search.
     warnings.filterwarnings("ignore", message="wavelet level .* is too deep")
-    device = Device(torch.device("cpu") if args.tiny else torch.device("cuda"), torch.float32 if args.tiny else torch.bfloat16)
+    device = Device(
+        torch.device("cpu") if args.tiny else torch.device("cuda"),
+        torch.float32 if args.tiny else torch.bfloat16,
+    )
     model = TINY_MODEL if args.tiny else FLUX2_KLEIN_4B
     architecture = tiny_architecture() if args.tiny else klein_architecture()  # the real configs, no override
     dtype_name = str(device.dtype).removeprefix("torch.")
@@ -519,13 +612,19 @@ def main() -> None:
     build_seconds = time.perf_counter()
     pipe = build_klein_pipeline(architecture, device=device.device, dtype=device.dtype, seed=args.seed)
     build_seconds = time.perf_counter() - build_seconds
-    print(f"device: {device.name}; torch {torch.__version__}, diffusers {diffusers.__version__}; {dtype_name}")
-    print(f"model: {'the tiny kit' if args.tiny else 'FLUX.2-klein-4B'} architecture, random weights, built on the "
-          f"device in {build_seconds:.1f} s: transformer {_parameters(parameter_count(pipe.transformer))} parameters "
-          f"({architecture.transformer['num_layers']} double + {architecture.transformer['num_single_layers']} single "
-          f"blocks), text encoder {_parameters(parameter_count(pipe.text_encoder))}, VAE {_parameters(parameter_count(pipe.vae))}; "
-          f"{architecture.max_sequence_length} text tokens")
-    print(f"peak-rate reference: torch.mm {matmul_size}x{matmul_size} {dtype_name}: {peak_rate / 1e12:.2f} TFLOP/s")
+    print(
+        f"device: {device.name}; torch {torch.__version__}, diffusers {diffusers.__version__}; {dtype_name}"
+    )
+    print(
+        f"model: {'the tiny kit' if args.tiny else 'FLUX.2-klein-4B'} architecture, random weights, built on the "
+        f"device in {build_seconds:.1f} s: transformer {_parameters(parameter_count(pipe.transformer))} parameters "
+        f"({architecture.transformer['num_layers']} double + {architecture.transformer['num_single_layers']} single "
+        f"blocks), text encoder {_parameters(parameter_count(pipe.text_encoder))}, VAE {_parameters(parameter_count(pipe.vae))}; "
+        f"{architecture.max_sequence_length} text tokens"
+    )
+    print(
+        f"peak-rate reference: torch.mm {matmul_size}x{matmul_size} {dtype_name}: {peak_rate / 1e12:.2f} TFLOP/s"
+    )
     mismatch = plan_mismatch(model, architecture)
     if mismatch:
         print(f"WARNING: tscale plan's configs for {model} differ from the built model: {mismatch}")
@@ -535,7 +634,9 @@ def main() -> None:
     # Klein's prompt conditioning does not depend on the image size: one encoding serves every row.
     embeds = klein_generator(pipe, architecture, resolutions[0], 1).encode_prompt(PROMPT)
     for resolution in resolutions:
-        rows += generation_rows(model, pipe, architecture, device, resolution, embeds, batch_size, args.repeats, peak_rate)
+        rows += generation_rows(
+            model, pipe, architecture, device, resolution, embeds, batch_size, args.repeats, peak_rate
+        )
         rows.append(search_row(pipe, architecture, device, resolution, batch_size, budget, args.popsize))
     # The trainer's default: the text encoder waits on the CPU while DPO trains (the prompts are encoded).
     pipe.text_encoder.to("cpu")
@@ -545,16 +646,22 @@ def main() -> None:
         bench = DPOBench(model, pipe, architecture, device, resolution, embeds, lora_parameters, peak_rate)
         rows += bench.rows(pair_counts)
 
-    print(f"## FLUX.2-klein{' (tiny kit)' if args.tiny else '-4B'} on {device.name}, {dtype_name}, "
-          f"random weights\n")
+    print(
+        f"## FLUX.2-klein{' (tiny kit)' if args.tiny else '-4B'} on {device.name}, {dtype_name}, "
+        f"random weights\n"
+    )
     print_table(rows)
-    print(f"MFU: transformer FLOPs counted with torch.utils.flop_counter.FlopCounterMode (generation: forwards only, "
-          f"the VAE decode's time included in the denominator; DPO: reference forward + forward + backward at 1 pair "
-          f"without recomputation, times the pairs), per second, over the {dtype_name} torch.mm rate "
-          f"({peak_rate / 1e12:.2f} TFLOP/s).")
-    print(f"tscale plan GiB: `plan_ses` search phase (generation rows) and `plan_training` DPO phase (LoRA rank "
-          f"{LORA_RANK} on {LORA_TARGETS}, text encoder and reward offloaded), both including 1.0 GiB for the CUDA "
-          f"context and allocator that max_memory_allocated does not count.")
+    print(
+        f"MFU: transformer FLOPs counted with torch.utils.flop_counter.FlopCounterMode (generation: forwards only, "
+        f"the VAE decode's time included in the denominator; DPO: reference forward + forward + backward at 1 pair "
+        f"without recomputation, times the pairs), per second, over the {dtype_name} torch.mm rate "
+        f"({peak_rate / 1e12:.2f} TFLOP/s)."
+    )
+    print(
+        f"tscale plan GiB: `plan_ses` search phase (generation rows) and `plan_training` DPO phase (LoRA rank "
+        f"{LORA_RANK} on {LORA_TARGETS}, text encoder and reward offloaded), both including 1.0 GiB for the CUDA "
+        f"context and allocator that max_memory_allocated does not count."
+    )
     print(f"total bench time: {time.perf_counter() - started:.1f} s")
 
 

@@ -31,17 +31,29 @@ from tiny_loop import LOOP_SETTINGS, in_sd, synthetic
 
 RESULTS = Path(__file__).parent / "results"
 TOLERANCE = 0.01
-DARKNESS_JUDGE = dict(guard_rewards=synthetic("darkness"), guard_diversity_seeds=0, guard_tolerance=TOLERANCE, guard_patience=2)
+DARKNESS_JUDGE = dict(
+    guard_rewards=synthetic("darkness"), guard_diversity_seeds=0, guard_tolerance=TOLERANCE, guard_patience=2
+)
 RUNS = {
     "stop": dict(DARKNESS_JUDGE, reward=synthetic("brightness")),
-    "warn": dict(DARKNESS_JUDGE, reward=synthetic("brightness"), guard_diversity_seeds=4, guard_policy="warn"),
+    "warn": dict(
+        DARKNESS_JUDGE, reward=synthetic("brightness"), guard_diversity_seeds=4, guard_policy="warn"
+    ),
     "holding": dict(DARKNESS_JUDGE, reward=synthetic("redness")),
     "unguarded": dict(reward=synthetic("redness"), guard_diversity_seeds=0),
 }
 # The tiny loop (recipes/configs/tiny.yaml) on one process, with per-round checkpoints to compare LoRAs.
 DEMO = dict(
-    budget=16, popsize=8, k_elites=2, eval_budget=8, eval_batch_size=8,
-    max_eval_prompts=16, eval_fraction=0.2, eval_ses_every=0, checkpoint_every=1, checkpoints_total_limit=0,
+    budget=16,
+    popsize=8,
+    k_elites=2,
+    eval_budget=8,
+    eval_batch_size=8,
+    max_eval_prompts=16,
+    eval_fraction=0.2,
+    eval_ses_every=0,
+    checkpoint_every=1,
+    checkpoints_total_limit=0,
 )
 
 
@@ -50,7 +62,14 @@ def run(name: str, rounds: int, root: Path) -> tuple[list[dict[str, Any]], Path]
     from tscale_train.config import OnlineDPOConfig
     from tscale_train.trainer import OnlineDPOTrainer
 
-    settings = {**LOOP_SETTINGS, **DEMO, **RUNS[name], "rounds": rounds, "output_dir": str(root / name), "seed": 0}
+    settings = {
+        **LOOP_SETTINGS,
+        **DEMO,
+        **RUNS[name],
+        "rounds": rounds,
+        "output_dir": str(root / name),
+        "seed": 0,
+    }
     out = OnlineDPOTrainer(OnlineDPOConfig(**settings)).train()
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()], out
 
@@ -64,13 +83,20 @@ def table(name: str, rows: list[dict[str, Any]]) -> str:
     for row in rows:
         cells = [f"{in_sd(row['eval/reward_budget0'], before):+.1f}"]
         cells += [f"{row[key]:.4f}" for key in judges]
-        cells += [f"{row[key]:.3f}" if key in row else "-" for key in ("guard/diversity", "guard/brightness_drift")]
+        cells += [
+            f"{row[key]:.3f}" if key in row else "-" for key in ("guard/diversity", "guard/brightness_drift")
+        ]
         cells.append("yes" if row.get("guard/held") == 1.0 else "no")
         lines.append(f"| {row['round']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot(warn_rows: list[dict[str, Any]], stop_rows: list[dict[str, Any]], report: dict[str, Any] | None, path: Path) -> None:
+def plot(
+    warn_rows: list[dict[str, Any]],
+    stop_rows: list[dict[str, Any]],
+    report: dict[str, Any] | None,
+    path: Path,
+) -> None:
     """The warn run's curves (it trains to the end), the stop run's judge and floor, its stop and kept rounds."""
     import matplotlib
 
@@ -81,25 +107,61 @@ def plot(warn_rows: list[dict[str, Any]], stop_rows: list[dict[str, Any]], repor
     before = warn_rows[0]
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=120)
     series = [
-        ("eval reward: brightness (sd of round -1)", [in_sd(row["eval/reward_budget0"], before) for row in warn_rows], None),
-        ("judge: guard/darkness", [row["guard/darkness"] for row in warn_rows], stop_rows[0]["guard/darkness"] * (1 + TOLERANCE)),
-        ("guard/diversity (round -1 = 1; off in the stop run)", [row["guard/diversity"] for row in warn_rows], 1 - TOLERANCE),
+        (
+            "eval reward: brightness (sd of round -1)",
+            [in_sd(row["eval/reward_budget0"], before) for row in warn_rows],
+            None,
+        ),
+        (
+            "judge: guard/darkness",
+            [row["guard/darkness"] for row in warn_rows],
+            stop_rows[0]["guard/darkness"] * (1 + TOLERANCE),
+        ),
+        (
+            "guard/diversity (round -1 = 1; off in the stop run)",
+            [row["guard/diversity"] for row in warn_rows],
+            1 - TOLERANCE,
+        ),
     ]
     for axis, (title, values, floor) in zip(axes, series, strict=True):
-        axis.plot(rounds, values, marker="o", label="warn run (4 seeds per prompt)" if floor and "darkness" in title else None)
+        axis.plot(
+            rounds,
+            values,
+            marker="o",
+            label="warn run (4 seeds per prompt)" if floor and "darkness" in title else None,
+        )
         if "darkness" in title:
-            axis.plot([row["round"] for row in stop_rows], [row["guard/darkness"] for row in stop_rows], marker="x",
-                      label="stop run (1 seed per prompt)")
+            axis.plot(
+                [row["round"] for row in stop_rows],
+                [row["guard/darkness"] for row in stop_rows],
+                marker="x",
+                label="stop run (1 seed per prompt)",
+            )
         if floor is not None:
-            axis.axhline(floor, color="gray", linestyle="--", label=f"fails below (tolerance {TOLERANCE:.0%})")
+            axis.axhline(
+                floor, color="gray", linestyle="--", label=f"fails below (tolerance {TOLERANCE:.0%})"
+            )
         if report:
-            axis.axvline(report["stopped_at_round"], color="red", linestyle=":", label=f"stop: round {report['stopped_at_round']}")
-            axis.axvline(report["final_lora_round"], color="green", linestyle=":", label=f"kept: round {report['final_lora_round']}")
+            axis.axvline(
+                report["stopped_at_round"],
+                color="red",
+                linestyle=":",
+                label=f"stop: round {report['stopped_at_round']}",
+            )
+            axis.axvline(
+                report["final_lora_round"],
+                color="green",
+                linestyle=":",
+                label=f"kept: round {report['final_lora_round']}",
+            )
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("round")
         axis.legend(fontsize=7)
-    figure.suptitle("tiny klein trained on brightness, guarded by darkness (guard_patience 2): the warn run, "
-                    "with the stop run's stop and kept rounds", fontsize=9)
+    figure.suptitle(
+        "tiny klein trained on brightness, guarded by darkness (guard_patience 2): the warn run, "
+        "with the stop run's stop and kept rounds",
+        fontsize=9,
+    )
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -140,19 +202,26 @@ def main() -> None:
         report = json.loads(report_file.read_text()) if report_file.is_file() else None
         holding_is_unguarded = same_lora(results["holding"][1], results["unguarded"][1])
         kept_is_checkpoint = report is not None and same_lora(
-            results["stop"][1], results["stop"][1] / "checkpoints" / f"checkpoint-{report['final_lora_round']:05d}"
+            results["stop"][1],
+            results["stop"][1] / "checkpoints" / f"checkpoint-{report['final_lora_round']:05d}",
         )
-    print(f"tiny FLUX.2-klein, tiny.yaml settings, {args.rounds} rounds, tolerance {TOLERANCE:.0%}, patience 2; "
-          f"{len(RUNS)} runs in {time.perf_counter() - started:.0f} s\n")
+    print(
+        f"tiny FLUX.2-klein, tiny.yaml settings, {args.rounds} rounds, tolerance {TOLERANCE:.0%}, patience 2; "
+        f"{len(RUNS)} runs in {time.perf_counter() - started:.0f} s\n"
+    )
     for name, (rows, _) in results.items():
         print(table(f"{name} ({RUNS[name]['reward'].split(':')[-1]})", rows) + "\n")
     if report:
-        print(f"stop: stopped at round {report['stopped_at_round']}, final LoRA = round {report['final_lora_round']} "
-              f"(identical to that round's checkpoint: {kept_is_checkpoint}); fired: {'; '.join(report['failures'])}")
+        print(
+            f"stop: stopped at round {report['stopped_at_round']}, final LoRA = round {report['final_lora_round']} "
+            f"(identical to that round's checkpoint: {kept_is_checkpoint}); fired: {'; '.join(report['failures'])}"
+        )
     else:
         print("stop: no guard fired")
-    print(f"holding: every guard held at every eval: {all(row.get('guard/held') == 1.0 for row in results['holding'][0])}; "
-          f"final LoRA identical to the unguarded run's: {holding_is_unguarded}")
+    print(
+        f"holding: every guard held at every eval: {all(row.get('guard/held') == 1.0 for row in results['holding'][0])}; "
+        f"final LoRA identical to the unguarded run's: {holding_is_unguarded}"
+    )
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     plot(results["warn"][0], results["stop"][0], report, args.plot)
     print(f"plot: {args.plot}")

@@ -135,7 +135,9 @@ def reference_ses_search(
             noise = reconstruct(sample.reshape(low_shape).numpy(), details, wavelet, height, width)
             score_value = torch.as_tensor(objective(noise.to(base_noise.device, base_noise.dtype)))
             if score_value.numel() != 1:
-                raise ValueError(f"objective must return one score per call, got shape {tuple(score_value.shape)}")
+                raise ValueError(
+                    f"objective must return one score per call, got shape {tuple(score_value.shape)}"
+                )
             score = float(score_value.reshape(()))
             generation.append((score, sample))
             if score > best_score:  # NaN never compares greater, so a NaN candidate is never best

@@ -106,12 +106,20 @@ class Method:
         """Run to ``budget`` evaluations with search seed ``seed``; return the scores in evaluation order."""
         generator = torch.Generator().manual_seed(seed)
         if self.kind == "random":
-            return random_search(objective, base_noise, budget, generator=generator, batch_size=RANDOM_BATCH).scores
+            return random_search(
+                objective, base_noise, budget, generator=generator, batch_size=RANDOM_BATCH
+            ).scores
         if self.kind == "reference":
             config = self.config
             return reference_ses_search(
-                objective, base_noise, budget, popsize=config.popsize, k_elites=config.k_elites,
-                wavelet=config.wavelet, level=config.level, generator=generator,
+                objective,
+                base_noise,
+                budget,
+                popsize=config.popsize,
+                k_elites=config.k_elites,
+                wavelet=config.wavelet,
+                level=config.level,
+                generator=generator,
             ).scores
         return ses_search(objective, base_noise, budget, config=self.config, generator=generator).scores
 
@@ -146,14 +154,24 @@ def methods_for(noise_shape: Sequence[int], variants: str = "all") -> list[Metho
         Method("SES (default)", "ses", default),
     ]
     if variants in ("all", "ablation"):
-        methods += [Method(f"SES default, {name}", "variant", SESConfig(level=level, **change)) for name, change in ABLATIONS.items()]
+        methods += [
+            Method(f"SES default, {name}", "variant", SESConfig(level=level, **change))
+            for name, change in ABLATIONS.items()
+        ]
     if variants in ("all", "level"):
         for variant_level in (level - 1, level + 1):
             if 1 <= variant_level <= deepest:
-                methods.append(Method(f"SES level {variant_level}", "variant", SESConfig(level=variant_level)))
+                methods.append(
+                    Method(f"SES level {variant_level}", "variant", SESConfig(level=variant_level))
+                )
     if variants == "all":
-        methods += [Method(f"SES popsize {size}", "variant", SESConfig(level=level, popsize=size)) for size in (5, 20)]
-        methods += [Method(f"SES {count} elites", "variant", SESConfig(level=level, k_elites=count)) for count in (2, 10)]
+        methods += [
+            Method(f"SES popsize {size}", "variant", SESConfig(level=level, popsize=size)) for size in (5, 20)
+        ]
+        methods += [
+            Method(f"SES {count} elites", "variant", SESConfig(level=level, k_elites=count))
+            for count in (2, 10)
+        ]
     return methods
 
 
@@ -166,7 +184,9 @@ def budget_prefix_consistent(method: Method, noise_shape: Sequence[int], budgets
     objective whose score of a candidate does not depend on the budget; what can break it is the
     search's random draws depending on batch sizes (a truncated last generation draws fewer rows).
     """
-    weights = torch.randn(math.prod(noise_shape), generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    weights = torch.randn(
+        math.prod(noise_shape), generator=torch.Generator().manual_seed(7), dtype=torch.float64
+    )
     base_noise = torch.randn(tuple(noise_shape), generator=torch.Generator().manual_seed(8))
 
     def proposals(budget: int) -> Tensor:
@@ -216,7 +236,9 @@ class Recording:
 
     def __call__(self, noises: Tensor) -> Tensor:
         observed = self.observed(noises).detach().float().cpu().reshape(-1)
-        true = observed if self.true is self.observed else self.true(noises).detach().float().cpu().reshape(-1)
+        true = (
+            observed if self.true is self.observed else self.true(noises).detach().float().cpu().reshape(-1)
+        )
         self.observed_scores += observed.tolist()
         self.true_scores += true.tolist()
         if self.label is not None:
@@ -234,7 +256,9 @@ class Recording:
         return indices
 
 
-def analytic_problem(name: str, seed: int, shape: Sequence[int], observation_noise: float, decoy_height: float) -> Problem:
+def analytic_problem(
+    name: str, seed: int, shape: Sequence[int], observation_noise: float, decoy_height: float
+) -> Problem:
     channels, height, width = shape
     step = 2**OBJECTIVE_LEVEL
     low_shape = (channels, height // step, width // step)
@@ -287,8 +311,12 @@ class PipelineScorer:
                     first_row.setdefault(key, row)
             if first_row:
                 batch = noises[list(first_row.values())]
-                images = self.generator.generate(batch, self._embeds(prompt), self.generator.preview_steps).images
-                table = torch.stack([reward(images, prompt).float().cpu() for reward in self.rewards.values()], dim=1)
+                images = self.generator.generate(
+                    batch, self._embeds(prompt), self.generator.preview_steps
+                ).images
+                table = torch.stack(
+                    [reward(images, prompt).float().cpu() for reward in self.rewards.values()], dim=1
+                )
                 self.generated += len(first_row)
                 for key, values in zip(first_row, table, strict=True):
                     self.cache[key] = values
@@ -331,7 +359,9 @@ class ObjectiveResult:
     base_scores: Tensor  # [seeds] true score of each seed's base noise
     curves: dict[str, Tensor] = field(default_factory=dict)  # [seeds, max budget] best true score so far
     at_budget: dict[str, dict[int, Tensor]] = field(default_factory=dict)  # budget -> [seeds]
-    observed: dict[str, Tensor] = field(default_factory=dict)  # [seeds, max budget] scores as the search saw them
+    observed: dict[str, Tensor] = field(
+        default_factory=dict
+    )  # [seeds, max budget] scores as the search saw them
     in_global_basin: dict[str, dict[int, Tensor]] = field(default_factory=dict)  # two-optima only
     separate_runs: list[str] = field(default_factory=list)  # methods whose budgets ran separately
     scale: float = 1.0  # gains are divided by this
@@ -370,7 +400,9 @@ def run_objective(
                     method.run(runs[budget], problem.base_noise, budget, seed)
             full = runs[longest]
             if len(full.observed_scores) != longest:
-                raise RuntimeError(f"{method.name} scored {len(full.observed_scores)} candidates, expected {longest}")
+                raise RuntimeError(
+                    f"{method.name} scored {len(full.observed_scores)} candidates, expected {longest}"
+                )
             full_best = full.best_indices()
             curves.append([full.true_scores[index] for index in full_best])
             observed.append(full.observed_scores)
@@ -382,9 +414,13 @@ def run_objective(
                     basins[budget].append(run.labels[best])
         result.curves[method.name] = torch.tensor(curves, dtype=torch.float64)
         result.observed[method.name] = torch.tensor(observed, dtype=torch.float64)
-        result.at_budget[method.name] = {b: torch.tensor(found, dtype=torch.float64) for b, found in values.items()}
+        result.at_budget[method.name] = {
+            b: torch.tensor(found, dtype=torch.float64) for b, found in values.items()
+        }
         if labelled:
-            result.in_global_basin[method.name] = {b: torch.tensor(found, dtype=torch.float64) for b, found in basins.items()}
+            result.in_global_basin[method.name] = {
+                b: torch.tensor(found, dtype=torch.float64) for b, found in basins.items()
+            }
         print(f"  {title}: {method.name} done", file=sys.stderr, flush=True)
     return result
 
@@ -418,8 +454,10 @@ def print_quality_table(result: ObjectiveResult, budgets: Sequence[int], digits:
     seeds = result.base_scores.numel()
     print(f"### {result.title}\n")
     config = result.method_of_kind("ses").config
-    print(f"{result.note} Mean ± standard error over {seeds} seeds; higher is better. SES and the published "
-          f"SES: {config.wavelet} level {config.level}, popsize {config.popsize}, {config.k_elites} elites.\n")
+    print(
+        f"{result.note} Mean ± standard error over {seeds} seeds; higher is better. SES and the published "
+        f"SES: {config.wavelet} level {config.level}, popsize {config.popsize}, {config.k_elites} elites.\n"
+    )
     header = "| method | " + " | ".join(f"budget {budget}" for budget in budgets) + " |"
     rule = "|---|" + "---:|" * len(budgets)
     print(header)
@@ -440,24 +478,36 @@ def print_quality_table(result: ObjectiveResult, budgets: Sequence[int], digits:
         ours_half, published_full = result.gains(ours, half).mean(), result.gains(reference, full).mean()
         ours_full = result.gains(ours, full).mean()
         verdict = "reached" if ours_half >= published_full else "NOT reached"
-        print(f"Half the budget: SES (default) at {half} {float(ours_half):+.{digits}f} vs the published SES at {full} "
-              f"{float(published_full):+.{digits}f}: {verdict}; at {full}: {float(ours_full):+.{digits}f} "
-              f"({'never below' if ours_full >= published_full else 'BELOW'} the published SES).\n")
+        print(
+            f"Half the budget: SES (default) at {half} {float(ours_half):+.{digits}f} vs the published SES at {full} "
+            f"{float(published_full):+.{digits}f}: {verdict}; at {full}: {float(ours_full):+.{digits}f} "
+            f"({'never below' if ours_full >= published_full else 'BELOW'} the published SES).\n"
+        )
     if result.in_global_basin:
-        print("Share of seeds whose returned noise lies in the global optimum's basin (the rest: the decoy's):\n")
+        print(
+            "Share of seeds whose returned noise lies in the global optimum's basin (the rest: the decoy's):\n"
+        )
         print(header)
         print(rule)
         for method in result.methods:
             shares = result.in_global_basin[method.name]
-            print(f"| {method.name} | " + " | ".join(f"{float(shares[b].mean()):.0%}" for b in budgets) + " |")
+            print(
+                f"| {method.name} | " + " | ".join(f"{float(shares[b].mean()):.0%}" for b in budgets) + " |"
+            )
         print()
 
 
-def print_time_table(times: dict[str, dict[str, list[float]]], methods_by_title: dict[str, list[Method]],
-                     budget: int, repeats: int) -> None:
+def print_time_table(
+    times: dict[str, dict[str, list[float]]],
+    methods_by_title: dict[str, list[Method]],
+    budget: int,
+    repeats: int,
+) -> None:
     titles = list(times)
     names = list(dict.fromkeys(method.name for title in titles for method in methods_by_title[title]))
-    print(f"### Wall time: seconds per search at budget {budget} (median of {repeats}, interleaved, no cache)\n")
+    print(
+        f"### Wall time: seconds per search at budget {budget} (median of {repeats}, interleaved, no cache)\n"
+    )
     print("| method | " + " | ".join(titles) + " |")
     print("|---|" + "---:|" * len(titles))
     for name in names:
@@ -489,7 +539,9 @@ def method_styles(results: Sequence[ObjectiveResult]) -> dict[str, dict]:
             if method.kind in main:
                 styles[method.name] = main[method.kind]
             else:
-                color = VARIANT_COLORS[sum(style.get("linestyle") == "--" for style in styles.values()) % len(VARIANT_COLORS)]
+                color = VARIANT_COLORS[
+                    sum(style.get("linestyle") == "--" for style in styles.values()) % len(VARIANT_COLORS)
+                ]
                 styles[method.name] = {"color": color, "linewidth": 1.0, "linestyle": "--"}
     return styles
 
@@ -503,7 +555,9 @@ def plot_curves(results: Sequence[ObjectiveResult], path: Path) -> None:
 
     columns = min(3, len(results))
     rows = math.ceil(len(results) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.6 * rows + 0.9), dpi=110, squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(5.2 * columns, 3.6 * rows + 0.9), dpi=110, squeeze=False
+    )
     legend: dict[str, object] = {}
     styles = method_styles(results)
     for axis, result in zip(axes.flat, results, strict=False):
@@ -520,9 +574,11 @@ def plot_curves(results: Sequence[ObjectiveResult], path: Path) -> None:
         axis.set_xlabel("evaluations")
         axis.set_ylabel("best true score - base" + (" (reward sd)" if result.scale != 1.0 else ""))
         axis.grid(alpha=0.3)
-    for axis in list(axes.flat)[len(results):]:
+    for axis in list(axes.flat)[len(results) :]:
         axis.axis("off")
-    figure.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(4, len(legend)), fontsize=8)
+    figure.legend(
+        list(legend.values()), list(legend), loc="lower center", ncol=min(4, len(legend)), fontsize=8
+    )
     legend_rows = math.ceil(len(legend) / 4)
     figure.tight_layout(rect=(0, 0.035 * legend_rows / rows + 0.02, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -555,32 +611,53 @@ def load_tiny(eval_batch_size: int):
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, default=30, help="seeds per objective (default 30)")
     parser.add_argument("--budgets", default="10,20,25,30,50,100", help="comma-separated budgets")
-    parser.add_argument("--objectives", default=",".join(DEFAULT_OBJECTIVES),
-                        help="comma-separated subset; tiny-<name> uses rewards.synthetic:<name>")
+    parser.add_argument(
+        "--objectives",
+        default=",".join(DEFAULT_OBJECTIVES),
+        help="comma-separated subset; tiny-<name> uses rewards.synthetic:<name>",
+    )
     parser.add_argument("--shape", default="16,32,32", help="C,H,W of the analytic objectives' noise")
-    parser.add_argument("--observation-noise", type=float, default=0.3, help="sd of the noisy objective's noise")
+    parser.add_argument(
+        "--observation-noise", type=float, default=0.3, help="sd of the noisy objective's noise"
+    )
     parser.add_argument("--decoy-height", type=float, default=-0.5, help="score of the two-optima decoy")
-    parser.add_argument("--prompts", default="|".join(DEFAULT_PROMPTS), help="'|'-separated; seed s uses prompt s mod n")
-    parser.add_argument("--pipeline-variants", choices=("ablation", "level", "all", "none"), default="ablation",
-                        help="SES variants on the pipeline (the analytic objectives always get all)")
+    parser.add_argument(
+        "--prompts", default="|".join(DEFAULT_PROMPTS), help="'|'-separated; seed s uses prompt s mod n"
+    )
+    parser.add_argument(
+        "--pipeline-variants",
+        choices=("ablation", "level", "all", "none"),
+        default="ablation",
+        help="SES variants on the pipeline (the analytic objectives always get all)",
+    )
     parser.add_argument("--time-budget", type=int, default=50, help="budget of the timed searches")
     parser.add_argument("--time-repeats", type=int, default=5, help="timed searches per method and objective")
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="where to write the curves (PNG)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: the tiny model's many small ops lose more to "
-                             "thread hand-offs on a shared 2-core machine than they gain)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: the tiny model's many small ops lose more to "
+        "thread hand-offs on a shared 2-core machine than they gain)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 seeds, 1 timing repeat")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.time_repeats = 3, 1
     args.budgets = sorted({int(value) for value in args.budgets.split(",")})
     args.objectives = [name.strip() for name in args.objectives.split(",") if name.strip()]
-    unknown = [name for name in args.objectives if name not in ANALYTIC_OBJECTIVES and not name.startswith("tiny-")]
+    unknown = [
+        name for name in args.objectives if name not in ANALYTIC_OBJECTIVES and not name.startswith("tiny-")
+    ]
     if unknown:
-        parser.error(f"unknown objectives {unknown}; choose from {', '.join(DEFAULT_OBJECTIVES)} (tiny-<reward>)")
+        parser.error(
+            f"unknown objectives {unknown}; choose from {', '.join(DEFAULT_OBJECTIVES)} (tiny-<reward>)"
+        )
     args.shape = tuple(int(value) for value in args.shape.split(","))
     args.prompts = [prompt for prompt in args.prompts.split("|") if prompt.strip()]
     if args.seeds < 2 or min(args.budgets) < 1 or len(args.shape) != 3 or args.time_repeats < 1:
@@ -594,8 +671,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     budgets, seeds = args.budgets, range(args.seeds)
     print("## Search quality: SES vs best-of-N vs the published SES\n")
-    print(f"{args.seeds} seeds, budgets {budgets}, torch threads {torch.get_num_threads()}. Cells: gain of the "
-          "best TRUE score found over the base noise's true score, at equal objective evaluations.\n")
+    print(
+        f"{args.seeds} seeds, budgets {budgets}, torch threads {torch.get_num_threads()}. Cells: gain of the "
+        "best TRUE score found over the base noise's true score, at equal objective evaluations.\n"
+    )
     results: list[ObjectiveResult] = []
     times: dict[str, dict[str, list[float]]] = {}
     methods_by_title: dict[str, list[Method]] = {}
@@ -603,7 +682,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     analytic = [name for name in args.objectives if name in ANALYTIC_OBJECTIVES]
     if analytic:
         methods = methods_for(args.shape, "all")
-        consistent = {method.name: budget_prefix_consistent(method, args.shape, budgets) for method in methods}
+        consistent = {
+            method.name: budget_prefix_consistent(method, args.shape, budgets) for method in methods
+        }
         channels, height, width = args.shape
         low_numel = channels * (height // 2**OBJECTIVE_LEVEL) * (width // 2**OBJECTIVE_LEVEL)
         notes = {
@@ -613,17 +694,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         }
         for name in analytic:
             problems = [
-                analytic_problem(name, seed, args.shape, args.observation_noise, args.decoy_height) for seed in seeds
+                analytic_problem(name, seed, args.shape, args.observation_noise, args.decoy_height)
+                for seed in seeds
             ]
             title = f"{name}, noise {list(args.shape)} ({low_numel} numbers in the level-4 band it scores)"
             result = run_objective(title, "", problems, methods, budgets, consistent)
-            result.note = (f"Gain in objective units ({notes[name]}; the base noises score "
-                           f"{float(result.base_scores.mean()):.3f} on average).")
+            result.note = (
+                f"Gain in objective units ({notes[name]}; the base noises score "
+                f"{float(result.base_scores.mean()):.3f} on average)."
+            )
             print_quality_table(result, budgets, digits=3)
             results.append(result)
 
             def make(repeat: int, name: str = name) -> tuple[Objective, Tensor]:
-                problem = analytic_problem(name, repeat, args.shape, args.observation_noise, args.decoy_height)
+                problem = analytic_problem(
+                    name, repeat, args.shape, args.observation_noise, args.decoy_height
+                )
                 return problem.make_objective()[0], problem.base_noise
 
             times[name] = time_methods(methods, make, args.time_budget, args.time_repeats)
@@ -637,23 +723,34 @@ def main(argv: Sequence[str] | None = None) -> None:
         rewards = {name: load_reward(f"rewards.synthetic:{name}") for name in reward_names}
         scorer = PipelineScorer(generator, rewards)
         methods = methods_for(generator.noise_shape, args.pipeline_variants)
-        consistent = {method.name: budget_prefix_consistent(method, generator.noise_shape, budgets) for method in methods}
+        consistent = {
+            method.name: budget_prefix_consistent(method, generator.noise_shape, budgets)
+            for method in methods
+        }
         for reward_name in reward_names:
             problems = [pipeline_problem(scorer, reward_name, seed, args.prompts) for seed in seeds]
-            title = (f"tiny {reward_name}, FLUX.2-klein {generator.height}px, {generator.preview_steps} steps, "
-                     f"noise {list(generator.noise_shape)}, {len(args.prompts)} prompts")
+            title = (
+                f"tiny {reward_name}, FLUX.2-klein {generator.height}px, {generator.preview_steps} steps, "
+                f"noise {list(generator.noise_shape)}, {len(args.prompts)} prompts"
+            )
             result = run_objective(title, "", problems, methods, budgets, consistent)
             # The reward's spread over fresh Gaussian noises of one prompt: per seed (one prompt each), the sd
             # of best-of-N's scores after the base noise, averaged over seeds.
-            result.scale = float(result.observed[result.method_of_kind("random").name][:, 1:].std(dim=1).mean())
-            result.note = (f"Gain in units of the reward's sd over fresh noises of one prompt (1 sd = "
-                           f"{result.scale:.5f}; the base noises score {float(result.base_scores.mean()):.4f} on average).")
+            result.scale = float(
+                result.observed[result.method_of_kind("random").name][:, 1:].std(dim=1).mean()
+            )
+            result.note = (
+                f"Gain in units of the reward's sd over fresh noises of one prompt (1 sd = "
+                f"{result.scale:.5f}; the base noises score {float(result.base_scores.mean()):.4f} on average)."
+            )
             print_quality_table(result, budgets, digits=2)
             results.append(result)
         print(f"(tiny pipeline: {scorer.generated} previews generated for the quality runs)", file=sys.stderr)
 
         prompt = args.prompts[0]
-        scorer.uncached_objective(reward_names[0], prompt)(generator.initial_noise(0, batch_size=2))  # warm-up
+        scorer.uncached_objective(reward_names[0], prompt)(
+            generator.initial_noise(0, batch_size=2)
+        )  # warm-up
 
         def make_tiny(repeat: int) -> tuple[Objective, Tensor]:
             return scorer.uncached_objective(reward_names[0], prompt), generator.initial_noise(repeat)[0]

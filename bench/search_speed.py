@@ -132,7 +132,11 @@ def seeded(device: torch.device, seed: int) -> Iterator[None]:
 
 
 def build_klein_pipeline(
-    architecture: KleinArchitecture, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+    architecture: KleinArchitecture,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
 ):
     """A random-weight `Flux2KleinPipeline` of `architecture`, built directly on `device` in `dtype`.
 
@@ -153,8 +157,12 @@ def build_klein_pipeline(
 
     device = torch.device(device)
     tokenizer = _byte_level_tokenizer()
-    text_settings = {key: value for key, value in architecture.text_encoder.items() if key not in ("dtype", "torch_dtype")}
-    text_settings.update(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    text_settings = {
+        key: value for key, value in architecture.text_encoder.items() if key not in ("dtype", "torch_dtype")
+    }
+    text_settings.update(
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None
+    )
     text_config = Qwen3Config.from_dict(text_settings)
     default_dtype = torch.get_default_dtype()
     with seeded(device, seed):
@@ -181,7 +189,9 @@ def build_klein_pipeline(
     )
 
 
-def klein_generator(pipe, architecture: KleinArchitecture, resolution: int, eval_batch_size: int) -> FlowGenerator:
+def klein_generator(
+    pipe, architecture: KleinArchitecture, resolution: int, eval_batch_size: int
+) -> FlowGenerator:
     """The project's `FlowGenerator` for a pipeline from `build_klein_pipeline` (square images)."""
     return generator_for_pipeline(
         pipe,
@@ -268,13 +278,23 @@ def time_search(
         synchronize()
         started = time.perf_counter()
         (result,) = search_prompts(
-            generator, score, [prompt], [seed], budget=budget, config=config, embeds=encode, progress=False, method=method
+            generator,
+            score,
+            [prompt],
+            [seed],
+            budget=budget,
+            config=config,
+            embeds=encode,
+            progress=False,
+            method=method,
         )
         synchronize()
         seconds = time.perf_counter() - started
     finally:
         del generator._generate_batch
-    return SearchTiming(budget, seconds, generate.seconds, score.seconds, encode.seconds, result.search.best_score)
+    return SearchTiming(
+        budget, seconds, generate.seconds, score.seconds, encode.seconds, result.search.best_score
+    )
 
 
 def best_of(timings: Sequence[SearchTiming]) -> SearchTiming:
@@ -300,13 +320,22 @@ class SpeedRow:
 
 
 def search_speed_rows(
-    pipe, architecture: KleinArchitecture, reward: Callable, resolutions: Sequence[int], batch_sizes: Sequence[int],
-    budget: int, popsize: int, repeats: int,
+    pipe,
+    architecture: KleinArchitecture,
+    reward: Callable,
+    resolutions: Sequence[int],
+    batch_sizes: Sequence[int],
+    budget: int,
+    popsize: int,
+    repeats: int,
 ) -> list[SpeedRow]:
     rows = []
     config = SESConfig(popsize=popsize)
     for resolution in resolutions:
-        generators = {batch_size: klein_generator(pipe, architecture, resolution, batch_size) for batch_size in batch_sizes}
+        generators = {
+            batch_size: klein_generator(pipe, architecture, resolution, batch_size)
+            for batch_size in batch_sizes
+        }
         for batch_size, generator in generators.items():
             # Warm-up: first calls allocate buffers and pick kernels; one batch is enough.
             embeds = generator.encode_prompt(PROMPT)
@@ -321,17 +350,25 @@ def search_speed_rows(
     return rows
 
 
-def print_speed_table(rows: list[SpeedRow], budget: int, popsize: int, reward_name: str, repeats: int, threads: int) -> None:
-    print(f"## SES on a klein-shaped model (CPU, float32, {threads} torch thread{'s' if threads > 1 else ''}): "
-          f"budget {budget}, popsize {popsize}, 4 preview steps, "
-          f"reward {reward_name}, best of {repeats}\n")
-    print("| resolution | noise | eval batch | candidates/s | vs batch 1 | generation % | scoring % | prompt encode % "
-          "| outside % | outside ms / candidate |")
+def print_speed_table(
+    rows: list[SpeedRow], budget: int, popsize: int, reward_name: str, repeats: int, threads: int
+) -> None:
+    print(
+        f"## SES on a klein-shaped model (CPU, float32, {threads} torch thread{'s' if threads > 1 else ''}): "
+        f"budget {budget}, popsize {popsize}, 4 preview steps, "
+        f"reward {reward_name}, best of {repeats}\n"
+    )
+    print(
+        "| resolution | noise | eval batch | candidates/s | vs batch 1 | generation % | scoring % | prompt encode % "
+        "| outside % | outside ms / candidate |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     single = {row.resolution: row.timing.candidates_per_second for row in rows if row.batch_size == 1}
     for row in rows:
         timing = row.timing
-        speedup = timing.candidates_per_second / single[row.resolution] if row.resolution in single else math.nan
+        speedup = (
+            timing.candidates_per_second / single[row.resolution] if row.resolution in single else math.nan
+        )
         print(
             f"| {row.resolution}px | {'x'.join(map(str, row.noise_shape))} | {row.batch_size} | "
             f"{timing.candidates_per_second:.2f} | {speedup:.2f}x | {timing.share(timing.generation):.1f} | "
@@ -351,7 +388,9 @@ def time_ask_tell(base: torch.Tensor, backend: str, budget: int, repeats: int) -
 
     best = math.inf
     for repeat in range(repeats + 1):  # the first run warms up (allocations, kernels)
-        search = SpectralEvolutionSearch(base, budget, SESConfig(backend=backend), generator=torch.Generator().manual_seed(repeat))
+        search = SpectralEvolutionSearch(
+            base, budget, SESConfig(backend=backend), generator=torch.Generator().manual_seed(repeat)
+        )
         spent = 0.0
         while not search.done:
             started = time.perf_counter()
@@ -406,31 +445,43 @@ def overhead_rows(budget: int, repeats: int) -> list[OverheadRow]:
         for device, threads in settings:
             torch.set_num_threads(threads)
             for dtype in (torch.float32, torch.bfloat16):
-                base = torch.randn(OVERHEAD_LATENT, generator=torch.Generator().manual_seed(0)).to(device, dtype)
-                rows.append(OverheadRow(
-                    torch.cuda.get_device_name() if device == "cuda" else "cpu",
-                    threads,
-                    str(dtype).removeprefix("torch."),
-                    time_ask_tell(base, "torch", budget, repeats) * 1e3,
-                    time_ask_tell(base, "pywt", budget, repeats) * 1e3,
-                    time_published_ses(base, budget, repeats) * 1e3,
-                ))
+                base = torch.randn(OVERHEAD_LATENT, generator=torch.Generator().manual_seed(0)).to(
+                    device, dtype
+                )
+                rows.append(
+                    OverheadRow(
+                        torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                        threads,
+                        str(dtype).removeprefix("torch."),
+                        time_ask_tell(base, "torch", budget, repeats) * 1e3,
+                        time_ask_tell(base, "pywt", budget, repeats) * 1e3,
+                        time_published_ses(base, budget, repeats) * 1e3,
+                    )
+                )
     finally:
         torch.set_num_threads(default_threads)
     return rows
 
 
 def print_overhead_table(rows: list[OverheadRow], budget: int, repeats: int) -> None:
-    print(f"## The search's own cost per candidate, latent {list(OVERHEAD_LATENT)} (low band 2048), budget {budget}\n")
-    print(f"Our SES: ask() + tell() time divided by the number of candidates; the published SES (DiffSynth-Studio's "
-          f"loop, `bench/reference_ses.py`): its whole search minus the objective's time, divided likewise. Best of "
-          f"{repeats} runs each; the objective is a trivial sum.\n")
-    print("| device | torch threads | dtype | ours, torch Haar (ms) | ours, pywt Haar (ms) | published, per-candidate pywt (ms) "
-          "| published / ours torch Haar |")
+    print(
+        f"## The search's own cost per candidate, latent {list(OVERHEAD_LATENT)} (low band 2048), budget {budget}\n"
+    )
+    print(
+        f"Our SES: ask() + tell() time divided by the number of candidates; the published SES (DiffSynth-Studio's "
+        f"loop, `bench/reference_ses.py`): its whole search minus the objective's time, divided likewise. Best of "
+        f"{repeats} runs each; the objective is a trivial sum.\n"
+    )
+    print(
+        "| device | torch threads | dtype | ours, torch Haar (ms) | ours, pywt Haar (ms) | published, per-candidate pywt (ms) "
+        "| published / ours torch Haar |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row.device} | {row.threads} | {row.dtype} | {row.torch_ms:.3f} | {row.pywt_ms:.3f} | "
-              f"{row.published_ms:.3f} | {row.published_ms / row.torch_ms:.1f}x |")
+        print(
+            f"| {row.device} | {row.threads} | {row.dtype} | {row.torch_ms:.3f} | {row.pywt_ms:.3f} | "
+            f"{row.published_ms:.3f} | {row.published_ms / row.torch_ms:.1f}x |"
+        )
     print()
 
 
@@ -447,8 +498,14 @@ def save_plot(rows: list[SpeedRow], path: Path) -> None:
     figure, (rate_axis, share_axis) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
     width = 0.8 / len(batch_sizes)
     for offset, batch_size in enumerate(batch_sizes):
-        rates = [next(row.timing.candidates_per_second for row in rows if row.resolution == res and row.batch_size == batch_size)
-                 for res in resolutions]
+        rates = [
+            next(
+                row.timing.candidates_per_second
+                for row in rows
+                if row.resolution == res and row.batch_size == batch_size
+            )
+            for res in resolutions
+        ]
         positions = [index + offset * width for index in range(len(resolutions))]
         rate_axis.bar(positions, rates, width, label=f"eval batch {batch_size}")
     rate_axis.set_xticks([index + width * (len(batch_sizes) - 1) / 2 for index in range(len(resolutions))])
@@ -497,34 +554,56 @@ def print_profile(generator: FlowGenerator, budget: int, popsize: int, top: int 
     try:
         profiler = cProfile.Profile()
         profiler.enable()
-        search_prompts(generator, lambda batch, prompts: batch.mean(dim=(1, 2, 3)), [PROMPT], [0], budget=budget,
-                       config=SESConfig(popsize=popsize), embeds=embeds, progress=False)
+        search_prompts(
+            generator,
+            lambda batch, prompts: batch.mean(dim=(1, 2, 3)),
+            [PROMPT],
+            [0],
+            budget=budget,
+            config=SESConfig(popsize=popsize),
+            embeds=embeds,
+            progress=False,
+        )
         profiler.disable()
     finally:
         del generator._generate_batch
     stream = io.StringIO()
     pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(top)
-    print(f"## cProfile of one search at {generator.height}px, generation and scoring stubbed out (top {top} by own time)\n")
+    print(
+        f"## cProfile of one search at {generator.height}px, generation and scoring stubbed out (top {top} by own time)\n"
+    )
     print("```")
     print(stream.getvalue().strip())
     print("```\n")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--resolutions", default="256,512", help="image sizes, comma-separated")
-    parser.add_argument("--batch-sizes", default="1,10", help="eval batch sizes, comma-separated (1 = one at a time)")
+    parser.add_argument(
+        "--batch-sizes", default="1,10", help="eval batch sizes, comma-separated (1 = one at a time)"
+    )
     parser.add_argument("--budget", type=int, default=30, help="candidates per search (table 1)")
     parser.add_argument("--popsize", type=int, default=10, help="SES population per generation")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per cell; the fastest is reported")
-    parser.add_argument("--reward", default="pickscore", help="pickscore (tiny kit), hpsv2, clip, or module:callable")
+    parser.add_argument(
+        "--reward", default="pickscore", help="pickscore (tiny kit), hpsv2, clip, or module:callable"
+    )
     parser.add_argument("--overhead-budget", type=int, default=50, help="candidates per search (table 2)")
     parser.add_argument("--overhead-repeats", type=int, default=3, help="timed runs per cell of table 2")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random model weights")
     parser.add_argument("--plot", type=Path, default=RESULTS_DIR / "speed.png", help="where the plot goes")
-    parser.add_argument("--profile", action="store_true", help="also print a cProfile of the time outside generation")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of table 1 (table 2 runs 1 and torch's default side by side)")
+    parser.add_argument(
+        "--profile", action="store_true", help="also print a cProfile of the time outside generation"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of table 1 (table 2 runs 1 and torch's default side by side)",
+    )
     args = parser.parse_args()
     resolutions = [int(value) for value in args.resolutions.split(",")]
     batch_sizes = [int(value) for value in args.batch_sizes.split(",")]
@@ -538,23 +617,33 @@ def main() -> None:
     architecture = small_klein_architecture()
     pipe = build_klein_pipeline(architecture, seed=args.seed)
     reward = load_bench_reward(args.reward)
-    print(f"klein-shaped model: transformer {parameter_count(pipe.transformer) / 1e6:.2f} M parameters "
-          f"({architecture.transformer['num_layers']} double + {architecture.transformer['num_single_layers']} single "
-          f"blocks, {architecture.transformer['num_attention_heads']} heads x {architecture.transformer['attention_head_dim']}, "
-          f"in_channels {architecture.transformer['in_channels']}), VAE {parameter_count(pipe.vae) / 1e6:.2f} M "
-          f"({architecture.vae['latent_channels']} latent channels), text encoder {parameter_count(pipe.text_encoder) / 1e6:.2f} M; "
-          f"torch {torch.__version__}, {args.threads} torch thread(s) (of {torch.get_num_threads()}) in table 1\n")
+    print(
+        f"klein-shaped model: transformer {parameter_count(pipe.transformer) / 1e6:.2f} M parameters "
+        f"({architecture.transformer['num_layers']} double + {architecture.transformer['num_single_layers']} single "
+        f"blocks, {architecture.transformer['num_attention_heads']} heads x {architecture.transformer['attention_head_dim']}, "
+        f"in_channels {architecture.transformer['in_channels']}), VAE {parameter_count(pipe.vae) / 1e6:.2f} M "
+        f"({architecture.vae['latent_channels']} latent channels), text encoder {parameter_count(pipe.text_encoder) / 1e6:.2f} M; "
+        f"torch {torch.__version__}, {args.threads} torch thread(s) (of {torch.get_num_threads()}) in table 1\n"
+    )
 
     default_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        rows = search_speed_rows(pipe, architecture, reward, resolutions, batch_sizes, args.budget, args.popsize, args.repeats)
+        rows = search_speed_rows(
+            pipe, architecture, reward, resolutions, batch_sizes, args.budget, args.popsize, args.repeats
+        )
     finally:
         torch.set_num_threads(default_threads)
     print_speed_table(rows, args.budget, args.popsize, args.reward, args.repeats, args.threads)
-    print_overhead_table(overhead_rows(args.overhead_budget, args.overhead_repeats), args.overhead_budget, args.overhead_repeats)
+    print_overhead_table(
+        overhead_rows(args.overhead_budget, args.overhead_repeats),
+        args.overhead_budget,
+        args.overhead_repeats,
+    )
     if args.profile:
-        print_profile(klein_generator(pipe, architecture, max(resolutions), max(batch_sizes)), args.budget, args.popsize)
+        print_profile(
+            klein_generator(pipe, architecture, max(resolutions), max(batch_sizes)), args.budget, args.popsize
+        )
     save_plot(rows, args.plot)
     print(f"plot: {args.plot}")
     print(f"total bench time: {time.perf_counter() - started:.1f} s")

@@ -103,13 +103,20 @@ def machine_line() -> str:
 
     from tscale_train.shapes.card import git_commit
 
-    return (f"commit {git_commit()}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+    return (
+        f"commit {git_commit()}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
 
 @torch.no_grad()
-def final_scores(generator, judges: dict, items: Sequence[tuple[str, str, int]], noises: torch.Tensor | None = None,
-                 steps: int | None = None) -> dict:
+def final_scores(
+    generator,
+    judges: dict,
+    items: Sequence[tuple[str, str, int]],
+    noises: torch.Tensor | None = None,
+    steps: int | None = None,
+) -> dict:
     """Both judges' scores of each item's image (default: its seed's noise, i.e. budget 0) at `steps`
     sampler steps (default: the final image's)."""
     prompts = [prompt for _, prompt, _ in items]
@@ -123,17 +130,26 @@ def final_scores(generator, judges: dict, items: Sequence[tuple[str, str, int]],
     return scores
 
 
-def searched_scores(generator, judges: dict, items: Sequence[tuple[str, str, int]], budget: int, reward: str,
-                    config=None) -> dict:
+def searched_scores(
+    generator, judges: dict, items: Sequence[tuple[str, str, int]], budget: int, reward: str, config=None
+) -> dict:
     """Both judges' scores of the final image of each item's search (`tscale ses` with `reward` at `budget`)."""
     from search import SESConfig
     from tscale_train.ses import search_prompts
 
     results = search_prompts(
-        generator, judges[reward], [prompt for _, prompt, _ in items], [seed for _, _, seed in items], budget=budget,
-        config=config or SESConfig(level=None), group_size=None, progress=False,
+        generator,
+        judges[reward],
+        [prompt for _, prompt, _ in items],
+        [seed for _, _, seed in items],
+        budget=budget,
+        config=config or SESConfig(level=None),
+        group_size=None,
+        progress=False,
     )
-    return final_scores(generator, judges, items, torch.stack([result.search.best_noise[0] for result in results]))
+    return final_scores(
+        generator, judges, items, torch.stack([result.search.best_noise[0] for result in results])
+    )
 
 
 def minus_shapes_clip(images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:

@@ -50,31 +50,53 @@ def run_loop(job: dict[str, Any]) -> dict[str, Any]:
     from tscale_train.trainer import OnlineDPOTrainer
 
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
         lora = None
         rows, report = [], None
         if job["settings"] is not None:
-            out = OnlineDPOTrainer(OnlineDPOConfig(**job["settings"], output_dir=str(Path(tmp) / "run"))).train()
-            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            out = OnlineDPOTrainer(
+                OnlineDPOConfig(**job["settings"], output_dir=str(Path(tmp) / "run"))
+            ).train()
+            rows = [
+                json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()
+            ]
             report_file = out / "guard" / "report.json"
             report = json.loads(report_file.read_text()) if report_file.is_file() else None
             lora = str(out)
-        judged = final_scores(load_generator(lora=lora), load_judges(), held_out_items(job["eval_per_family"]))
-    return dict(rows=[row for row in rows if "guard/verifier" in row], report=report, judged=judged,
-                seconds=time.perf_counter() - started)
+        judged = final_scores(
+            load_generator(lora=lora), load_judges(), held_out_items(job["eval_per_family"])
+        )
+    return dict(
+        rows=[row for row in rows if "guard/verifier" in row],
+        report=report,
+        judged=judged,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--epochs", type=int, default=8, help="DPO passes over a round's pairs in the hacking runs")
+    parser.add_argument(
+        "--epochs", type=int, default=8, help="DPO passes over a round's pairs in the hacking runs"
+    )
     parser.add_argument("--tolerance", type=float, default=0.05, help="guard_tolerance of the guarded runs")
-    parser.add_argument("--eval-prompts", type=int, default=32, help="the loop's eval prompts (max_eval_prompts)")
-    parser.add_argument("--eval-per-family", type=int, default=40, help="held-out items per family judging the final LoRAs")
+    parser.add_argument(
+        "--eval-prompts", type=int, default=32, help="the loop's eval prompts (max_eval_prompts)"
+    )
+    parser.add_argument(
+        "--eval-per-family", type=int, default=40, help="held-out items per family judging the final LoRAs"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--plot", type=Path, default=RESULTS / "shapes_hacking.png")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 4 prompts, 4 eval prompts")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 2 rounds of 4 prompts, 4 eval prompts"
+    )
     args = parser.parse_args(argv)
     args.prompts_per_round = None
     if args.quick:
@@ -90,16 +112,38 @@ def plot(rows: list[dict[str, Any]], stop: dict[str, Any], path: Path, title: st
 
     rounds = [row["round"] for row in rows]
     figure, axis = plt.subplots(figsize=(7, 3.8), dpi=120)
-    axis.plot(rounds, [row["eval/reward_budget0"] for row in rows], marker="o", color="tab:blue", label="shapes-clip (trained on)")
+    axis.plot(
+        rounds,
+        [row["eval/reward_budget0"] for row in rows],
+        marker="o",
+        color="tab:blue",
+        label="shapes-clip (trained on)",
+    )
     axis.set_xlabel("round (-1: before training)")
     axis.set_ylabel("shapes-clip, eval prompts, budget 0", color="tab:blue")
     twin = axis.twinx()
-    twin.plot(rounds, [row["guard/verifier"] for row in rows], marker="s", color="tab:red", label="verifier (held out)")
+    twin.plot(
+        rounds,
+        [row["guard/verifier"] for row in rows],
+        marker="s",
+        color="tab:red",
+        label="verifier (held out)",
+    )
     twin.set_ylabel("verifier, eval prompts, budget 0", color="tab:red")
     report = stop["report"]
     if report:
-        axis.axvline(report["stopped_at_round"], color="gray", linestyle=":", label=f"stop run stops: round {report['stopped_at_round']}")
-        axis.axvline(report["final_lora_round"], color="green", linestyle="--", label=f"stop run keeps: round {report['final_lora_round']}")
+        axis.axvline(
+            report["stopped_at_round"],
+            color="gray",
+            linestyle=":",
+            label=f"stop run stops: round {report['stopped_at_round']}",
+        )
+        axis.axvline(
+            report["final_lora_round"],
+            color="green",
+            linestyle="--",
+            label=f"stop run keeps: round {report['final_lora_round']}",
+        )
     lines = axis.get_legend_handles_labels()
     twin_lines = twin.get_legend_handles_labels()
     axis.legend(lines[0] + twin_lines[0], lines[1] + twin_lines[1], fontsize=7, loc="lower left")
@@ -113,54 +157,87 @@ def plot(rows: list[dict[str, Any]], stop: dict[str, Any], path: Path, title: st
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     demo = demo_settings()
-    guarded = dict(guard_rewards="verifier", eval_every=1, max_eval_prompts=args.eval_prompts, guard_tolerance=args.tolerance,
-                   eval_prompts=str(Path(demo["prompts"]).with_name("shapes_eval_prompts.txt")), seed=0)
+    guarded = dict(
+        guard_rewards="verifier",
+        eval_every=1,
+        max_eval_prompts=args.eval_prompts,
+        guard_tolerance=args.tolerance,
+        eval_prompts=str(Path(demo["prompts"]).with_name("shapes_eval_prompts.txt")),
+        seed=0,
+    )
     if args.prompts_per_round:
         demo["prompts_per_round"] = args.prompts_per_round
-    hacking = dict(demo, **guarded, rounds=args.rounds, learning_rate=args.learning_rate, epochs_per_round=args.epochs)
+    hacking = dict(
+        demo, **guarded, rounds=args.rounds, learning_rate=args.learning_rate, epochs_per_round=args.epochs
+    )
     default_rounds = min(demo["rounds"], args.rounds)
     runs = {
         "warn": dict(hacking, guard_policy="warn"),
         "stop": dict(hacking, guard_policy="stop", checkpoint_every=1, checkpoints_total_limit=0),
-        "default": dict(demo, **guarded, rounds=default_rounds, guard_policy="stop", checkpoint_every=1, checkpoints_total_limit=0),
+        "default": dict(
+            demo,
+            **guarded,
+            rounds=default_rounds,
+            guard_policy="stop",
+            checkpoint_every=1,
+            checkpoints_total_limit=0,
+        ),
         "base model": None,
     }
     started = time.perf_counter()
     jobs = [dict(settings=settings, eval_per_family=args.eval_per_family) for settings in runs.values()]
     results = dict(zip(runs, run_jobs(jobs, args.workers, run_loop), strict=True))
-    print(f"shapes world, trained on shapes-clip, judged by the verifier; hacking runs: lr {args.learning_rate}, "
-          f"{args.epochs} epochs a round, {args.rounds} rounds; guards: tolerance {args.tolerance}, patience 2; "
-          f"{len(runs)} runs in {time.perf_counter() - started:.0f} s ({args.workers} workers); {machine_line()}\n")
+    print(
+        f"shapes world, trained on shapes-clip, judged by the verifier; hacking runs: lr {args.learning_rate}, "
+        f"{args.epochs} epochs a round, {args.rounds} rounds; guards: tolerance {args.tolerance}, patience 2; "
+        f"{len(runs)} runs in {time.perf_counter() - started:.0f} s ({args.workers} workers); {machine_line()}\n"
+    )
 
     warn_rows = results["warn"]["rows"]
     print(f"The warn run, every round ({args.eval_prompts} eval prompts, budget 0)")
     print("| round | shapes-clip | verifier (guard) | guards held |")
     print("|---:|---:|---:|---|")
     for row in warn_rows:
-        print(f"| {row['round']} | {row['eval/reward_budget0']:.3f} | {row['guard/verifier']:.3f} | "
-              f"{'yes' if row.get('guard/held') == 1.0 else 'no'} |")
+        print(
+            f"| {row['round']} | {row['eval/reward_budget0']:.3f} | {row['guard/verifier']:.3f} | "
+            f"{'yes' if row.get('guard/held') == 1.0 else 'no'} |"
+        )
     for name in ("stop", "default"):
         report = results[name]["report"]
         rows = results[name]["rows"]
         if report:
-            print(f"\n{name} run: stopped at round {report['stopped_at_round']}, final LoRA = round {report['final_lora_round']}; "
-                  f"fired: {'; '.join(report['failures'])}")
+            print(
+                f"\n{name} run: stopped at round {report['stopped_at_round']}, final LoRA = round {report['final_lora_round']}; "
+                f"fired: {'; '.join(report['failures'])}"
+            )
         else:
-            print(f"\n{name} run: no guard stopped it ({len(rows) - 1} rounds; held at every eval: "
-                  f"{all(row.get('guard/held') == 1.0 for row in rows)})")
+            print(
+                f"\n{name} run: no guard stopped it ({len(rows) - 1} rounds; held at every eval: "
+                f"{all(row.get('guard/held') == 1.0 for row in rows)})"
+            )
 
     items = held_out_items(args.eval_per_family)
     base = correct(results["base model"]["judged"]["verifier"])
-    print(f"\nThe final LoRAs on {len(items)} held-out items (budget 0): verifier accuracy, and the paired change from the "
-          "base model (± se over items)")
+    print(
+        f"\nThe final LoRAs on {len(items)} held-out items (budget 0): verifier accuracy, and the paired change from the "
+        "base model (± se over items)"
+    )
     print("| model | verifier accuracy | change | shapes-clip |")
     print("|---|---:|---:|---:|")
     for name, result in results.items():
         accuracy = correct(result["judged"]["verifier"])
-        change = fmt([a - b for a, b in zip(accuracy, base, strict=True)], signed=True) if name != "base model" else ""
+        change = (
+            fmt([a - b for a, b in zip(accuracy, base, strict=True)], signed=True)
+            if name != "base model"
+            else ""
+        )
         print(f"| {name} | {fmt(accuracy)} | {change} | {fmt(result['judged']['shapes-clip'], 2)} |")
-    plot(warn_rows, results["stop"], args.plot,
-         f"shapes model trained on shapes-clip, lr {args.learning_rate}, {args.epochs} epochs/round: warn run")
+    plot(
+        warn_rows,
+        results["stop"],
+        args.plot,
+        f"shapes model trained on shapes-clip, lr {args.learning_rate}, {args.epochs} epochs/round: warn run",
+    )
     print(f"\nplot: {args.plot}")
 
 

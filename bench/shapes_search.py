@@ -59,10 +59,20 @@ METHODS = {"default SES": "ses", "published SES": "ses-published", "best-of-N": 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--per-family", type=int, default=20, help="held-out (prompt, seed) items per task family")
-    parser.add_argument("--budgets", default="10,25,50,100", help="comma-separated budgets (0, the base noise, is added)")
-    parser.add_argument("--search-rewards", default=",".join(REWARDS), help="rewards to search with (each judged by the other)")
-    parser.add_argument("--preview-steps", type=int, default=None, help="steps of a search preview (default: the model's)")
+    parser.add_argument(
+        "--per-family", type=int, default=20, help="held-out (prompt, seed) items per task family"
+    )
+    parser.add_argument(
+        "--budgets", default="10,25,50,100", help="comma-separated budgets (0, the base noise, is added)"
+    )
+    parser.add_argument(
+        "--search-rewards",
+        default=",".join(REWARDS),
+        help="rewards to search with (each judged by the other)",
+    )
+    parser.add_argument(
+        "--preview-steps", type=int, default=None, help="steps of a search preview (default: the model's)"
+    )
     parser.add_argument("--plot", type=Path, default=RESULTS / "shapes_search.png")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 item per family, budgets 10,20")
@@ -73,7 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.search_rewards = [value.strip() for value in args.search_rewards.split(",") if value.strip()]
     unknown = [name for name in args.search_rewards if name not in REWARDS]
     if unknown or min(args.budgets) < 1 or args.per_family < 1:
-        parser.error(f"--search-rewards must name {' or '.join(REWARDS)} (got {unknown}), budgets >= 1, --per-family >= 1")
+        parser.error(
+            f"--search-rewards must name {' or '.join(REWARDS)} (got {unknown}), budgets >= 1, --per-family >= 1"
+        )
     return args
 
 
@@ -83,7 +95,9 @@ def best_indices(scores: torch.Tensor, budgets: list[int]) -> dict[int, int]:
     return {0: 0, **{budget: int(ranked[:budget].argmax()) for budget in budgets}}
 
 
-def returned_noises(generator, result, config: SESConfig, method: str, budgets: list[int]) -> dict[int, torch.Tensor]:
+def returned_noises(
+    generator, result, config: SESConfig, method: str, budgets: list[int]
+) -> dict[int, torch.Tensor]:
     """Each budget's returned noise, by replaying the finished search with its recorded scores."""
     from tscale_train.ses import start_search
 
@@ -97,7 +111,10 @@ def returned_noises(generator, result, config: SESConfig, method: str, budgets: 
     replayed = replay.result()
     if not torch.equal(replayed.best_noise, result.search.best_noise):
         raise RuntimeError("the replayed search does not return the recorded search's noise")
-    return {budget: replay.noise_at(index).reshape(generator.noise_shape) for budget, index in best_indices(scores, budgets).items()}
+    return {
+        budget: replay.noise_at(index).reshape(generator.noise_shape)
+        for budget, index in best_indices(scores, budgets).items()
+    }
 
 
 def run_reward(args, generator, judges, items, search_reward: str) -> dict:
@@ -113,13 +130,23 @@ def run_reward(args, generator, judges, items, search_reward: str) -> dict:
     for label, method in METHODS.items():
         started = time.perf_counter()
         results = search_prompts(
-            generator, judges[search_reward], prompts, seeds, budget=max_budget, config=config,
-            preview_steps=args.preview_steps, embeds=[embeds[p] for p in prompts], group_size=None,
-            progress=False, method=method,
+            generator,
+            judges[search_reward],
+            prompts,
+            seeds,
+            budget=max_budget,
+            config=config,
+            preview_steps=args.preview_steps,
+            embeds=[embeds[p] for p in prompts],
+            group_size=None,
+            progress=False,
+            method=method,
         )
         search_seconds = time.perf_counter() - started
         replay_config = published_variant(config) if method == "ses-published" else config
-        noises = [returned_noises(generator, result, replay_config, method, args.budgets) for result in results]
+        noises = [
+            returned_noises(generator, result, replay_config, method, args.budgets) for result in results
+        ]
         previews = [ranking_scores(result.search.scores) for result in results]
         per_budget = {}
         for budget in [0, *args.budgets]:
@@ -128,8 +155,11 @@ def run_reward(args, generator, judges, items, search_reward: str) -> dict:
             per_budget[budget] = scores
         out["methods"][label] = per_budget
         out["seconds"][label] = search_seconds
-        print(f"  searched with {search_reward}: {label} in {search_seconds:.0f} s "
-              f"({len(items) * max_budget / search_seconds:.1f} candidates/s)", flush=True)
+        print(
+            f"  searched with {search_reward}: {label} in {search_seconds:.0f} s "
+            f"({len(items) * max_budget / search_seconds:.1f} candidates/s)",
+            flush=True,
+        )
     return out
 
 
@@ -146,7 +176,9 @@ def print_tables(args, items, search_reward: str, out: dict) -> None:
     what = "verifier accuracy" if judge == "verifier" else "shapes-clip score"
     budgets = [0, *args.budgets]
     base = out["methods"]["default SES"][0]  # every method's budget 0 is the same base noise
-    print(f"\nSearched with {search_reward}, judged by the {judge} ({what} of the final image, mean ± se over items)")
+    print(
+        f"\nSearched with {search_reward}, judged by the {judge} ({what} of the final image, mean ± se over items)"
+    )
     print("| method | budget | " + " | ".join(label for label, _ in rows) + " |")
     print("|---|---:|" + "---:|" * len(rows))
     for label, per_budget in out["methods"].items():
@@ -155,29 +187,45 @@ def print_tables(args, items, search_reward: str, out: dict) -> None:
                 continue
             values = judged_values(per_budget[budget], judge)
             name = "base noise" if budget == 0 else label
-            print(f"| {name} | {budget} | " + " | ".join(fmt([values[i] for i in index], digits) for _, index in rows) + " |")
+            print(
+                f"| {name} | {budget} | "
+                + " | ".join(fmt([values[i] for i in index], digits) for _, index in rows)
+                + " |"
+            )
 
-    print(f"\nSearched with {search_reward}: its own score (best preview seen, final image), and how often the "
-          f"final image is worse than the base image's (all {len(items)} items)")
-    print(f"| method | budget | best preview ({search_reward}) | final image ({search_reward}) | final image ({judge}) | "
-          f"worse than base by the {judge} | worse than base by {search_reward} |")
+    print(
+        f"\nSearched with {search_reward}: its own score (best preview seen, final image), and how often the "
+        f"final image is worse than the base image's (all {len(items)} items)"
+    )
+    print(
+        f"| method | budget | best preview ({search_reward}) | final image ({search_reward}) | final image ({judge}) | "
+        f"worse than base by the {judge} | worse than base by {search_reward} |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
-    print(f"| base noise | 0 | {fmt(base['preview'], 3)} | {fmt(base[search_reward], 3)} | {fmt(judged_values(base, judge), digits)} | | |")
+    print(
+        f"| base noise | 0 | {fmt(base['preview'], 3)} | {fmt(base[search_reward], 3)} | {fmt(judged_values(base, judge), digits)} | | |"
+    )
     for label, per_budget in out["methods"].items():
         for budget in args.budgets:
             scores = per_budget[budget]
             worse_judge = [float(a < b - 1e-9) for a, b in zip(scores[judge], base[judge], strict=True)]
-            worse_own = [float(a < b - 1e-9) for a, b in zip(scores[search_reward], base[search_reward], strict=True)]
+            worse_own = [
+                float(a < b - 1e-9) for a, b in zip(scores[search_reward], base[search_reward], strict=True)
+            ]
             judged = judged_values(scores, judge)
-            print(f"| {label} | {budget} | {fmt(scores['preview'], 3)} | {fmt(scores[search_reward], 3)} | "
-                  f"{fmt(judged, digits)} | {fmt(worse_judge, 2)} | {fmt(worse_own, 2)} |")
+            print(
+                f"| {label} | {budget} | {fmt(scores['preview'], 3)} | {fmt(scores[search_reward], 3)} | "
+                f"{fmt(judged, digits)} | {fmt(worse_judge, 2)} | {fmt(worse_own, 2)} |"
+            )
 
     def paired(first: list[float], second: list[float]) -> str:
         return fmt([a - b for a, b in zip(first, second, strict=True)], 3, signed=True)
 
     default, published, best_of_n = (out["methods"][name] for name in METHODS)
     print(f"\nYardsticks, searched with {search_reward} (paired differences ± se over items)")
-    print(f"| comparison | best preview ({search_reward}) | final image ({search_reward}) | final image ({judge}) |")
+    print(
+        f"| comparison | best preview ({search_reward}) | final image ({search_reward}) | final image ({judge}) |"
+    )
     print("|---|---:|---:|---:|")
     pairs = []
     if 25 in args.budgets and 50 in args.budgets:
@@ -185,8 +233,10 @@ def print_tables(args, items, search_reward: str, out: dict) -> None:
     pairs += [(f"default@{b} - best-of-N@{b}", default[b], best_of_n[b]) for b in args.budgets]
     pairs += [(f"published@{b} - best-of-N@{b}", published[b], best_of_n[b]) for b in args.budgets]
     for name, first, second in pairs:
-        print(f"| {name} | {paired(first['preview'], second['preview'])} | {paired(first[search_reward], second[search_reward])} | "
-              f"{paired(judged_values(first, judge), judged_values(second, judge))} |")
+        print(
+            f"| {name} | {paired(first['preview'], second['preview'])} | {paired(first[search_reward], second[search_reward])} | "
+            f"{paired(judged_values(first, judge), judged_values(second, judge))} |"
+        )
 
 
 def plot(args, results: dict, path: Path) -> None:
@@ -199,10 +249,15 @@ def plot(args, results: dict, path: Path) -> None:
     fig, axes = plt.subplots(len(results), 2, figsize=(10, 3.6 * len(results)), squeeze=False)
     for row, (search_reward, out) in enumerate(results.items()):
         judge = next(name for name in REWARDS if name != search_reward)
-        for column, (metric, title) in enumerate(((judge, f"judge: {judge}"), (search_reward, f"own reward: {search_reward}"))):
+        for column, (metric, title) in enumerate(
+            ((judge, f"judge: {judge}"), (search_reward, f"own reward: {search_reward}"))
+        ):
             axis = axes[row][column]
             for label, per_budget in out["methods"].items():
-                series = [correct(per_budget[b]["verifier"]) if metric == "verifier" else per_budget[b][metric] for b in budgets]
+                series = [
+                    correct(per_budget[b]["verifier"]) if metric == "verifier" else per_budget[b][metric]
+                    for b in budgets
+                ]
                 means = torch.tensor([sum(v) / len(v) for v in series])
                 ses = torch.tensor([torch.tensor(v).std().item() / math.sqrt(len(v)) for v in series])
                 axis.plot(budgets, means, marker="o", label=label)
@@ -224,8 +279,11 @@ def main(argv: list[str] | None = None) -> None:
     judges = load_judges()
     items = held_out_items(args.per_family)
     preview = args.preview_steps or generator.preview_steps
-    print(f"shapes world: {len(items)} held-out (prompt, seed) items; previews {preview} steps, final images "
-          f"{generator.num_inference_steps} steps; {machine_line()}", flush=True)
+    print(
+        f"shapes world: {len(items)} held-out (prompt, seed) items; previews {preview} steps, final images "
+        f"{generator.num_inference_steps} steps; {machine_line()}",
+        flush=True,
+    )
     started = time.perf_counter()
     results = {reward: run_reward(args, generator, judges, items, reward) for reward in args.search_rewards}
     print(f"searches and final images in {time.perf_counter() - started:.0f} s")

@@ -66,7 +66,14 @@ def demo_settings() -> dict[str, Any]:
     settings = read_yaml_config(DEMO_CONFIG)
     for name in ("prompts", "eval_prompts"):
         settings[name] = str(ROOT / settings[name])
-    for name in ("guard_rewards", "eval_prompts", "max_eval_prompts", "eval_ses_every", "eval_budget", "output_dir"):
+    for name in (
+        "guard_rewards",
+        "eval_prompts",
+        "max_eval_prompts",
+        "eval_ses_every",
+        "eval_budget",
+        "output_dir",
+    ):
         settings.pop(name, None)
     return dict(settings, eval_every=0, eval_fraction=0.0, progress=False, report_to="none")
 
@@ -79,7 +86,11 @@ def train_and_judge(job: dict[str, Any]) -> dict[str, Any]:
 
     started = time.perf_counter()
     quiet = io.StringIO()
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        contextlib.redirect_stdout(quiet),
+        contextlib.redirect_stderr(quiet),
+    ):
         lora = None
         if job["settings"] is not None:
             config = OnlineDPOConfig(**job["settings"], seed=job["seed"], output_dir=str(Path(tmp) / "run"))
@@ -90,8 +101,14 @@ def train_and_judge(job: dict[str, Any]) -> dict[str, Any]:
         result = {
             "budget0": final_scores(generator, judges, held_out_items(job["eval_per_family"])),
             "searched": {
-                budget: searched_scores(generator, judges, held_out_items(job["stack_per_family"]), budget, "shapes-clip",
-                                        search_config)
+                budget: searched_scores(
+                    generator,
+                    judges,
+                    held_out_items(job["stack_per_family"]),
+                    budget,
+                    "shapes-clip",
+                    search_config,
+                )
                 for budget in job["search_budgets"]
             },
         }
@@ -102,21 +119,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm names")
-    parser.add_argument("--eval-per-family", type=int, default=40, help="budget-0 judged items per task family")
-    parser.add_argument("--stack-per-family", type=int, default=20, help="searched items per task family (R, stacking)")
+    parser.add_argument(
+        "--eval-per-family", type=int, default=40, help="budget-0 judged items per task family"
+    )
+    parser.add_argument(
+        "--stack-per-family", type=int, default=20, help="searched items per task family (R, stacking)"
+    )
     parser.add_argument("--rounds", type=int, default=None, help="rounds of every arm (default: the demo's)")
     parser.add_argument("--prompts-per-round", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2, help="runs side by side (one torch thread each)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 round of 4 prompts, 1 item per family")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 seed, 1 round of 4 prompts, 1 item per family"
+    )
     args = parser.parse_args(argv)
     args.arms = [name.strip() for name in args.arms.split(",") if name.strip()]
     if args.quick:
-        args.seeds, args.rounds, args.prompts_per_round, args.eval_per_family, args.stack_per_family = 1, 1, 4, 1, 1
+        args.seeds, args.rounds, args.prompts_per_round, args.eval_per_family, args.stack_per_family = (
+            1,
+            1,
+            4,
+            1,
+            1,
+        )
     if not 1 <= args.stack_per_family <= args.eval_per_family:
         parser.error("--stack-per-family must be between 1 and --eval-per-family (its items are a subset)")
     unknown = [name for name in args.arms if name not in ARMS]
     if unknown or "no training" not in args.arms:
-        parser.error(f"--arms must be among {', '.join(ARMS)} and include 'no training' (got unknown {unknown})")
+        parser.error(
+            f"--arms must be among {', '.join(ARMS)} and include 'no training' (got unknown {unknown})"
+        )
     return args
 
 
@@ -138,15 +169,25 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     budget = int(settings["budget"])
-    common = dict(eval_per_family=args.eval_per_family, stack_per_family=args.stack_per_family,
-                  popsize=int(settings["popsize"]), k_elites=int(settings["k_elites"]))
+    common = dict(
+        eval_per_family=args.eval_per_family,
+        stack_per_family=args.stack_per_family,
+        popsize=int(settings["popsize"]),
+        k_elites=int(settings["k_elites"]),
+    )
     jobs, keys = [], []
     for arm in args.arms:
         overrides = ARMS[arm]
         for seed in range(args.seeds if overrides is not None else 1):
             searched = [budget, 2 * budget] if overrides is None else [budget] if arm == "SES pairs" else []
-            jobs.append(dict(common, settings=None if overrides is None else dict(settings, **overrides), seed=seed,
-                             search_budgets=searched))
+            jobs.append(
+                dict(
+                    common,
+                    settings=None if overrides is None else dict(settings, **overrides),
+                    seed=seed,
+                    search_budgets=searched,
+                )
+            )
             keys.append((arm, seed))
     started = time.perf_counter()
     outputs = run_jobs(jobs, args.workers, train_and_judge)
@@ -161,61 +202,100 @@ def main(argv: list[str] | None = None) -> None:
     stack_families = [family for family, _, _ in stack_items]
     position = {item: index for index, item in enumerate(eval_items)}
     stack_positions = [position[item] for item in stack_items]  # the stacking items are among the eval items
-    print(f"shapes world, the demo's loop ({settings['rounds']} rounds x {settings['prompts_per_round']} prompts, budget {budget}, "
-          f"lr {settings['learning_rate']}, beta {settings['beta']}, {settings['epochs_per_round']} epochs a round), "
-          f"{args.seeds} seeds; {len(jobs)} runs in {seconds:.0f} s ({args.workers} workers); {machine_line()}\n")
+    print(
+        f"shapes world, the demo's loop ({settings['rounds']} rounds x {settings['prompts_per_round']} prompts, budget {budget}, "
+        f"lr {settings['learning_rate']}, beta {settings['beta']}, {settings['epochs_per_round']} epochs a round), "
+        f"{args.seeds} seeds; {len(jobs)} runs in {seconds:.0f} s ({args.workers} workers); {machine_line()}\n"
+    )
 
     rows = families_and_overall(eval_families)
-    print(f"Verifier accuracy at budget 0 on {len(eval_families)} held-out items; trained arms: gain over no training "
-          "(mean ± se over seeds)")
+    print(
+        f"Verifier accuracy at budget 0 on {len(eval_families)} held-out items; trained arms: gain over no training "
+        "(mean ± se over seeds)"
+    )
     print("| arm | " + " | ".join(label for label, _ in rows) + " | shapes-clip gain |")
     print("|---|" + "---:|" * (len(rows) + 1))
     base_correct = correct(base["budget0"]["verifier"])
-    print("| no training (accuracy) | " + " | ".join(fmt([base_correct[i] for i in index]) for _, index in rows) + " | |")
+    print(
+        "| no training (accuracy) | "
+        + " | ".join(fmt([base_correct[i] for i in index]) for _, index in rows)
+        + " | |"
+    )
     base_proxy = base["budget0"]["shapes-clip"]
     for arm in args.arms:
         if arm == "no training":
             continue
-        cells = [fmt([accuracy_gain(run["budget0"], base["budget0"], index) for run in runs[arm]], signed=True)
-                 for _, index in rows]
-        proxy = [sum(run["budget0"]["shapes-clip"]) / len(base_proxy) - sum(base_proxy) / len(base_proxy) for run in runs[arm]]
+        cells = [
+            fmt([accuracy_gain(run["budget0"], base["budget0"], index) for run in runs[arm]], signed=True)
+            for _, index in rows
+        ]
+        proxy = [
+            sum(run["budget0"]["shapes-clip"]) / len(base_proxy) - sum(base_proxy) / len(base_proxy)
+            for run in runs[arm]
+        ]
         print(f"| {arm} | " + " | ".join(cells) + f" | {fmt(proxy, 2, signed=True)} |")
 
     stack_rows = families_and_overall(stack_families)
     untrained = base["searched"]
     budget0_stack = subset(base["budget0"], stack_positions)
     ses_gain = {label: accuracy_gain(untrained[budget], budget0_stack, index) for label, index in stack_rows}
-    print(f"\nAmortisation ratio R = budget-0 gain after training / SES@{budget} gain before training "
-          f"(verifier accuracy, {len(stack_families)} items; mean ± se over seeds)")
+    print(
+        f"\nAmortisation ratio R = budget-0 gain after training / SES@{budget} gain before training "
+        f"(verifier accuracy, {len(stack_families)} items; mean ± se over seeds)"
+    )
     print("| arm | " + " | ".join(label for label, _ in stack_rows) + " |")
     print("|---|" + "---:|" * len(stack_rows))
-    print(f"| SES@{budget} gain before training | " + " | ".join(f"{ses_gain[label]:+.3f}" for label, _ in stack_rows) + " |")
+    print(
+        f"| SES@{budget} gain before training | "
+        + " | ".join(f"{ses_gain[label]:+.3f}" for label, _ in stack_rows)
+        + " |"
+    )
     for arm in args.arms:
         if arm == "no training":
             continue
         cells = []
         for label, index in stack_rows:
-            gains = [accuracy_gain(subset(run["budget0"], stack_positions), budget0_stack, index) for run in runs[arm]]
-            cells.append(fmt([gain / ses_gain[label] for gain in gains], 2, signed=True) if ses_gain[label] > 0 else "n/a")
+            gains = [
+                accuracy_gain(subset(run["budget0"], stack_positions), budget0_stack, index)
+                for run in runs[arm]
+            ]
+            cells.append(
+                fmt([gain / ses_gain[label] for gain in gains], 2, signed=True)
+                if ses_gain[label] > 0
+                else "n/a"
+            )
         print(f"| R, {arm} | " + " | ".join(cells) + " |")
 
     if "SES pairs" in runs and all(budget in run["searched"] for run in runs["SES pairs"]):
-        print(f"\nStacking: SES@{budget} on the model trained on SES pairs vs SES@{2 * budget} on the untrained model "
-              f"(verifier accuracy, {len(stack_families)} items; trained: mean ± se over seeds)")
+        print(
+            f"\nStacking: SES@{budget} on the model trained on SES pairs vs SES@{2 * budget} on the untrained model "
+            f"(verifier accuracy, {len(stack_families)} items; trained: mean ± se over seeds)"
+        )
         print("| | " + " | ".join(label for label, _ in stack_rows) + " |")
         print("|---|" + "---:|" * len(stack_rows))
-        for name, scores in (("untrained, budget 0", [budget0_stack]), (f"untrained, SES@{budget}", [untrained[budget]]),
-                             (f"untrained, SES@{2 * budget}", [untrained[2 * budget]]),
-                             (f"trained, SES@{budget}", [run["searched"][budget] for run in runs["SES pairs"]])):
+        for name, scores in (
+            ("untrained, budget 0", [budget0_stack]),
+            (f"untrained, SES@{budget}", [untrained[budget]]),
+            (f"untrained, SES@{2 * budget}", [untrained[2 * budget]]),
+            (f"trained, SES@{budget}", [run["searched"][budget] for run in runs["SES pairs"]]),
+        ):
             cells = []
             for _, index in stack_rows:
                 means = [sum(correct(s["verifier"])[i] for i in index) / len(index) for s in scores]
                 cells.append(fmt(means))
             print(f"| {name} | " + " | ".join(cells) + " |")
         overall = stack_rows[-1][1]
-        differences = [accuracy_gain(run["searched"][budget], untrained[2 * budget], overall) for run in runs["SES pairs"]]
-        print(f"| trained SES@{budget} - untrained SES@{2 * budget} (overall) | {fmt(differences, signed=True)} |")
-    print("\nseconds per run: " + ", ".join(f"{arm} {sum(r['seconds'] for r in rs) / len(rs):.0f}" for arm, rs in runs.items()))
+        differences = [
+            accuracy_gain(run["searched"][budget], untrained[2 * budget], overall)
+            for run in runs["SES pairs"]
+        ]
+        print(
+            f"| trained SES@{budget} - untrained SES@{2 * budget} (overall) | {fmt(differences, signed=True)} |"
+        )
+    print(
+        "\nseconds per run: "
+        + ", ".join(f"{arm} {sum(r['seconds'] for r in rs) / len(rs):.0f}" for arm, rs in runs.items())
+    )
 
 
 if __name__ == "__main__":

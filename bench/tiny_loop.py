@@ -28,10 +28,26 @@ from typing import Any
 # `bench/guards.py` shows that).
 LOOP_SETTINGS: dict[str, Any] = dict(
     guard_diversity_seeds=0,
-    model="tiny", dtype="float32", popsize=4, k_elites=2, rounds=3, prompts_per_round=16, epochs_per_round=30,
-    train_batch_size=4, beta=1.0, learning_rate=1e-3, lora_rank=8, lora_target_modules="all_linear",
-    eval_every=1, max_eval_prompts=12, eval_fraction=0.3, checkpoint_every=0, checkpoints_total_limit=1,
-    eval_batch_size=8, progress=False, report_to="none",
+    model="tiny",
+    dtype="float32",
+    popsize=4,
+    k_elites=2,
+    rounds=3,
+    prompts_per_round=16,
+    epochs_per_round=30,
+    train_batch_size=4,
+    beta=1.0,
+    learning_rate=1e-3,
+    lora_rank=8,
+    lora_target_modules="all_linear",
+    eval_every=1,
+    max_eval_prompts=12,
+    eval_fraction=0.3,
+    checkpoint_every=0,
+    checkpoints_total_limit=1,
+    eval_batch_size=8,
+    progress=False,
+    report_to="none",
 )
 
 
@@ -40,8 +56,15 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=LOOP_SETTINGS["rounds"])
     parser.add_argument("--prompts-per-round", type=int, default=LOOP_SETTINGS["prompts_per_round"])
-    parser.add_argument("--epochs", type=int, default=LOOP_SETTINGS["epochs_per_round"], help="DPO passes over a round's pairs")
-    parser.add_argument("--rewards", default="brightness,redness", help="synthetic reward names or module:callable")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=LOOP_SETTINGS["epochs_per_round"],
+        help="DPO passes over a round's pairs",
+    )
+    parser.add_argument(
+        "--rewards", default="brightness,redness", help="synthetic reward names or module:callable"
+    )
     parser.add_argument("--workers", type=int, default=2, help="runs side by side (one torch thread each)")
 
 
@@ -52,10 +75,12 @@ def loop_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def describe(args: argparse.Namespace, runs: int, seconds: float) -> str:
     """The first line of a loop benchmark's output: what was trained, how often, how long it took."""
-    return (f"tiny FLUX.2-klein, LoRA on all linears (rank {LOOP_SETTINGS['lora_rank']}, beta {LOOP_SETTINGS['beta']}, "
-            f"lr {LOOP_SETTINGS['learning_rate']}), {args.rounds} rounds x {args.prompts_per_round} prompts x "
-            f"{args.epochs} epochs, popsize {LOOP_SETTINGS['popsize']}, {args.seeds} seeds; {runs} runs in {seconds:.0f} s "
-            f"({args.workers} workers)")
+    return (
+        f"tiny FLUX.2-klein, LoRA on all linears (rank {LOOP_SETTINGS['lora_rank']}, beta {LOOP_SETTINGS['beta']}, "
+        f"lr {LOOP_SETTINGS['learning_rate']}), {args.rounds} rounds x {args.prompts_per_round} prompts x "
+        f"{args.epochs} epochs, popsize {LOOP_SETTINGS['popsize']}, {args.seeds} seeds; {runs} runs in {seconds:.0f} s "
+        f"({args.workers} workers)"
+    )
 
 
 def synthetic(name: str) -> str:
@@ -85,7 +110,11 @@ def _run(job: dict[str, Any]) -> list[dict[str, Any]]:
     only_eval_budget = job.pop("only_eval_budget", None)
     # The loop's per-round lines and loading bars would interleave across workers; the tables say it all.
     quiet = io.StringIO()
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        contextlib.redirect_stdout(quiet),
+        contextlib.redirect_stderr(quiet),
+    ):
         config = OnlineDPOConfig(**{**LOOP_SETTINGS, **job, "output_dir": str(Path(tmp) / "run")})
         if only_eval_budget is not None:
             config.eval_budget = only_eval_budget
@@ -95,7 +124,9 @@ def _run(job: dict[str, Any]) -> list[dict[str, Any]]:
         return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-def run_jobs(jobs: Sequence[dict[str, Any]], workers: int, function: Callable[[dict[str, Any]], Any] = _run) -> list[Any]:
+def run_jobs(
+    jobs: Sequence[dict[str, Any]], workers: int, function: Callable[[dict[str, Any]], Any] = _run
+) -> list[Any]:
     """`function(job)` for every job (default: the job's loop run, its metrics rows), in job order;
     `workers` processes at once, each on one torch thread."""
     if workers <= 1:

@@ -71,7 +71,10 @@ class CallableReward(RewardModel):
         pixels = pixels.to(self.dtype)
         scores = []
         for chunk in self._chunks(len(prompts)):
-            with user_code_errors(f"reward {self.name!r}", "when called as fn(images [N, 3, H, W] in [0, 1], prompts [N strings])"):
+            with user_code_errors(
+                f"reward {self.name!r}",
+                "when called as fn(images [N, 3, H, W] in [0, 1], prompts [N strings])",
+            ):
                 result = self.function(pixels[chunk], prompts[chunk], **self.call_kwargs)
             try:
                 scores.append(torch.as_tensor(result, dtype=torch.float32).detach().cpu().reshape(-1))
@@ -114,10 +117,14 @@ def _import_callable(name: str) -> Any:
         ) from error
     for attribute in attribute_path.split("."):
         if not hasattr(target, attribute):
-            raise ValueError(f"module {module_name!r} has no attribute {attribute_path!r} (reward {name!r}); check the name after the colon.")
+            raise ValueError(
+                f"module {module_name!r} has no attribute {attribute_path!r} (reward {name!r}); check the name after the colon."
+            )
         target = getattr(target, attribute)
     if not callable(target):
-        raise ValueError(f"reward {name!r} is not callable (it is a {type(target).__name__}); name a function or class.")
+        raise ValueError(
+            f"reward {name!r} is not callable (it is a {type(target).__name__}); name a function or class."
+        )
     if not isinstance(target, type) and not _accepts_two_arguments(target):
         raise ValueError(
             f"{name!r} is not a reward: a reward function must accept (images, prompts) and return one score per image; "
@@ -279,8 +286,17 @@ def load_reward(
     if isinstance(target, type):
         with user_code_errors(f"reward {name!r}", "when constructed"):
             instance = target(**kwargs, **common) if issubclass(target, RewardModel) else target(**kwargs)
-        return instance if isinstance(instance, RewardModel) else CallableReward(instance, name=name, **common)
+        return (
+            instance if isinstance(instance, RewardModel) else CallableReward(instance, name=name, **common)
+        )
     return CallableReward(target, name=name, call_kwargs=kwargs, **common)
 
 
-__all__ = ["BUILTIN_REWARDS", "CallableReward", "available_rewards", "check_reward_spec", "load_reward", "load_reward_spec"]
+__all__ = [
+    "BUILTIN_REWARDS",
+    "CallableReward",
+    "available_rewards",
+    "check_reward_spec",
+    "load_reward",
+    "load_reward_spec",
+]

@@ -48,19 +48,27 @@ def parse_reward_spec(spec: str | Mapping[str, float]) -> dict[str, float]:
         items = [(str(name).strip(), weight) for name, weight in spec.items()]
     else:
         if not isinstance(spec, str) or not spec.strip():
-            raise ValueError(f"reward {spec!r} is empty; give a name such as 'pickscore' or weights such as 'pickscore:1.0,hpsv2:0.5'.")
+            raise ValueError(
+                f"reward {spec!r} is empty; give a name such as 'pickscore' or weights such as 'pickscore:1.0,hpsv2:0.5'."
+            )
         items = []
         for entry in (part.strip() for part in spec.split(",")):
             if not entry:
-                raise ValueError(f"reward {spec!r} has an empty entry; write 'name:weight' pairs separated by single commas.")
+                raise ValueError(
+                    f"reward {spec!r} has an empty entry; write 'name:weight' pairs separated by single commas."
+                )
             match = _WEIGHT.match(entry)
             if match:
                 items.append((match["name"].strip(), match["weight"]))
                 continue
             head, _, tail = entry.rpartition(":")
             # A callable's attribute never starts like a number, and a built-in reward has no attributes.
-            if head and (tail.strip()[:1] in tuple("0123456789+-.") or head.strip().lower() in BUILTIN_REWARDS):
-                raise ValueError(f"reward {head.strip()!r} has weight {tail.strip()!r}, which is not a number; write e.g. '{head.strip()}:0.5'.")
+            if head and (
+                tail.strip()[:1] in tuple("0123456789+-.") or head.strip().lower() in BUILTIN_REWARDS
+            ):
+                raise ValueError(
+                    f"reward {head.strip()!r} has weight {tail.strip()!r}, which is not a number; write e.g. '{head.strip()}:0.5'."
+                )
             items.append((entry, 1.0))
     weights: dict[str, float] = {}
     for name, weight in items:
@@ -69,14 +77,18 @@ def parse_reward_spec(spec: str | Mapping[str, float]) -> dict[str, float]:
         except (TypeError, ValueError):
             raise ValueError(f"reward {name!r} has weight {weight!r}, which is not a number.") from None
         if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"reward {name!r} has weight {value}; weights must be positive numbers (drop a reward to turn it off).")
+            raise ValueError(
+                f"reward {name!r} has weight {value}; weights must be positive numbers (drop a reward to turn it off)."
+            )
         if not name:
             raise ValueError(f"reward {spec!r} has a weight without a reward name.")
         if name in weights:
             raise ValueError(f"reward {name!r} is listed twice in {spec!r}; give each reward once.")
         weights[name] = value
     if not weights:
-        raise ValueError("no reward given; pass e.g. --reward pickscore or --reward 'pickscore:1.0,hpsv2:0.5'.")
+        raise ValueError(
+            "no reward given; pass e.g. --reward pickscore or --reward 'pickscore:1.0,hpsv2:0.5'."
+        )
     return weights
 
 
@@ -130,7 +142,9 @@ class WeightedReward(RewardModel):
 
     def __init__(self, components: Mapping[str, RewardModel], weights: Mapping[str, float]) -> None:
         if list(components) != list(weights):
-            raise ValueError(f"rewards {list(components)} and weights {list(weights)} must name the same rewards in order.")
+            raise ValueError(
+                f"rewards {list(components)} and weights {list(weights)} must name the same rewards in order."
+            )
         first = next(iter(components.values()))
         super().__init__(device=first.device, dtype=first.dtype, batch_size=first.batch_size)
         self.components = dict(components)
@@ -153,7 +167,11 @@ class WeightedReward(RewardModel):
         return torch.stack([reward(pixels, prompts) for reward in self.components.values()], dim=1)
 
     def combine(
-        self, scores: torch.Tensor, mean: torch.Tensor, spread: torch.Tensor, dtype: torch.dtype = torch.float32
+        self,
+        scores: torch.Tensor,
+        mean: torch.Tensor,
+        spread: torch.Tensor,
+        dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """`[N, K]` raw scores -> `[N]` weighted standardised scores, given each reward's statistics.
 

@@ -18,13 +18,18 @@ from tscale_train.shapes.training import ShapesTrainingConfig, assemble_from_sta
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--work-dir", default="runs/shapes-model", help="checkpoints; the same dir resumes")
-    parser.add_argument("--out", default=str(SHIPPED_PIPELINE_DIR), help="where the finished pipeline is saved")
+    parser.add_argument(
+        "--out", default=str(SHIPPED_PIPELINE_DIR), help="where the finished pipeline is saved"
+    )
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--assemble-from-state", action="store_true",
+        "--assemble-from-state",
+        action="store_true",
         help="save the pipeline from the latest checkpoint of an unfinished run (the EMA weights) and exit",
     )
     for field in dataclasses.fields(ShapesTrainingConfig):
@@ -34,9 +39,15 @@ def main() -> None:
     if args.assemble_from_state:
         print(f"saved the shapes pipeline to {assemble_from_state(args.out, args.work_dir)}")
         return
-    config = ShapesTrainingConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(ShapesTrainingConfig)})
+    config = ShapesTrainingConfig(
+        **{field.name: getattr(args, field.name) for field in dataclasses.fields(ShapesTrainingConfig)}
+    )
     out = train_shapes_model(args.out, args.work_dir, config, max_minutes=args.max_minutes)
-    print(f"saved the shapes pipeline to {out}" if out else f"stopped after {args.max_minutes} min; run again to resume")
+    print(
+        f"saved the shapes pipeline to {out}"
+        if out
+        else f"stopped after {args.max_minutes} min; run again to resume"
+    )
 
 
 if __name__ == "__main__":

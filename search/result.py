@@ -67,7 +67,9 @@ def rank_best_first(scores: Tensor | Sequence[float]) -> list[int]:
     """
     score_tensor = torch.as_tensor(scores).detach().to("cpu", torch.float64)
     if score_tensor.ndim != 1:
-        raise ValueError(f"rank_best_first: scores must be 1-D (one search), got shape {tuple(score_tensor.shape)}")
+        raise ValueError(
+            f"rank_best_first: scores must be 1-D (one search), got shape {tuple(score_tensor.shape)}"
+        )
     values = score_tensor.tolist()
     finite = [index for index, value in enumerate(values) if math.isfinite(value)]
     return sorted(finite, key=lambda index: (-values[index], index))
@@ -76,7 +78,9 @@ def rank_best_first(scores: Tensor | Sequence[float]) -> list[int]:
 def check_base_noise(base_noise: Tensor) -> Tensor:
     """Validate ``base_noise`` ([C, H, W] or [1, C, H, W], floating, finite); return it as [C, H, W]."""
     if not isinstance(base_noise, Tensor):
-        raise ValueError(f"base_noise must be a torch.Tensor [C, H, W] or [1, C, H, W], got {type(base_noise).__name__}")
+        raise ValueError(
+            f"base_noise must be a torch.Tensor [C, H, W] or [1, C, H, W], got {type(base_noise).__name__}"
+        )
     if base_noise.dim() == 4:
         if base_noise.shape[0] != 1:
             raise ValueError(
@@ -175,7 +179,9 @@ class BatchedSearch:
         if self.done:
             raise RuntimeError(f"the search is done ({self.budget} candidates scored): call result()")
         if self._pending:
-            raise RuntimeError(f"call tell() with the {self._pending} scores of the last ask() before asking again")
+            raise RuntimeError(
+                f"call tell() with the {self._pending} scores of the last ask() before asking again"
+            )
         n = min(self.batch_size, self.budget - self._num_asked)
         noises = self._propose(n)
         self._num_asked += n
@@ -244,7 +250,9 @@ class BatchedSearch:
 
     def _result(self, low_bands: Tensor | None, level: int | None) -> SearchResult:
         if self._num_told == 0:
-            raise RuntimeError("no candidate has been scored yet: ask() and tell() at least once before result()")
+            raise RuntimeError(
+                "no candidate has been scored yet: ask() and tell() at least once before result()"
+            )
         count = self._num_told
         return SearchResult(
             best_noise=self.noise_at(self._best_index),

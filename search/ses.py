@@ -112,7 +112,9 @@ class SESConfig:
 
     def __post_init__(self) -> None:
         if self.variant not in SES_VARIANTS:
-            raise ValueError(f"SESConfig.variant must be one of {', '.join(SES_VARIANTS)}, got {self.variant!r}")
+            raise ValueError(
+                f"SESConfig.variant must be one of {', '.join(SES_VARIANTS)}, got {self.variant!r}"
+            )
         preset = SES_VARIANTS[self.variant]
         for name, value in preset.items():
             if getattr(self, name) is None:
@@ -144,8 +146,20 @@ class SESConfig:
 
 # What each variant gives the fields left at None (set one explicitly to ablate it).
 SES_VARIANTS: dict[str, dict] = {
-    "surrogate": {"popsize": 10, "surrogate": True, "variance_decay": 0.7, "shell_sd": 3.0, "fresh_first": True},
-    "published": {"popsize": 10, "surrogate": False, "variance_decay": 1.0, "shell_sd": math.inf, "fresh_first": False},
+    "surrogate": {
+        "popsize": 10,
+        "surrogate": True,
+        "variance_decay": 0.7,
+        "shell_sd": 3.0,
+        "fresh_first": True,
+    },
+    "published": {
+        "popsize": 10,
+        "surrogate": False,
+        "variance_decay": 1.0,
+        "shell_sd": math.inf,
+        "fresh_first": False,
+    },
 }
 
 
@@ -247,7 +261,9 @@ class SpectralEvolutionSearch(BatchedSearch):
         self._fresh_padded = self._draw_fresh(n - 1, self.generator)  # dropped once the generation is scored
         self._low_bands[0] = self.codec.base_low.to(device="cpu", dtype=torch.float32)
         if n > 1:
-            self._low_bands[1:n] = self.codec.forward_low(self._fresh_padded).to(device="cpu", dtype=torch.float32)
+            self._low_bands[1:n] = self.codec.forward_low(self._fresh_padded).to(
+                device="cpu", dtype=torch.float32
+            )
         return torch.cat((self.base_noise.unsqueeze(0), self._crop(self._fresh_padded)))
 
     def _propose(self, n: int) -> Tensor:
@@ -329,7 +345,9 @@ class SpectralEvolutionSearch(BatchedSearch):
         # (n <= budget) instead of a (numel + 1)-square one (2049 at a 1024px klein latent).
         features = features - features.mean(dim=0)
         gram = features @ features.T
-        dual = torch.linalg.solve(gram + self.config.ridge * torch.eye(len(scores), dtype=torch.float64), targets)
+        dual = torch.linalg.solve(
+            gram + self.config.ridge * torch.eye(len(scores), dtype=torch.float64), targets
+        )
         weights = features.T @ dual
         gradient, curvature = weights[:-1], float(weights[-1])
         if curvature <= 1e-6:
@@ -355,7 +373,9 @@ class SpectralEvolutionSearch(BatchedSearch):
             noises[base_rows.to(noises.device)] = self.base_noise
         fresh_rows = (indices > 0) & (indices < self._fresh_count)
         if bool(fresh_rows.any()):
-            redrawn = self._crop(self._draw_fresh(self._fresh_count - 1, torch.Generator().set_state(self._fresh_state)))
+            redrawn = self._crop(
+                self._draw_fresh(self._fresh_count - 1, torch.Generator().set_state(self._fresh_state))
+            )
             noises[fresh_rows.to(noises.device)] = redrawn[indices[fresh_rows] - 1]
         return noises
 

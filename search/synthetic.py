@@ -76,7 +76,9 @@ class TwoOptimaObjective:
         decoy_height: the decoy optimum's score (the global optimum's is 0).
     """
 
-    def __init__(self, global_target: Tensor, decoy_target: Tensor, level: int, decoy_height: float = -0.5) -> None:
+    def __init__(
+        self, global_target: Tensor, decoy_target: Tensor, level: int, decoy_height: float = -0.5
+    ) -> None:
         _check_target(global_target, "global_target")
         _check_target(decoy_target, "decoy_target")
         if global_target.shape != decoy_target.shape:

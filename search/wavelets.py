@@ -205,7 +205,9 @@ def _to_numpy(x: Tensor) -> np.ndarray:
     return x.detach().to("cpu").numpy()
 
 
-def wavedec2(x: Tensor, wavelet: str = "db1", level: int = 4, backend: str = "auto") -> tuple[Tensor, DetailBands]:
+def wavedec2(
+    x: Tensor, wavelet: str = "db1", level: int = 4, backend: str = "auto"
+) -> tuple[Tensor, DetailBands]:
     """Orthonormal multi-level 2-D DWT over the last two dims of ``x`` (H, W divisible by ``2**level``).
 
     Returns ``(low, [(cH, cV, cD) coarsest ... finest])`` as tensors on ``x``'s device and dtype.
@@ -215,7 +217,9 @@ def wavedec2(x: Tensor, wavelet: str = "db1", level: int = 4, backend: str = "au
         return haar_wavedec2(x, level)
     step = 2**level
     if x.shape[-1] % step or x.shape[-2] % step:
-        raise ValueError(f"wavedec2 at level {level} needs H and W divisible by {step}, got {tuple(x.shape[-2:])}")
+        raise ValueError(
+            f"wavedec2 at level {level} needs H and W divisible by {step}, got {tuple(x.shape[-2:])}"
+        )
     coeffs = pywt.wavedec2(_to_numpy(x), wavelet, mode="periodization", level=level, axes=(-2, -1))
 
     def back(array: np.ndarray) -> Tensor:
@@ -225,7 +229,11 @@ def wavedec2(x: Tensor, wavelet: str = "db1", level: int = 4, backend: str = "au
 
 
 def waverec2(
-    low: Tensor, details: DetailBands | None, wavelet: str = "db1", level: int | None = None, backend: str = "auto"
+    low: Tensor,
+    details: DetailBands | None,
+    wavelet: str = "db1",
+    level: int | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     """Inverse of :func:`wavedec2`. ``details=None`` (give ``level``) reconstructs from the low band alone."""
     validate_wavelet(wavelet)
@@ -335,7 +343,9 @@ class LowBandCodec:
         if low.dim() == 3:
             low = low.unsqueeze(0)
         if tuple(low.shape[1:]) != self.low_shape:
-            raise ValueError(f"low band must have shape [N, {', '.join(map(str, self.low_shape))}], got {tuple(low.shape)}")
+            raise ValueError(
+                f"low band must have shape [N, {', '.join(map(str, self.low_shape))}], got {tuple(low.shape)}"
+            )
         delta = low.to(device=self.device, dtype=self.work_dtype) - self.base_low
         channels, height, width = self.shape
         if self.backend == "torch":

@@ -42,13 +42,21 @@ class Row:
     def id(self) -> str:
         """The command and what the row adds to its usual arguments."""
         text = " ".join(self.argv)
-        for common in (" --model tiny --no-progress", " --prompt a cat --out {tmp}/existing.png", " --model tiny --output_dir {tmp}/run --no_progress",
-                       " {tmp}/runs/cat --repo-id me/cat --dry-run --out {tmp}/export", " --model tiny --no-suggest", "{tmp}/"):
+        for common in (
+            " --model tiny --no-progress",
+            " --prompt a cat --out {tmp}/existing.png",
+            " --model tiny --output_dir {tmp}/run --no_progress",
+            " {tmp}/runs/cat --repo-id me/cat --dry-run --out {tmp}/export",
+            " --model tiny --no-suggest",
+            "{tmp}/",
+        ):
             text = text.replace(common, "" if common != "{tmp}/" else "")
         return text
 
 
-def ses(*args: str, base: tuple[str, ...] = ("--prompt", "a cat", "--out", "{tmp}/existing.png")) -> list[str]:
+def ses(
+    *args: str, base: tuple[str, ...] = ("--prompt", "a cat", "--out", "{tmp}/existing.png")
+) -> list[str]:
     return ["ses", "--model", "tiny", "--no-progress", *base, *args]
 
 
@@ -111,7 +119,10 @@ ROWS = [
     Row(ses("--guidance-scale", "-1"), "--guidance-scale"),
     Row(ses("--dtype", "int8"), "--dtype 'int8'"),
     Row(ses("--device", "nonsense"), "--device"),
-    Row(ses("--device", "cuda:0") if not torch.cuda.is_available() else ses("--device", "cuda:4096"), "--device"),
+    Row(
+        ses("--device", "cuda:0") if not torch.cuda.is_available() else ses("--device", "cuda:4096"),
+        "--device",
+    ),
     # ---- tscale ses: model, LoRA ----
     Row(ses("--model", "no-such-model"), "--model 'no-such-model' is an unknown model"),
     Row(ses("--model", "./missing/dir"), "--model path 'missing/dir' does not exist"),
@@ -132,18 +143,27 @@ ROWS = [
     Row(ses("--reward", "no_such_module:score"), "--reward: cannot import module"),
     Row(ses("--reward", "pickscore:0"), "--reward"),
     Row(ses("--reward", "pickscore:1,,clip:1"), "--reward"),
-    Row(ses("--reward", "clip", "--reward-arg", "model_nam=ViT-B-32"), "--reward-arg: reward 'clip' takes no argument 'model_nam'"),
+    Row(
+        ses("--reward", "clip", "--reward-arg", "model_nam=ViT-B-32"),
+        "--reward-arg: reward 'clip' takes no argument 'model_nam'",
+    ),
     Row(ses("--reward-arg", "noequals"), "--reward-arg 'noequals'"),
     Row(ses("--reward", "pickscore:1,clip:1", "--reward-arg", "model_name=x"), "--reward-arg"),
     # ---- tscale ses: prompts and outputs ----
-    Row(ses(base=("--prompt", "   ", "--out", "{tmp}/existing.png")), "the prompt is empty; pass non-empty text with --prompt"),
+    Row(
+        ses(base=("--prompt", "   ", "--out", "{tmp}/existing.png")),
+        "the prompt is empty; pass non-empty text with --prompt",
+    ),
     Row(ses(base=("--out", "{tmp}/existing.png")), "--prompt"),
     Row(ses("--prompts-file", "{tmp}/prompts.txt"), "--prompt"),
     Row(ses(base=("--prompt", "a cat")), "--out"),
     Row(ses(base=("--prompt", "a cat", "--out", "{tmp}/image.txt")), "--out"),
     Row(ses(base=("--prompt", "a cat", "--out", "{tmp}/outdir")), "--out"),
     Row(ses(base=("--prompt", "a cat", "--out", "{tmp}/blocker/cat.png")), "cannot be written"),
-    Row(ses(base=("--prompts-file", "{tmp}/prompts.txt", "--out", "{tmp}/existing.png")), "is an existing file"),
+    Row(
+        ses(base=("--prompts-file", "{tmp}/prompts.txt", "--out", "{tmp}/existing.png")),
+        "is an existing file",
+    ),
     Row(ses(base=("--prompts-file", "{tmp}/prompts.txt", "--out", "{tmp}/blocker")), "--out"),
     Row(ses_file(prompts="{tmp}/missing.txt"), "--prompts-file file '{tmp}/missing.txt' does not exist"),
     Row(ses_file(prompts="{tmp}/latin1.txt"), "{tmp}/latin1.txt' is not UTF-8"),
@@ -213,7 +233,10 @@ ROWS = [
     Row(train("--lr_scheduler", "piecewise_constant"), "--lr_scheduler 'piecewise_constant'"),
     Row(train("--report_to", "mlflow"), "--report_to 'mlflow'"),
     Row(train("--pairs_per_prompt", "2"), "--pairs_per_prompt 2 is only used by --pairing top_k_vs_bottom_k"),
-    Row(train("--pairing", "top_k_vs_bottom_k", "--pairs_per_prompt", "15"), "--pairs_per_prompt 15 needs 30 candidates"),
+    Row(
+        train("--pairing", "top_k_vs_bottom_k", "--pairs_per_prompt", "15"),
+        "--pairs_per_prompt 15 needs 30 candidates",
+    ),
     Row(train("--lr_scheduler", "constant", "--lr_warmup_steps", "10"), "--lr_warmup_steps 10 has no effect"),
     Row(train("--eval_every", "2", "--eval_ses_every", "3"), "--eval_ses_every 3"),
     Row(train("--eval_every", "0", "--eval_ses_every", "2"), "--eval_ses_every 2"),
@@ -228,7 +251,10 @@ ROWS = [
     Row(train("--prompts", "{tmp}/one.txt"), "--eval_prompts"),
     Row(train("--prompts", "{tmp}/missing.txt"), "--prompts file"),
     Row(train("--prompts", "{tmp}/empty.txt"), "--prompts"),
-    Row(train("--prompts", "{tmp}/prompts.txt", "--eval_prompts", "{tmp}/missing.txt", "--eval_every", "0"), "--eval_prompts file"),
+    Row(
+        train("--prompts", "{tmp}/prompts.txt", "--eval_prompts", "{tmp}/missing.txt", "--eval_every", "0"),
+        "--eval_prompts file",
+    ),
     # ---- tscale train: --config ----
     Row(train("--config", "{tmp}/a.yaml", "--config", "{tmp}/b.yaml"), "--config is given 2 times"),
     Row(train("--config", "{tmp}/float_rounds.yaml"), "rounds must be int, got 2.5"),
@@ -255,7 +281,11 @@ ROWS = [
     Row(export("--repo", "me/x"), "--repo"),
     Row(export("--private", "maybe"), "--private takes true or false"),
     Row(export("--config", "{tmp}/a.yaml", "--config", "{tmp}/b.yaml"), "--config is given 2 times"),
-    Row(["export", "{tmp}/runs/cat", "--repo-id", "me/cat", "--out", "{tmp}/export"], "--token", setup=no_token),
+    Row(
+        ["export", "{tmp}/runs/cat", "--repo-id", "me/cat", "--out", "{tmp}/export"],
+        "--token",
+        setup=no_token,
+    ),
     # ---- tscale plan ----
     Row(plan("--gpu-memory", "nan"), "--gpu-memory"),
     Row(plan("--gpu-memory", "inf"), "--gpu-memory"),
@@ -280,7 +310,13 @@ def _safetensors(path: Path) -> bytes:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"transformer.x.lora_A.weight": torch.zeros(4, 256), "transformer.x.lora_B.weight": torch.zeros(256, 4)}, str(path))
+    save_file(
+        {
+            "transformer.x.lora_A.weight": torch.zeros(4, 256),
+            "transformer.x.lora_B.weight": torch.zeros(256, 4),
+        },
+        str(path),
+    )
     return path.read_bytes()
 
 
@@ -356,7 +392,10 @@ def no_model_loads(monkeypatch):
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
     """Every file (its bytes) and directory (None) under `root`."""
-    return {str(path.relative_to(root)): (path.read_bytes() if path.is_file() else None) for path in sorted(root.rglob("*"))}
+    return {
+        str(path.relative_to(root)): (path.read_bytes() if path.is_file() else None)
+        for path in sorted(root.rglob("*"))
+    }
 
 
 def one_line_error(capsys) -> str:
@@ -381,9 +420,13 @@ def test_the_table_covers_every_entry_point_with_at_least_80_rows():
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
-def test_bad_input_is_one_line_naming_the_setting_and_the_fix(row: Row, workspace: Path, capsys, monkeypatch, no_model_loads):
+def test_bad_input_is_one_line_naming_the_setting_and_the_fix(
+    row: Row, workspace: Path, capsys, monkeypatch, no_model_loads
+):
     for name, content in row.files.items():
-        (workspace / name).write_text(content) if isinstance(content, str) else (workspace / name).write_bytes(content)
+        (workspace / name).write_text(content) if isinstance(content, str) else (
+            workspace / name
+        ).write_bytes(content)
     if row.setup:
         row.setup(monkeypatch)
     before = snapshot(workspace)
@@ -401,8 +444,19 @@ def test_bad_input_is_one_line_naming_the_setting_and_the_fix(row: Row, workspac
 def test_the_recipe_reports_bad_input_in_one_line_with_exit_code_2(tmp_path):
     """The recipe itself, as `accelerate launch` runs it: a real process, exit code 2, one line, before any model."""
     result = subprocess.run(
-        [sys.executable, str(REPO / "recipes/flux2_klein_dpo.py"), "--model", "tiny", "--pairing", "nonsense"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        [
+            sys.executable,
+            str(REPO / "recipes/flux2_klein_dpo.py"),
+            "--model",
+            "tiny",
+            "--pairing",
+            "nonsense",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
@@ -431,15 +485,30 @@ def test_export_help_shows_the_run_argument(capsys):
 def test_ses_takes_a_training_yaml_and_says_what_it_ignores(capsys):
     """One settings vocabulary: the model and search settings of a training YAML apply to `tscale ses`."""
     model, search, ses_args = cli.parse_ses_args(
-        ["--config", str(REPO / "recipes/configs/tiny.yaml"), "--prompt", "a cat", "--out", "cat.png", "--budget", "8"]
+        [
+            "--config",
+            str(REPO / "recipes/configs/tiny.yaml"),
+            "--prompt",
+            "a cat",
+            "--out",
+            "cat.png",
+            "--budget",
+            "8",
+        ]
     )
     assert (model.model, search.reward, search.popsize, search.k_elites, search.budget) == (
-        "tiny", "rewards.synthetic:brightness", 8, 2, 8,
+        "tiny",
+        "rewards.synthetic:brightness",
+        8,
+        2,
+        8,
     )
     (note,) = capsys.readouterr().err.strip().splitlines()
     assert note.startswith("tscale ses: note: ignoring")
     ignored = note.split(": ")[-1].split(", ")
-    assert {"beta", "rounds", "eval_budget"} <= set(ignored) and not {"budget", "popsize", "model"} & set(ignored)
+    assert {"beta", "rounds", "eval_budget"} <= set(ignored) and not {"budget", "popsize", "model"} & set(
+        ignored
+    )
 
 
 def test_the_export_run_is_given_as_run_or_positionally(workspace):
@@ -447,7 +516,11 @@ def test_the_export_run_is_given_as_run_or_positionally(workspace):
     from tscale_train.export.run import RUN_HELP, ExportArguments
 
     run = str(workspace / "runs/cat")
-    for argv in ([run, "--repo-id", "me/cat", "--dry-run"], ["--repo-id", "me/cat", "--dry-run", run], ["--run", run, "--repo-id", "me/cat", "--dry-run"]):
+    for argv in (
+        [run, "--repo-id", "me/cat", "--dry-run"],
+        ["--repo-id", "me/cat", "--dry-run", run],
+        ["--run", run, "--repo-id", "me/cat", "--dry-run"],
+    ):
         (args,) = parse_args([ExportArguments], argv, positional=("run", RUN_HELP))
         assert args.run == run and args.repo_id == "me/cat"
 
@@ -456,7 +529,9 @@ def test_the_prompt_column_the_error_names_reads_the_file(workspace):
     from tscale_train.config import SESArguments
 
     rows = str(workspace / "rows.jsonl")
-    assert SESArguments(prompts_file=rows, prompt_column="text", out=str(workspace / "o")).load_prompts() == ["a cat"]
+    assert SESArguments(prompts_file=rows, prompt_column="text", out=str(workspace / "o")).load_prompts() == [
+        "a cat"
+    ]
 
 
 def test_flag_spelling_is_kept_in_errors():
@@ -464,4 +539,6 @@ def test_flag_spelling_is_kept_in_errors():
 
     for spelling in ("--eval-batch-size", "--eval_batch_size"):
         with pytest.raises(ValueError, match=f"{spelling} must be >= 1"):
-            parse_args([ModelConfig, SearchConfig, SESArguments], ["--prompt", "a", "--out", "a.png", spelling, "0"])
+            parse_args(
+                [ModelConfig, SearchConfig, SESArguments], ["--prompt", "a", "--out", "a.png", spelling, "0"]
+            )

@@ -15,7 +15,9 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def run_script(name: str, args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> str:
+def run_script(
+    name: str, args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> str:
     monkeypatch.syspath_prepend(str(BENCH))  # as when the script runs: its own folder first on sys.path
     monkeypatch.setattr(sys, "argv", [name, *args])
     runpy.run_path(str(BENCH / name), run_name="__main__")
@@ -26,9 +28,26 @@ def test_search_speed_runs_at_tiny_sizes(kit_dir, tmp_path, monkeypatch, capsys)
     plot = tmp_path / "speed.png"
     out = run_script(
         "search_speed.py",
-        ["--resolutions", "64", "--batch-sizes", "1,2", "--budget", "4", "--popsize", "2", "--repeats", "1",
-         "--reward", "rewards.synthetic:brightness", "--overhead-budget", "2", "--overhead-repeats", "1",
-         "--plot", str(plot)],
+        [
+            "--resolutions",
+            "64",
+            "--batch-sizes",
+            "1,2",
+            "--budget",
+            "4",
+            "--popsize",
+            "2",
+            "--repeats",
+            "1",
+            "--reward",
+            "rewards.synthetic:brightness",
+            "--overhead-budget",
+            "2",
+            "--overhead-repeats",
+            "1",
+            "--plot",
+            str(plot),
+        ],
         monkeypatch,
         capsys,
     )
@@ -40,8 +59,23 @@ def test_search_speed_runs_at_tiny_sizes(kit_dir, tmp_path, monkeypatch, capsys)
 def test_gpu_klein_tiny_runs_on_the_cpu(kit_dir, monkeypatch, capsys) -> None:
     out = run_script(
         "gpu_klein.py",
-        ["--tiny", "--resolutions", "64", "--batch-size", "2", "--budget", "4", "--popsize", "2", "--pairs", "1",
-         "--repeats", "1", "--matmul-size", "128"],
+        [
+            "--tiny",
+            "--resolutions",
+            "64",
+            "--batch-size",
+            "2",
+            "--budget",
+            "4",
+            "--popsize",
+            "2",
+            "--pairs",
+            "1",
+            "--repeats",
+            "1",
+            "--matmul-size",
+            "128",
+        ],
         monkeypatch,
         capsys,
     )
@@ -53,15 +87,34 @@ def test_gpu_klein_tiny_runs_on_the_cpu(kit_dir, monkeypatch, capsys) -> None:
 def test_amortisation_runs_at_tiny_sizes(kit_dir, monkeypatch, capsys) -> None:
     out = run_script(
         "amortisation.py",
-        ["--seeds", "1", "--budgets", "4,8", "--rewards", "brightness", "--rounds", "1", "--prompts-per-round", "4",
-         "--epochs", "1", "--workers", "1"],
+        [
+            "--seeds",
+            "1",
+            "--budgets",
+            "4,8",
+            "--rewards",
+            "brightness",
+            "--rounds",
+            "1",
+            "--prompts-per-round",
+            "4",
+            "--epochs",
+            "1",
+            "--workers",
+            "1",
+        ],
         monkeypatch,
         capsys,
     )
     # Both budgets trained, the control divided by each budget's gain, and stacking against 2B (8 from the
     # B=8 run's own round -1 where it exists, 16 from an extra eval of the untrained model).
-    for row in ("| brightness | brightness | 4 |", "| brightness | brightness | 8 |",
-                "| brightness | coin flip (control) | 4 |", "| brightness | 4 |", "| brightness | 8 |"):
+    for row in (
+        "| brightness | brightness | 4 |",
+        "| brightness | brightness | 8 |",
+        "| brightness | coin flip (control) | 4 |",
+        "| brightness | 4 |",
+        "| brightness | 8 |",
+    ):
         assert row in out, row
     assert "4 runs in" in out
 
@@ -69,14 +122,35 @@ def test_amortisation_runs_at_tiny_sizes(kit_dir, monkeypatch, capsys) -> None:
 def test_pair_sources_runs_at_tiny_sizes(kit_dir, monkeypatch, capsys) -> None:
     out = run_script(
         "pair_sources.py",
-        ["--seeds", "1", "--budget", "4", "--rewards", "brightness", "--rounds", "1", "--prompts-per-round", "4",
-         "--epochs", "1", "--workers", "1"],
+        [
+            "--seeds",
+            "1",
+            "--budget",
+            "4",
+            "--rewards",
+            "brightness",
+            "--rounds",
+            "1",
+            "--prompts-per-round",
+            "4",
+            "--epochs",
+            "1",
+            "--workers",
+            "1",
+        ],
         monkeypatch,
         capsys,
     )
-    for source in ("SES best vs worst", "SES best vs base", "best-of-N best vs worst", "random pairs (control)"):
+    for source in (
+        "SES best vs worst",
+        "SES best vs base",
+        "best-of-N best vs worst",
+        "random pairs (control)",
+    ):
         assert f"| brightness | {source} |" in out, source
-    assert "| brightness | random pairs (control) | " in out and out.split("random pairs (control) |")[1].split("\n")[0].endswith("n/a |")
+    assert "| brightness | random pairs (control) | " in out and out.split("random pairs (control) |")[
+        1
+    ].split("\n")[0].endswith("n/a |")
 
 
 def test_guards_bench_runs_and_checks_both_behaviours(kit_dir, tmp_path, monkeypatch, capsys) -> None:
@@ -101,7 +175,10 @@ def test_shapes_previews_bench_ranks_and_recommends(monkeypatch, capsys) -> None
 def test_shapes_search_bench_judges_every_method_by_the_other_reward(tmp_path, monkeypatch, capsys) -> None:
     plot = tmp_path / "search.png"
     out = run_script("shapes_search.py", ["--quick", "--plot", str(plot)], monkeypatch, capsys)
-    assert "Searched with shapes-clip, judged by the verifier" in out and "Searched with verifier, judged by the shapes-clip" in out
+    assert (
+        "Searched with shapes-clip, judged by the verifier" in out
+        and "Searched with verifier, judged by the shapes-clip" in out
+    )
     for method in ("default SES", "published SES", "best-of-N"):
         assert f"| {method} | 20 |" in out, method
     # At budget 10 (one generation) the default SES has scored exactly best-of-N's candidates.
@@ -119,7 +196,9 @@ def test_shapes_training_bench_runs_every_arm(monkeypatch, capsys) -> None:
 
 def test_shapes_hacking_bench_runs_the_guarded_loops(tmp_path, monkeypatch, capsys) -> None:
     plot = tmp_path / "hacking.png"
-    out = run_script("shapes_hacking.py", ["--quick", "--workers", "1", "--plot", str(plot)], monkeypatch, capsys)
+    out = run_script(
+        "shapes_hacking.py", ["--quick", "--workers", "1", "--plot", str(plot)], monkeypatch, capsys
+    )
     assert "| round | shapes-clip | verifier (guard) | guards held |" in out
     assert "| -1 | " in out and "| 1 | " in out  # round -1 and the last of two rounds
     for name in ("warn", "stop", "default", "base model"):

@@ -37,12 +37,29 @@ def lora_dir(tmp_path_factory, kit_dir):
 
 def test_ses_end_to_end_with_trace(tmp_path, kit_dir):
     out = tmp_path / "cat.png"
-    assert run_cli("--prompt", "sketch, a cat", "--budget", "12", "--popsize", "4", "--seed", "1", "--save-trace", "--out", str(out)) == 0
+    assert (
+        run_cli(
+            "--prompt",
+            "sketch, a cat",
+            "--budget",
+            "12",
+            "--popsize",
+            "4",
+            "--seed",
+            "1",
+            "--save-trace",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     assert Image.open(out).size == (64, 64)
     trace = json.loads((tmp_path / "cat_trace.json").read_text())
     assert len(trace["scores"]) == 12
     assert trace["best_score"] == max(trace["scores"]) >= trace["scores"][0] == trace["base_score"]
-    assert Image.open(tmp_path / "cat_base_vs_ses.png").width >= 2 * 256  # enlarged to be seen: 64 px images, 4x
+    assert (
+        Image.open(tmp_path / "cat_base_vs_ses.png").width >= 2 * 256
+    )  # enlarged to be seen: 64 px images, 4x
     assert (tmp_path / "cat_reward.png").stat().st_size > 0
 
 
@@ -80,8 +97,20 @@ def test_search_ses_published_runs_the_published_variant(tmp_path, monkeypatch, 
             super().__init__(base_noise, budget, config=config, generator=generator)
 
     monkeypatch.setattr(ses_module, "SpectralEvolutionSearch", Recorded)
-    assert run_cli("--prompt", "a red cube", "--budget", "12", "--search", "ses-published", "--save-trace",
-                   "--out", str(tmp_path / "published.png")) == 0
+    assert (
+        run_cli(
+            "--prompt",
+            "a red cube",
+            "--budget",
+            "12",
+            "--search",
+            "ses-published",
+            "--save-trace",
+            "--out",
+            str(tmp_path / "published.png"),
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "published_trace.json").read_text())["method"] == "published SES"
     assert [(config.variant, config.popsize) for config in configs] == [("published", 10)]
 
@@ -101,7 +130,12 @@ def test_lora_changes_the_output(lora_dir, kit_dir):
 
 def test_ses_with_lora_from_cli(tmp_path, lora_dir, kit_dir):
     out = tmp_path / "lora.png"
-    assert run_cli("--prompt", "a cat", "--budget", "4", "--popsize", "2", "--lora", str(lora_dir), "--out", str(out)) == 0
+    assert (
+        run_cli(
+            "--prompt", "a cat", "--budget", "4", "--popsize", "2", "--lora", str(lora_dir), "--out", str(out)
+        )
+        == 0
+    )
     assert out.is_file()
 
 
@@ -124,11 +158,26 @@ def test_lora_for_another_model_is_refused(tmp_path, lora_dir, kit_dir):
 def one_and_two_processes(args: list[str], one_out: Path, two_out: Path) -> subprocess.CompletedProcess:
     """`tscale` with `args` in one process, then under a 2-process gloo launch; returns the launch."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    single = subprocess.run([sys.executable, "-m", "tscale_train.cli", *args, "--out", str(one_out)],
-                            env=env, capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable, "-m", "tscale_train.cli", *args, "--out", str(one_out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-2000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu/demo.yaml"),
-              "-m", "tscale_train.cli", *args, "--out", str(two_out)]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "accelerate_configs/cpu/demo.yaml"),
+        "-m",
+        "tscale_train.cli",
+        *args,
+        "--out",
+        str(two_out),
+    ]
     double = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
     assert double.returncode == 0, double.stderr[-3000:]
     return double
@@ -137,8 +186,23 @@ def one_and_two_processes(args: list[str], one_out: Path, two_out: Path) -> subp
 @pytest.mark.slow
 def test_two_process_search_equals_one_process(tmp_path, kit_dir):
     """One search's candidates split over 2 gloo processes: same scores, same best noise."""
-    common = ["ses", "--model", "tiny", "--prompt", "a cat", "--budget", "10", "--popsize", "4",
-              "--seed", "3", "--save-trace", "--no-progress", "--device", "cpu"]
+    common = [
+        "ses",
+        "--model",
+        "tiny",
+        "--prompt",
+        "a cat",
+        "--budget",
+        "10",
+        "--popsize",
+        "4",
+        "--seed",
+        "3",
+        "--save-trace",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     one_and_two_processes(common, tmp_path / "one.png", tmp_path / "two.png")
     one = json.loads((tmp_path / "one_trace.json").read_text())
     two = json.loads((tmp_path / "two_trace.json").read_text())
@@ -159,10 +223,17 @@ def test_only_the_main_process_renders_final_images(tmp_path, monkeypatch, kit_d
 
     renders = []
     monkeypatch.setattr(accelerate, "PartialState", NotMainProcess)
-    monkeypatch.setattr("tscale_train.ses.render_result", lambda *a, **k: renders.append(a) or pytest.fail("rendered"))
+    monkeypatch.setattr(
+        "tscale_train.ses.render_result", lambda *a, **k: renders.append(a) or pytest.fail("rendered")
+    )
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\na dog\n")
-    assert run_cli("--prompts-file", str(prompts), "--budget", "4", "--popsize", "2", "--out", str(tmp_path / "out")) == 0
+    assert (
+        run_cli(
+            "--prompts-file", str(prompts), "--budget", "4", "--popsize", "2", "--out", str(tmp_path / "out")
+        )
+        == 0
+    )
     assert renders == [] and not (tmp_path / "out").exists()
 
 
@@ -171,16 +242,38 @@ def test_a_prompts_file_is_sharded_over_the_processes_and_written_once(tmp_path,
     """Each process searches its own prompts (prompt i keeps seed + i): the same results as one process."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\na dog\na red cube\n")
-    common = ["ses", "--model", "tiny", "--prompts-file", str(prompts), "--budget", "6", "--popsize", "3", "--seed", "5",
-              "--no-progress", "--reward", "rewards.synthetic:brightness"]
+    common = [
+        "ses",
+        "--model",
+        "tiny",
+        "--prompts-file",
+        str(prompts),
+        "--budget",
+        "6",
+        "--popsize",
+        "3",
+        "--seed",
+        "5",
+        "--no-progress",
+        "--reward",
+        "rewards.synthetic:brightness",
+    ]
     double = one_and_two_processes(common, tmp_path / "one", tmp_path / "two")
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert [row["index"] for row in two] == [0, 1, 2]
     assert sorted({row["process_index"] for row in two}) == [0, 1]  # both processes searched
     for first, second in zip(one, two, strict=True):
-        assert (first["prompt"], first["seed"], first["best_index"]) == (second["prompt"], second["seed"], second["best_index"])
+        assert (first["prompt"], first["seed"], first["best_index"]) == (
+            second["prompt"],
+            second["seed"],
+            second["best_index"],
+        )
         assert abs(first["best_score"] - second["best_score"]) < 1e-5
-    assert sorted(path.name for path in (tmp_path / "two").glob("*.png")) == ["0000.png", "0001.png", "0002.png"]
+    assert sorted(path.name for path in (tmp_path / "two").glob("*.png")) == [
+        "0000.png",
+        "0001.png",
+        "0002.png",
+    ]
     # Every image line is printed by exactly one process.
     assert sum(line.startswith("[") for line in double.stdout.splitlines()) == 3

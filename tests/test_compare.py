@@ -16,10 +16,28 @@ REWARD = "rewards.synthetic:brightness"
 
 def test_compare_writes_strip_curves_and_table(tmp_path, kit_dir, capsys):
     out = tmp_path / "cube.png"
-    code = cli.main([
-        "ses", "--model", "tiny", "--no-progress", "--prompt", "a red cube", "--budget", "12", "--popsize", "4",
-        "--seed", "3", "--reward", REWARD, "--compare", "random,ses", "--out", str(out),
-    ])
+    code = cli.main(
+        [
+            "ses",
+            "--model",
+            "tiny",
+            "--no-progress",
+            "--prompt",
+            "a red cube",
+            "--budget",
+            "12",
+            "--popsize",
+            "4",
+            "--seed",
+            "3",
+            "--reward",
+            REWARD,
+            "--compare",
+            "random,ses",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "| best-of-N | 12 |" in printed and "| SES | 12 |" in printed and "| base noise | 1 |" in printed
@@ -36,7 +54,9 @@ def test_compare_writes_strip_curves_and_table(tmp_path, kit_dir, capsys):
         assert summary[method]["best_score"] == pytest.approx(max(scores))
     # The final images are rendered from the searched noises and scored again.
     assert set(summary["final_scores"]) == {"base", "random", "ses"}
-    assert summary["final_scores"]["base"] == pytest.approx(summary["base_score"], abs=1e-4)  # preview == final steps
+    assert summary["final_scores"]["base"] == pytest.approx(
+        summary["base_score"], abs=1e-4
+    )  # preview == final steps
     rows = {row["method"]: row for row in report["table"]}
     assert rows["SES"]["gain"] == pytest.approx(summary["ses"]["best_score"] - summary["base_score"])
 
@@ -47,7 +67,9 @@ def test_random_method_is_best_of_n_from_the_same_base(tiny_pipe):
 
     generator = generator_for_pipeline(tiny_pipe, eval_batch_size=8)
     embeds = generator.encode_prompt("a cat")
-    (result,) = search_prompts(generator, brightness, ["a cat"], [5], budget=9, method="random", progress=False)
+    (result,) = search_prompts(
+        generator, brightness, ["a cat"], [5], budget=9, method="random", progress=False
+    )
 
     def objective(noises: torch.Tensor) -> torch.Tensor:
         return brightness(generator.generate(noises, embeds).images, ["a cat"] * len(noises))
@@ -64,7 +86,11 @@ def test_random_method_is_best_of_n_from_the_same_base(tiny_pipe):
 
 @pytest.mark.parametrize("value", ["random,bogus", "ses,ses", ","])
 def test_bad_compare_is_refused_before_loading(tmp_path, monkeypatch, capsys, value):
-    monkeypatch.setattr("tscale_train.loading.load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
-    code = cli.main(["ses", "--model", "tiny", "--prompt", "a", "--compare", value, "--out", str(tmp_path / "a.png")])
+    monkeypatch.setattr(
+        "tscale_train.loading.load_pipeline", lambda *a, **k: pytest.fail("a model was loaded")
+    )
+    code = cli.main(
+        ["ses", "--model", "tiny", "--prompt", "a", "--compare", value, "--out", str(tmp_path / "a.png")]
+    )
     assert code == 2
     assert "--compare" in capsys.readouterr().err

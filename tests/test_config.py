@@ -58,12 +58,25 @@ def test_checkpoints_total_limit_zero_keeps_every_checkpoint():
 def test_a_small_budget_without_a_popsize_is_one_generation():
     assert OnlineDPOConfig(model="tiny", budget=4).popsize == 4
     assert OnlineDPOConfig(model="tiny", budget=40).popsize == 10
-    (_, search, _) = parse_args([ModelConfig, SearchConfig, SESArguments], ["--prompt", "a", "--out", "a.png", "--budget", "3"])
+    (_, search, _) = parse_args(
+        [ModelConfig, SearchConfig, SESArguments], ["--prompt", "a", "--out", "a.png", "--budget", "3"]
+    )
     assert search.popsize == 3 and search.ses_config().popsize == 3
 
 
 def test_the_same_flag_means_the_same_in_ses_and_train():
-    args = ["--model", "tiny", "--budget", "6", "--eval-batch-size", "3", "--k_elites", "2", "--reward", "rewards.synthetic:brightness"]
+    args = [
+        "--model",
+        "tiny",
+        "--budget",
+        "6",
+        "--eval-batch-size",
+        "3",
+        "--k_elites",
+        "2",
+        "--reward",
+        "rewards.synthetic:brightness",
+    ]
     model, search, _ = cli.parse_ses_args([*args, "--prompt", "a cat", "--out", "cat.png"])
     training = parse_config(args)
     for kind, parsed in ((ModelConfig, model), (SearchConfig, search)):
@@ -74,7 +87,9 @@ def test_the_same_flag_means_the_same_in_ses_and_train():
 def test_ses_reads_a_yaml_config_too(tmp_path):
     config = tmp_path / "ses.yaml"
     config.write_text("model: tiny\nbudget: 6\nreward: rewards.synthetic:brightness\n")
-    model, search, ses = cli.parse_ses_args(["--config", str(config), "--prompt", "a", "--out", "a.png", "--budget", "8"])
+    model, search, ses = cli.parse_ses_args(
+        ["--config", str(config), "--prompt", "a", "--out", "a.png", "--budget", "8"]
+    )
     assert model.model == "tiny" and search.budget == 8 and search.reward == "rewards.synthetic:brightness"
     config.write_text("model: tiny\nbudgett: 6\n")
     with pytest.raises(ValueError, match="unknown fields"):
@@ -83,11 +98,30 @@ def test_ses_reads_a_yaml_config_too(tmp_path):
 
 def test_tscale_train_runs_the_recipe_loop(tmp_path, kit_dir):
     out = tmp_path / "run"
-    code = cli.main([
-        "train", "--config", str(REPO / "recipes/configs/tiny.yaml"), "--rounds", "1", "--budget", "4", "--popsize", "2",
-        "--prompts_per_round", "2", "--epochs_per_round", "1", "--max_eval_prompts", "2", "--eval_budget", "2",
-        "--output_dir", str(out), "--no_progress",
-    ])
+    code = cli.main(
+        [
+            "train",
+            "--config",
+            str(REPO / "recipes/configs/tiny.yaml"),
+            "--rounds",
+            "1",
+            "--budget",
+            "4",
+            "--popsize",
+            "2",
+            "--prompts_per_round",
+            "2",
+            "--epochs_per_round",
+            "1",
+            "--max_eval_prompts",
+            "2",
+            "--eval_budget",
+            "2",
+            "--output_dir",
+            str(out),
+            "--no_progress",
+        ]
+    )
     assert code == 0
     assert (out / "pytorch_lora_weights.safetensors").is_file()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -134,8 +168,16 @@ def test_non_finite_and_absurd_values_fail_when_parsed(overrides, message):
 def test_the_largest_accepted_values_pass():
     from tscale_train.config import MAX_BUDGET, MAX_RESOLUTION
 
-    config = OnlineDPOConfig(model="tiny", budget=MAX_BUDGET, height=MAX_RESOLUTION, width=MAX_RESOLUTION, lora_dropout=0.0,
-                             max_grad_norm=0.0, min_margin=0.0, seed=2**63 - 1)
+    config = OnlineDPOConfig(
+        model="tiny",
+        budget=MAX_BUDGET,
+        height=MAX_RESOLUTION,
+        width=MAX_RESOLUTION,
+        lora_dropout=0.0,
+        max_grad_norm=0.0,
+        min_margin=0.0,
+        seed=2**63 - 1,
+    )
     assert config.budget == MAX_BUDGET and config.popsize == 10
 
 
@@ -145,7 +187,12 @@ def test_a_single_prompt_file_with_eval_on_is_refused_before_any_model(tmp_path)
 
     one = tmp_path / "one.txt"
     one.write_text("a single prompt\n")
-    with pytest.raises(ValueError, match="--eval_prompts FILE, raise --eval_fraction .* or set --eval_every 0"):
+    with pytest.raises(
+        ValueError, match="--eval_prompts FILE, raise --eval_fraction .* or set --eval_every 0"
+    ):
         split_eval_prompts(["a single prompt"], OnlineDPOConfig(model="tiny", prompts=str(one)))
     for explicit in ({"eval_every": 0}, {"eval_fraction": 0.0}, {"max_eval_prompts": 0}):
-        assert split_eval_prompts(["a single prompt"], OnlineDPOConfig(model="tiny", **explicit)) == (["a single prompt"], [])
+        assert split_eval_prompts(["a single prompt"], OnlineDPOConfig(model="tiny", **explicit)) == (
+            ["a single prompt"],
+            [],
+        )

@@ -18,7 +18,16 @@ import torch
 from tscale_train import real_configs
 from tscale_train.lora import FLUX2_ATTENTION_TARGETS
 
-DOUBLE_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+DOUBLE_ATTENTION = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+)
 SINGLE_ATTENTION = ("to_qkv_mlp_proj", "to_out")
 
 
@@ -61,7 +70,13 @@ def test_configs_are_the_real_ones_but_shallow(dims_pipe, dims_kit_dir):
     real_text = real_configs.QWEN3_4B_TEXT_ENCODER
     assert text.hidden_size == real_text["hidden_size"] == 2560
     assert text.num_hidden_layers >= max(real_configs.FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS) == 27
-    for key in ("hidden_act", "rms_norm_eps", "tie_word_embeddings", "attention_bias", "max_position_embeddings"):
+    for key in (
+        "hidden_act",
+        "rms_norm_eps",
+        "tie_word_embeddings",
+        "attention_bias",
+        "max_position_embeddings",
+    ):
         assert getattr(text, key) == real_text[key], key
     rope_theta = getattr(text, "rope_theta", None) or text.rope_parameters["rope_theta"]
     assert rope_theta == real_text["rope_theta"]
@@ -213,15 +228,56 @@ def test_one_training_round_in_bf16_under_bf16_mixed_precision(dims_kit_dir, tmp
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "run"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "accelerate_configs/cpu/single_gpu.yaml"),
-        str(repo / "recipes/flux2_klein_dpo.py"), "--model", "dims-klein-4b", "--dtype", "bfloat16",
-        "--height", "256", "--width", "256", "--reward", "rewards.synthetic:brightness", "--budget", "4", "--popsize", "2",
-        "--k_elites", "2", "--prompts_per_round", "2", "--rounds", "1", "--epochs_per_round", "1", "--lora_rank", "4",
-        "--eval_every", "0", "--max_eval_prompts", "1", "--eval_budget", "2", "--checkpoint_every", "0",
-        "--output_dir", str(out), "--no_progress",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(repo / "accelerate_configs/cpu/single_gpu.yaml"),
+        str(repo / "recipes/flux2_klein_dpo.py"),
+        "--model",
+        "dims-klein-4b",
+        "--dtype",
+        "bfloat16",
+        "--height",
+        "256",
+        "--width",
+        "256",
+        "--reward",
+        "rewards.synthetic:brightness",
+        "--budget",
+        "4",
+        "--popsize",
+        "2",
+        "--k_elites",
+        "2",
+        "--prompts_per_round",
+        "2",
+        "--rounds",
+        "1",
+        "--epochs_per_round",
+        "1",
+        "--lora_rank",
+        "4",
+        "--eval_every",
+        "0",
+        "--max_eval_prompts",
+        "1",
+        "--eval_budget",
+        "2",
+        "--checkpoint_every",
+        "0",
+        "--output_dir",
+        str(out),
+        "--no_progress",
     ]
-    result = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="2"), capture_output=True, text=True,
-                            timeout=900, cwd=tmp_path)
+    result = subprocess.run(
+        command,
+        env=dict(os.environ, OMP_NUM_THREADS="2"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert row["train/num_pairs"] == 2 and row["global_step"] == 2

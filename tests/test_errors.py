@@ -46,7 +46,19 @@ def last_error_line(capsys) -> str:
 
 
 def ses(*args: str) -> list[str]:
-    return ["ses", "--model", "tiny", "--prompt", "a cat", "--budget", "4", "--popsize", "2", "--no-progress", *args]
+    return [
+        "ses",
+        "--model",
+        "tiny",
+        "--prompt",
+        "a cat",
+        "--budget",
+        "4",
+        "--popsize",
+        "2",
+        "--no-progress",
+        *args,
+    ]
 
 
 def test_ses_with_a_reward_that_is_all_nan_is_an_error(tmp_path, capsys, kit_dir):
@@ -84,7 +96,9 @@ def test_a_reward_that_raises_is_one_line_naming_it_and_where(tmp_path, capsys, 
     out.write_bytes(b"an earlier image")
     assert cli.main(ses("--reward", "test_errors:raises", "--out", str(out))) == 2
     error = last_error_line(capsys)
-    assert error.startswith("tscale ses: error: reward 'test_errors:raises' raised RuntimeError: the reward server is down")
+    assert error.startswith(
+        "tscale ses: error: reward 'test_errors:raises' raised RuntimeError: the reward server is down"
+    )
     assert "test_errors.py:" in error and "fix the reward" in error
     assert out.read_bytes() == b"an earlier image"
 
@@ -92,11 +106,36 @@ def test_a_reward_that_raises_is_one_line_naming_it_and_where(tmp_path, capsys, 
 def test_training_without_a_usable_pair_says_how_many_scores_were_what(tmp_path, capsys, kit_dir):
     """Before: "(all scores NaN or tied)", for scores that were finite and tied but for some +inf."""
     out = tmp_path / "run"
-    code = cli.main([
-        "train", "--model", "tiny", "--dtype", "float32", "--reward", "test_errors:tied_and_first_inf", "--rounds", "1",
-        "--budget", "4", "--popsize", "2", "--prompts_per_round", "2", "--epochs_per_round", "1",
-        "--eval_every", "0", "--lora_rank", "2", "--gradient_checkpointing", "false", "--output_dir", str(out), "--no_progress",
-    ])
+    code = cli.main(
+        [
+            "train",
+            "--model",
+            "tiny",
+            "--dtype",
+            "float32",
+            "--reward",
+            "test_errors:tied_and_first_inf",
+            "--rounds",
+            "1",
+            "--budget",
+            "4",
+            "--popsize",
+            "2",
+            "--prompts_per_round",
+            "2",
+            "--epochs_per_round",
+            "1",
+            "--eval_every",
+            "0",
+            "--lora_rank",
+            "2",
+            "--gradient_checkpointing",
+            "false",
+            "--output_dir",
+            str(out),
+            "--no_progress",
+        ]
+    )
     assert code == 2
     error = last_error_line(capsys)
     assert "round 0: the reward 'test_errors:tied_and_first_inf' gave no usable pair on any process" in error
@@ -105,11 +144,30 @@ def test_training_without_a_usable_pair_says_how_many_scores_were_what(tmp_path,
 
 
 def test_offline_hub_ids_are_one_line(tmp_path, capsys, kit_dir):
-    assert cli.main(["ses", "--model", "no-such-org/no-such-model", "--prompt", "a", "--out", str(tmp_path / "a.png")]) == 2
+    assert (
+        cli.main(
+            ["ses", "--model", "no-such-org/no-such-model", "--prompt", "a", "--out", str(tmp_path / "a.png")]
+        )
+        == 2
+    )
     (error,) = capsys.readouterr().err.strip().splitlines()
     assert "could not load 'no-such-org/no-such-model'" in error and "Traceback" not in error
-    code = cli.main(["ses", "--model", "tiny", "--lora", "no-such-org/no-such-lora", "--prompt", "a", "--budget", "2",
-                     "--out", str(tmp_path / "a.png"), "--no-progress"])
+    code = cli.main(
+        [
+            "ses",
+            "--model",
+            "tiny",
+            "--lora",
+            "no-such-org/no-such-lora",
+            "--prompt",
+            "a",
+            "--budget",
+            "2",
+            "--out",
+            str(tmp_path / "a.png"),
+            "--no-progress",
+        ]
+    )
     assert code == 2
     error = last_error_line(capsys)
     assert "could not fetch LoRA 'no-such-org/no-such-lora'" in error and "does not match" not in error

@@ -14,10 +14,26 @@ from tscale_train.trainer import OnlineDPOTrainer
 
 def tiny_config(out: Path, **overrides) -> OnlineDPOConfig:
     values = dict(
-        model="tiny", dtype="float32", reward="rewards.synthetic:brightness", budget=4, popsize=2, k_elites=2, rounds=2,
-        prompts_per_round=4, epochs_per_round=2, train_batch_size=2, lora_rank=4, lora_target_modules="all_linear",
-        eval_every=1, eval_budget=2, max_eval_prompts=2, checkpoint_every=1, gradient_checkpointing=False,
-        output_dir=str(out), progress=False, seed=0,
+        model="tiny",
+        dtype="float32",
+        reward="rewards.synthetic:brightness",
+        budget=4,
+        popsize=2,
+        k_elites=2,
+        rounds=2,
+        prompts_per_round=4,
+        epochs_per_round=2,
+        train_batch_size=2,
+        lora_rank=4,
+        lora_target_modules="all_linear",
+        eval_every=1,
+        eval_budget=2,
+        max_eval_prompts=2,
+        checkpoint_every=1,
+        gradient_checkpointing=False,
+        output_dir=str(out),
+        progress=False,
+        seed=0,
     )
     values.update(overrides)
     return OnlineDPOConfig(**values)
@@ -42,11 +58,19 @@ class StandInHub:
 
     def upload_folder(self, **kwargs):
         if self.fail_upload:
-            raise self.fail_upload("connection reset by peer while uploading")  # the network failing mid-upload
+            raise self.fail_upload(
+                "connection reset by peer while uploading"
+            )  # the network failing mid-upload
         from tscale_train.export.hub import folder_files
 
         assert kwargs["ignore_patterns"]  # the hidden markers stay local
-        self.calls.append(("upload_folder", kwargs["repo_id"], {**kwargs, "files": folder_files(Path(kwargs["folder_path"]))}))
+        self.calls.append(
+            (
+                "upload_folder",
+                kwargs["repo_id"],
+                {**kwargs, "files": folder_files(Path(kwargs["folder_path"]))},
+            )
+        )
 
         class Commit:
             commit_url = f"https://hub.example/{kwargs['repo_id']}/commit/1"
@@ -57,7 +81,9 @@ class StandInHub:
 def export_args(run: Path, **overrides):
     from tscale_train.export.run import ExportArguments
 
-    values = dict(run=str(run), repo_id="me/klein-cat-dpo", token="hf_test_token", out=str(run.parent / "export"))
+    values = dict(
+        run=str(run), repo_id="me/klein-cat-dpo", token="hf_test_token", out=str(run.parent / "export")
+    )
     values.update(overrides)
     return ExportArguments(**values)
 
@@ -78,8 +104,15 @@ def test_the_exported_adapter_loads_with_diffusers_and_reproduces_the_trained_ou
     hub = StandInHub()
     (result,) = export_run(export_args(run_dir), api=hub, log=lambda *_: None)
     folder = run_dir.parent / "export" / "model"
-    for name in ("pytorch_lora_weights.safetensors", "README.md", "config.yaml", "metrics.jsonl", "eval_curve.png",
-                 "images/example_0_base.png", "images/example_0_lora.png"):
+    for name in (
+        "pytorch_lora_weights.safetensors",
+        "README.md",
+        "config.yaml",
+        "metrics.jsonl",
+        "eval_curve.png",
+        "images/example_0_base.png",
+        "images/example_0_lora.png",
+    ):
         assert (folder / name).is_file(), name
     assert result.files == sorted(hub.calls[-1][2]["files"]) and hub.calls[0][0] == "create_repo"
     assert hub.calls[0][2]["exist_ok"] is True  # re-running an export updates the repo
@@ -105,20 +138,30 @@ def test_the_model_card_carries_the_fields_and_its_snippet_runs(run_dir, tmp_pat
     assert set(CARD_TAGS) <= set(card.data.tags)
     widget = card.data.to_dict()["widget"]
     assert widget and all((folder / item["output"]["url"]).is_file() for item in widget)
-    for text in ("rewards.synthetic:brightness", "| search budget (candidates per prompt) | 4 |", "best_vs_worst",
-                 "| round | budget 0 | with SES |", "eval_curve.png"):
+    for text in (
+        "rewards.synthetic:brightness",
+        "| search budget (candidates per prompt) | 4 |",
+        "best_vs_worst",
+        "| round | budget 0 | with SES |",
+        "eval_curve.png",
+    ):
         assert text in card.text, text
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert f"| 1 | {rows[-1]['eval/reward_budget0']:.4f} |" in card.text
     snippet = card.text.split(SNIPPET_START, 1)[1].split(SNIPPET_END, 1)[0]
     # The snippet as a user runs it, with the tiny model and the folder standing in for the Hub ids.
-    snippet = snippet.replace('"tiny"', repr(str(tiny_pipeline_dir()))).replace('"me/klein-cat-dpo"', repr(str(folder)))
+    snippet = snippet.replace('"tiny"', repr(str(tiny_pipeline_dir()))).replace(
+        '"me/klein-cat-dpo"', repr(str(folder))
+    )
     # The tiny text encoder has 2 layers, not klein's 36: pass the kit's settings the real model needs none of.
     settings = generator_settings(tiny_pipeline_dir())
-    snippet = snippet.replace("num_inference_steps=", (
-        f"text_encoder_out_layers={settings['text_encoder_out_layers']}, max_sequence_length={settings['max_sequence_length']}, "
-        f"height={settings['default_resolution']}, width={settings['default_resolution']}, num_inference_steps="
-    ))
+    snippet = snippet.replace(
+        "num_inference_steps=",
+        (
+            f"text_encoder_out_layers={settings['text_encoder_out_layers']}, max_sequence_length={settings['max_sequence_length']}, "
+            f"height={settings['default_resolution']}, width={settings['default_resolution']}, num_inference_steps="
+        ),
+    )
     monkeypatch.chdir(tmp_path)
     exec(compile(snippet, "model-card-snippet", "exec"), {})
     assert (tmp_path / "example.png").is_file()
@@ -135,7 +178,10 @@ def test_a_checkpoint_and_a_run_still_training_export_the_same_way(tmp_path, kit
     assert find_adapter(out / "checkpoints" / "checkpoint-00000").lora_file == source.lora_file
     hub = StandInHub()
     export_run(export_args(out, examples=False), api=hub, log=lambda *_: None)
-    rows = [json.loads(line) for line in (tmp_path / "export" / "model" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "export" / "model" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert max(row["round"] for row in rows) == 0
 
 
@@ -144,8 +190,18 @@ def test_pairs_go_to_a_dataset_repo_and_a_failed_upload_reports_nothing_done(run
 
     hub = StandInHub()
     lines = []
-    results = export_run(export_args(run_dir, out=str(tmp_path / "e"), include_pairs="me/klein-cat-pairs", examples=False,
-                                     private=True, revision="v1"), api=hub, log=lines.append)
+    results = export_run(
+        export_args(
+            run_dir,
+            out=str(tmp_path / "e"),
+            include_pairs="me/klein-cat-pairs",
+            examples=False,
+            private=True,
+            revision="v1",
+        ),
+        api=hub,
+        log=lines.append,
+    )
     assert [result.repo_type for result in results] == ["model", "dataset"]
     uploads = [call for call in hub.calls if call[0] == "upload_folder"]
     assert [call[2]["repo_type"] for call in uploads] == ["model", "dataset"]
@@ -160,8 +216,11 @@ def test_pairs_go_to_a_dataset_repo_and_a_failed_upload_reports_nothing_done(run
     for failure in (ConnectionError, ClientConnectError):
         lines.clear()
         with pytest.raises(OSError, match="nothing was published"):
-            export_run(export_args(run_dir, out=str(tmp_path / "f"), examples=False), api=StandInHub(fail_upload=failure),
-                       log=lines.append)
+            export_run(
+                export_args(run_dir, out=str(tmp_path / "f"), examples=False),
+                api=StandInHub(fail_upload=failure),
+                log=lines.append,
+            )
         assert not any(line.startswith("pushed") for line in lines)
 
 
@@ -200,19 +259,39 @@ def test_no_adapter_and_a_mismatched_adapter_are_clear_errors(run_dir, tmp_path)
     with pytest.raises(FileNotFoundError, match="no adapter"):
         find_adapter(tmp_path / "empty")
     other = tmp_path / "other"
-    shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("checkpoints", "pairs", "hub_export", ".tscale*"))
-    (other / "config.yaml").write_text((other / "config.yaml").read_text().replace("model: tiny", "model: dims-klein-4b"))
+    shutil.copytree(
+        run_dir, other, ignore=shutil.ignore_patterns("checkpoints", "pairs", "hub_export", ".tscale*")
+    )
+    (other / "config.yaml").write_text(
+        (other / "config.yaml").read_text().replace("model: tiny", "model: dims-klein-4b")
+    )
     with pytest.raises(ValueError, match="trained for another base model"):
         build_adapter_folder(find_adapter(other), tmp_path / "out", repo_id="me/x", examples=False)
 
 
 def test_cli_dry_run_lists_the_files_and_sends_nothing(run_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("huggingface_hub.HfApi", lambda *a, **k: pytest.fail("the Hub was contacted"))
-    code = cli.main(["export", str(run_dir), "--repo-id", "me/klein-cat-dpo", "--dry-run", "--no_examples",
-                     "--out", str(tmp_path / "x"), "--format", "comfyui"])
+    code = cli.main(
+        [
+            "export",
+            str(run_dir),
+            "--repo-id",
+            "me/klein-cat-dpo",
+            "--dry-run",
+            "--no_examples",
+            "--out",
+            str(tmp_path / "x"),
+            "--format",
+            "comfyui",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
-    assert "dry run: would upload" in printed and "pytorch_lora_weights.safetensors" in printed and "README.md" in printed
+    assert (
+        "dry run: would upload" in printed
+        and "pytorch_lora_weights.safetensors" in printed
+        and "README.md" in printed
+    )
 
 
 def test_push_to_hub_at_the_end_of_training(tmp_path, monkeypatch, kit_dir):
@@ -224,10 +303,16 @@ def test_push_to_hub_at_the_end_of_training(tmp_path, monkeypatch, kit_dir):
 
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     monkeypatch.setattr("huggingface_hub.HfApi", make_hub)
-    out = OnlineDPOTrainer(tiny_config(tmp_path / "run", rounds=1, push_to_hub=True, hub_model_id="me/pushed")).train()
+    out = OnlineDPOTrainer(
+        tiny_config(tmp_path / "run", rounds=1, push_to_hub=True, hub_model_id="me/pushed")
+    ).train()
     (hub,) = hubs
     upload = next(call for call in hub.calls if call[0] == "upload_folder")
-    assert upload[1] == "me/pushed" and "README.md" in upload[2]["files"] and "images/example_0_lora.png" in upload[2]["files"]
+    assert (
+        upload[1] == "me/pushed"
+        and "README.md" in upload[2]["files"]
+        and "images/example_0_lora.png" in upload[2]["files"]
+    )
     assert (out / "hub_export" / "model" / "pytorch_lora_weights.safetensors").is_file()
     assert "hf_test_token" not in (out / "config.yaml").read_text()
     assert os.environ["HF_TOKEN"] == "hf_test_token"

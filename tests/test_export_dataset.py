@@ -38,7 +38,9 @@ def run_dir(tmp_path_factory, kit_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(run_dir, tmp_path_factory) -> Path:
-    return export_pair_dataset(run_dir, tmp_path_factory.mktemp("export_out") / "pairs_dataset", repo_id=REPO_ID)
+    return export_pair_dataset(
+        run_dir, tmp_path_factory.mktemp("export_out") / "pairs_dataset", repo_id=REPO_ID
+    )
 
 
 def _load(folder: Path, cache: Path) -> datasets.Dataset:
@@ -66,7 +68,9 @@ def test_loads_back_and_matches_the_store(exported, run_dir, tmp_path):
     assert set(labels) <= {0.0, 1.0}
     np.testing.assert_array_equal(np.array(loaded["label_1"]), 1.0 - labels)
     for row, pair in zip(loaded, stored.select_columns(["chosen_image", "rejected_image"]), strict=True):
-        chosen, rejected = (row["jpg_0"], row["jpg_1"]) if row["label_0"] == 1.0 else (row["jpg_1"], row["jpg_0"])
+        chosen, rejected = (
+            (row["jpg_0"], row["jpg_1"]) if row["label_0"] == 1.0 else (row["jpg_1"], row["jpg_0"])
+        )
         for jpeg, preview in ((chosen, pair["chosen_image"]), (rejected, pair["rejected_image"])):
             decoded = Image.open(io.BytesIO(jpeg))
             assert decoded.format == "JPEG" and decoded.size == preview.size
@@ -114,7 +118,10 @@ def test_card_settings_from_config():
     text = build_dataset_card(pairs, config).text
     assert "the prompt file `my_prompts.jsonl`" in text and "/home/me" not in text
     assert "(k = 2)" in text and "below 0.5" in text
-    assert "[`black-forest-labs/FLUX.2-klein-4B`](https://huggingface.co/black-forest-labs/FLUX.2-klein-4B)" in text
+    assert (
+        "[`black-forest-labs/FLUX.2-klein-4B`](https://huggingface.co/black-forest-labs/FLUX.2-klein-4B)"
+        in text
+    )
     assert "- distinct prompts: 2" in text and "- rounds with pairs: 2" in text and "rounds 0, 3" in text
     assert 'load_dataset("<user>/<dataset>"' in text
     text = build_dataset_card(pairs, {**config, "prompts": "org/prompt-set", "prompt_column": "text"}).text

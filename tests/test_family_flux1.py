@@ -22,11 +22,18 @@ def embeds(generator):
 
 def test_the_kit_settings_reach_the_generator(pipe, generator):
     family_checks.check_kit_settings(
-        pipe, generator, MODEL, generator_class=FluxGenerator,
+        pipe,
+        generator,
+        MODEL,
+        generator_class=FluxGenerator,
         kit_defaults={
-            "max_sequence_length": TEXT_LENGTH, "num_inference_steps": 4, "preview_steps": 2, "default_resolution": 64,
+            "max_sequence_length": TEXT_LENGTH,
+            "num_inference_steps": 4,
+            "preview_steps": 2,
+            "default_resolution": 64,
         },
-        steps_preview_guidance=(4, 2, 3.5), uses_cfg=False,
+        steps_preview_guidance=(4, 2, 3.5),
+        uses_cfg=False,
         noise_shape=(16, 8, 8),  # unpacked: 16 latent channels at H/8 x W/8
     )
     assert generator.max_sequence_length == TEXT_LENGTH
@@ -40,7 +47,8 @@ def test_real_model_defaults(pipe):
     assert (dev.max_sequence_length, dev.height, dev.width) == (512, 1024, 1024)
     assert dev.noise_shape == (16, 128, 128) and not dev.uses_cfg
     schnell_like = SimpleNamespace(
-        vae_scale_factor=8, default_sample_size=128,
+        vae_scale_factor=8,
+        default_sample_size=128,
         transformer=SimpleNamespace(config=SimpleNamespace(guidance_embeds=False, in_channels=64)),
     )
     schnell = FluxGenerator(schnell_like)
@@ -54,8 +62,14 @@ def test_search_noise_is_the_pipelines_own_noise(pipe, generator, embeds):
     noises = torch.randn((2, *generator.noise_shape), generator=torch.Generator().manual_seed(5))
     ours = generator.generate(noises, embeds)
     drawn_by_the_pipeline = pipe(
-        prompt=[PROMPT] * 2, height=64, width=64, num_inference_steps=4, guidance_scale=3.5,
-        max_sequence_length=TEXT_LENGTH, generator=torch.Generator().manual_seed(5), output_type="pt",
+        prompt=[PROMPT] * 2,
+        height=64,
+        width=64,
+        num_inference_steps=4,
+        guidance_scale=3.5,
+        max_sequence_length=TEXT_LENGTH,
+        generator=torch.Generator().manual_seed(5),
+        output_type="pt",
     ).images
     # The pipeline encodes the batch's texts together, which moves the embeddings by float rounding.
     torch.testing.assert_close(ours.images, drawn_by_the_pipeline, atol=1e-5, rtol=0)
@@ -66,8 +80,13 @@ def test_search_noise_is_the_pipelines_own_noise(pipe, generator, embeds):
     with_latents = pipe(
         prompt_embeds=torch.cat([embeds.prompt_embeds] * 2),
         pooled_prompt_embeds=torch.cat([embeds.extra["pooled_prompt_embeds"]] * 2),
-        latents=packed, height=64, width=64, num_inference_steps=4, guidance_scale=3.5,
-        max_sequence_length=TEXT_LENGTH, output_type="pt",
+        latents=packed,
+        height=64,
+        width=64,
+        num_inference_steps=4,
+        guidance_scale=3.5,
+        max_sequence_length=TEXT_LENGTH,
+        output_type="pt",
     ).images
     torch.testing.assert_close(ours.images, with_latents, atol=1e-6, rtol=0)
     family_checks.check_the_noise_is_used(generator, embeds, ours.images)
@@ -75,9 +94,13 @@ def test_search_noise_is_the_pipelines_own_noise(pipe, generator, embeds):
 
 @pytest.mark.parametrize("steps", [4, 3])
 def test_clean_latents_and_sigmas_are_the_pipelines(pipe, generator, embeds, steps):
-    kept, final = family_checks.pipeline_final_latents(pipe, generator, generator.initial_noise(7, batch_size=2), embeds, steps)
+    kept, final = family_checks.pipeline_final_latents(
+        pipe, generator, generator.initial_noise(7, batch_size=2), embeds, steps
+    )
     assert final.shape == (2, 16, 64)  # packed
-    torch.testing.assert_close(kept, pipe._unpack_latents(final, 64, 64, pipe.vae_scale_factor), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        kept, pipe._unpack_latents(final, 64, 64, pipe.vae_scale_factor), atol=1e-6, rtol=0
+    )
     family_checks.check_sigmas_are_the_pipelines(generator, pipe, steps)
 
 
@@ -107,8 +130,15 @@ def test_lora_presets_save_and_load(tmp_path, pipe, preset):
 
 
 def test_preset_targets_by_block_kind():
-    names = [f"single_transformer_blocks.3.{leaf}" for leaf in ("attn.to_q", "proj_out", "proj_mlp", "norm.linear")]
-    names += ["transformer_blocks.0.attn.to_out.0", "transformer_blocks.0.ff_context.net.2", "proj_out", "x_embedder"]
+    names = [
+        f"single_transformer_blocks.3.{leaf}" for leaf in ("attn.to_q", "proj_out", "proj_mlp", "norm.linear")
+    ]
+    names += [
+        "transformer_blocks.0.attn.to_out.0",
+        "transformer_blocks.0.ff_context.net.2",
+        "proj_out",
+        "x_embedder",
+    ]
 
     def hits(preset):
         return [name for name in names if re.fullmatch(FluxGenerator.lora_targets[preset], name)]
@@ -124,7 +154,12 @@ def test_the_kit_is_deterministic_and_loads_back(tmp_path, pipe):
     from tscale_train.tiny.flux1 import build_tiny_flux1
 
     rebuilt = family_checks.check_kit_rebuilds_identically(
-        tmp_path, pipe, FluxPipeline, build_tiny_flux1, ("transformer", "vae", "text_encoder", "text_encoder_2"), "flux1"
+        tmp_path,
+        pipe,
+        FluxPipeline,
+        build_tiny_flux1,
+        ("transformer", "vae", "text_encoder", "text_encoder_2"),
+        "flux1",
     )
     assert rebuilt.tokenizer_2(PROMPT).input_ids == pipe.tokenizer_2(PROMPT).input_ids
     assert pipe.tokenizer_2(PROMPT).input_ids[-1] == pipe.tokenizer_2.eos_token_id

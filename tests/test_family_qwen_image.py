@@ -33,8 +33,12 @@ def pipeline_by_text(pipe, settings: QwenImageGenerator, prompts: list[str], **k
     if settings.uses_cfg:
         kwargs["negative_prompt"] = [settings.negative_prompt] * len(prompts)
     return pipe(
-        prompt=prompts, height=settings.height, width=settings.width, true_cfg_scale=settings.guidance_scale,
-        max_sequence_length=settings.max_sequence_length, **kwargs,
+        prompt=prompts,
+        height=settings.height,
+        width=settings.width,
+        true_cfg_scale=settings.guidance_scale,
+        max_sequence_length=settings.max_sequence_length,
+        **kwargs,
     ).images
 
 
@@ -46,9 +50,13 @@ def test_kit_loads_as_qwen_image_with_the_kit_settings(pipe, generator):
     assert isinstance(pipe.text_encoder, Qwen2_5_VLForConditionalGeneration)
     assert isinstance(pipe.vae, AutoencoderKLQwenImage) and pipe.vae_scale_factor == 8
     family_checks.check_kit_settings(
-        pipe, generator, MODEL, generator_class=QwenImageGenerator,
+        pipe,
+        generator,
+        MODEL,
+        generator_class=QwenImageGenerator,
         kit_defaults={"num_inference_steps": 4, "preview_steps": 2, "default_resolution": 64},
-        steps_preview_guidance=(4, 2, 4.0), uses_cfg=True,
+        steps_preview_guidance=(4, 2, 4.0),
+        uses_cfg=True,
         noise_shape=(16, 8, 8),  # [16, H/8, W/8], before 2x2 packing
     )
     assert generator.negative_prompt == " "
@@ -89,11 +97,18 @@ def test_generation_is_the_pipelines_own_from_that_noise(any_generator, pipe):
     torch.testing.assert_close(generator.from_pipeline_latents(latents), noises, atol=0, rtol=0)
     ours = generator.generate(noises, [generator.encode_prompt(prompt) for prompt in prompts]).images
     steps = generator.num_inference_steps
-    theirs = pipeline_by_text(pipe, generator, prompts, latents=latents, num_inference_steps=steps, output_type="pt")
+    theirs = pipeline_by_text(
+        pipe, generator, prompts, latents=latents, num_inference_steps=steps, output_type="pt"
+    )
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
     # The pipeline's own noise from a seed is `[N, 1, 16, h, w]` packed: the search noise of that seed.
     drawn = pipeline_by_text(
-        pipe, generator, prompts, generator=torch.Generator().manual_seed(5), num_inference_steps=steps, output_type="pt"
+        pipe,
+        generator,
+        prompts,
+        generator=torch.Generator().manual_seed(5),
+        num_inference_steps=steps,
+        output_type="pt",
     )
     torch.testing.assert_close(ours, drawn, atol=1e-5, rtol=0)
     other = generator.generate(generator.initial_noise(6), generator.encode_prompt(prompts[0])).images
@@ -107,8 +122,12 @@ def test_clean_latents_and_sigmas_are_the_pipelines(any_generator, pipe):
     kept = generator.generate(noises, embeds).clean_latents
     assert kept.shape == (2, 16, 8, 8)
     packed = pipeline_by_text(
-        pipe, generator, ["a cat"] * 2, latents=generator.to_pipeline_latents(noises),
-        num_inference_steps=generator.num_inference_steps, output_type="latent",
+        pipe,
+        generator,
+        ["a cat"] * 2,
+        latents=generator.to_pipeline_latents(noises),
+        num_inference_steps=generator.num_inference_steps,
+        output_type="latent",
     )
     torch.testing.assert_close(kept, generator.from_pipeline_latents(packed), atol=1e-6, rtol=0)
     family_checks.check_sigmas_are_the_pipelines(generator, pipe, generator.num_inference_steps)
@@ -157,7 +176,9 @@ def test_cfg_shares_one_negative_and_changes_the_images(generator, plain_generat
     assert "negative_prompt_embeds" not in plain_generator.pipeline_kwargs([plain])
     torch.testing.assert_close(plain.prompt_embeds, first.prompt_embeds)
     noises = generator.initial_noise(0, batch_size=2)
-    assert (generator.generate(noises, first).images - plain_generator.generate(noises, plain).images).abs().max() > 1e-3
+    assert (
+        generator.generate(noises, first).images - plain_generator.generate(noises, plain).images
+    ).abs().max() > 1e-3
 
 
 def test_ses_end_to_end_through_the_cli(tmp_path, kit_dir):
@@ -171,7 +192,9 @@ def test_lora_presets_and_save_load(preset, count, tmp_path, pipe):
     Counts: 2 double-stream blocks x 8 attention projections, x 4 MLP linears (image and text), then
     2 modulations per block, the image and text input projections, the final modulation and projection.
     """
-    hit = family_checks.check_lora_preset_round_trip(tmp_path, MODEL, QwenImageGenerator, preset, base=pipe, count=count)
+    hit = family_checks.check_lora_preset_round_trip(
+        tmp_path, MODEL, QwenImageGenerator, preset, base=pipe, count=count
+    )
     assert not any(name.startswith("time_text_embed") for name in hit)
 
 
@@ -179,7 +202,9 @@ def test_the_regexes_name_whole_modules_only():
     attention = re.compile(QWEN_IMAGE_LORA_TARGETS["attention"])
     assert attention.fullmatch("transformer_blocks.59.attn.to_out.0")
     assert attention.fullmatch("transformer_blocks.0.attn.add_k_proj")
-    assert not attention.fullmatch("transformer_blocks.0.attn.to_out") and not attention.fullmatch("transformer_blocks.0.attn.norm_q")
+    assert not attention.fullmatch("transformer_blocks.0.attn.to_out") and not attention.fullmatch(
+        "transformer_blocks.0.attn.norm_q"
+    )
     attention_ff = re.compile(QWEN_IMAGE_LORA_TARGETS["attention_ff"])
     assert attention_ff.fullmatch("transformer_blocks.3.txt_mlp.net.0.proj")
     assert not attention_ff.fullmatch("transformer_blocks.3.txt_mlp.net.0")

@@ -29,11 +29,20 @@ def unguided(pipe):
 
 def test_the_kit_settings_reach_the_generator(pipe, generator):
     family_checks.check_kit_settings(
-        pipe, generator, MODEL, generator_class=StableDiffusion3Generator,
+        pipe,
+        generator,
+        MODEL,
+        generator_class=StableDiffusion3Generator,
         kit_defaults={
-            "max_sequence_length": TEXT_LENGTH, "num_inference_steps": 4, "preview_steps": 2, "default_resolution": 64,
+            "max_sequence_length": TEXT_LENGTH,
+            "num_inference_steps": 4,
+            "preview_steps": 2,
+            "default_resolution": 64,
         },
-        steps_preview_guidance=(4, 2, 3.5), uses_cfg=True, noise_shape=(16, 8, 8), off_grid=(64, 56),
+        steps_preview_guidance=(4, 2, 3.5),
+        uses_cfg=True,
+        noise_shape=(16, 8, 8),
+        off_grid=(64, 56),
     )
     assert generator.is_sd35 and generator.max_sequence_length == TEXT_LENGTH
 
@@ -46,7 +55,9 @@ def test_real_model_defaults(pipe):
     assert (sd35.max_sequence_length, sd35.height, sd35.width) == (256, 1024, 1024)
     assert sd35.noise_shape == (16, 128, 128) and sd35.uses_cfg
     sd3_medium_like = SimpleNamespace(
-        vae_scale_factor=8, patch_size=2, default_sample_size=128,
+        vae_scale_factor=8,
+        patch_size=2,
+        default_sample_size=128,
         transformer=SimpleNamespace(config=SimpleNamespace(qk_norm=None, in_channels=16)),
     )
     sd3 = StableDiffusion3Generator(sd3_medium_like)
@@ -59,8 +70,14 @@ def test_search_noise_is_the_pipelines_own_noise(pipe, generator, embeds):
     noises = torch.randn((2, *generator.noise_shape), generator=torch.Generator().manual_seed(5))
     ours = generator.generate(noises, embeds)
     drawn_by_the_pipeline = pipe(
-        prompt=[PROMPT] * 2, height=64, width=64, num_inference_steps=4, guidance_scale=3.5,
-        max_sequence_length=TEXT_LENGTH, generator=torch.Generator().manual_seed(5), output_type="pt",
+        prompt=[PROMPT] * 2,
+        height=64,
+        width=64,
+        num_inference_steps=4,
+        guidance_scale=3.5,
+        max_sequence_length=TEXT_LENGTH,
+        generator=torch.Generator().manual_seed(5),
+        output_type="pt",
     ).images
     # The pipeline encodes the batch's texts together, which moves the embeddings by float rounding.
     torch.testing.assert_close(ours.images, drawn_by_the_pipeline, atol=1e-5, rtol=0)
@@ -72,8 +89,13 @@ def test_search_noise_is_the_pipelines_own_noise(pipe, generator, embeds):
         pooled_prompt_embeds=torch.cat([embeds.extra["pooled_prompt_embeds"]] * 2),
         negative_prompt_embeds=torch.cat([negative.prompt_embeds] * 2),
         negative_pooled_prompt_embeds=torch.cat([negative.extra["pooled_prompt_embeds"]] * 2),
-        latents=generator.to_pipeline_latents(noises), height=64, width=64, num_inference_steps=4,
-        guidance_scale=3.5, max_sequence_length=TEXT_LENGTH, output_type="pt",
+        latents=generator.to_pipeline_latents(noises),
+        height=64,
+        width=64,
+        num_inference_steps=4,
+        guidance_scale=3.5,
+        max_sequence_length=TEXT_LENGTH,
+        output_type="pt",
     ).images
     torch.testing.assert_close(ours.images, with_latents, atol=1e-6, rtol=0)
     family_checks.check_the_noise_is_used(generator, embeds, ours.images)
@@ -94,7 +116,9 @@ def test_cfg_negative_is_encoded_once_and_changes_the_image(generator, unguided,
 
 @pytest.mark.parametrize("steps", [4, 3])
 def test_clean_latents_and_sigmas_are_the_pipelines(pipe, generator, embeds, steps):
-    kept, final = family_checks.pipeline_final_latents(pipe, generator, generator.initial_noise(7, batch_size=2), embeds, steps)
+    kept, final = family_checks.pipeline_final_latents(
+        pipe, generator, generator.initial_noise(7, batch_size=2), embeds, steps
+    )
     torch.testing.assert_close(kept, final, atol=1e-6, rtol=0)
     family_checks.check_sigmas_are_the_pipelines(generator, pipe, steps)
 
@@ -129,9 +153,19 @@ def test_attention_preset_covers_sd35_medium_dual_attention():
 
     torch.manual_seed(0)
     transformer = SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=8,
-        pos_embed_max_size=8, dual_attention_layers=(0,), qk_norm="rms_norm",
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        caption_projection_dim=16,
+        pooled_projection_dim=8,
+        pos_embed_max_size=8,
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
     )
     add_lora(transformer, rank=2, target_modules="attention", presets=StableDiffusion3Generator.lora_targets)
     targets = set(family_checks.lora_base_layers(transformer))
@@ -140,8 +174,13 @@ def test_attention_preset_covers_sd35_medium_dual_attention():
 
 
 def test_preset_targets_by_module():
-    names = ["transformer_blocks.1.attn.add_k_proj", "transformer_blocks.0.ff_context.net.0.proj",
-             "transformer_blocks.0.norm1.linear", "proj_out", "context_embedder"]
+    names = [
+        "transformer_blocks.1.attn.add_k_proj",
+        "transformer_blocks.0.ff_context.net.0.proj",
+        "transformer_blocks.0.norm1.linear",
+        "proj_out",
+        "context_embedder",
+    ]
 
     def hits(preset):
         return [name for name in names if re.fullmatch(StableDiffusion3Generator.lora_targets[preset], name)]
@@ -157,7 +196,11 @@ def test_the_kit_is_deterministic_and_loads_back(tmp_path, pipe):
     from tscale_train.tiny.sd3 import build_tiny_sd3
 
     rebuilt = family_checks.check_kit_rebuilds_identically(
-        tmp_path, pipe, StableDiffusion3Pipeline, build_tiny_sd3,
-        ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"), "sd3",
+        tmp_path,
+        pipe,
+        StableDiffusion3Pipeline,
+        build_tiny_sd3,
+        ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"),
+        "sd3",
     )
     assert rebuilt.tokenizer_3(PROMPT).input_ids == pipe.tokenizer_3(PROMPT).input_ids

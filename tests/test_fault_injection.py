@@ -28,11 +28,45 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests/scripts/train_with_fault.py"
 ROUNDS = 3
 CONFIG_ARGS = [
-    "--model", "tiny", "--dtype", "float32", "--reward", "rewards.synthetic:brightness",
-    "--budget", "4", "--popsize", "2", "--k_elites", "2", "--prompts_per_round", "4", "--rounds", str(ROUNDS),
-    "--checkpoint_every", "1", "--epochs_per_round", "2", "--train_batch_size", "2", "--lora_rank", "4",
-    "--eval_every", "1", "--eval_budget", "2", "--max_eval_prompts", "2", "--gradient_checkpointing", "False",
-    "--lora_target_modules", "attention", "--no_progress", "--seed", "0", "--report_to", "none",
+    "--model",
+    "tiny",
+    "--dtype",
+    "float32",
+    "--reward",
+    "rewards.synthetic:brightness",
+    "--budget",
+    "4",
+    "--popsize",
+    "2",
+    "--k_elites",
+    "2",
+    "--prompts_per_round",
+    "4",
+    "--rounds",
+    str(ROUNDS),
+    "--checkpoint_every",
+    "1",
+    "--epochs_per_round",
+    "2",
+    "--train_batch_size",
+    "2",
+    "--lora_rank",
+    "4",
+    "--eval_every",
+    "1",
+    "--eval_budget",
+    "2",
+    "--max_eval_prompts",
+    "2",
+    "--gradient_checkpointing",
+    "False",
+    "--lora_target_modules",
+    "attention",
+    "--no_progress",
+    "--seed",
+    "0",
+    "--report_to",
+    "none",
 ]
 try:  # The run directory's lock file may stay on purpose; nothing else hidden or temporary may be left.
     from tscale_train.run_dir import LOCK_NAME
@@ -56,7 +90,9 @@ def check_ok(result: subprocess.CompletedProcess, what: str) -> None:
 
 
 def metrics_rows(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines() if line.strip()
+    ]
 
 
 def leftovers(output_dir: Path) -> list[str]:
@@ -76,7 +112,9 @@ def reference(tmp_path_factory, kit_dir) -> Path:
     rows = metrics_rows(output_dir)
     assert [row["round"] for row in rows] == list(range(-1, ROUNDS))
     lora = load_file(str(output_dir / "pytorch_lora_weights.safetensors"))
-    assert any(value.abs().max() > 0 for key, value in lora.items() if "lora_B" in key), "training never moved the LoRA"
+    assert any(value.abs().max() > 0 for key, value in lora.items() if "lora_B" in key), (
+        "training never moved the LoRA"
+    )
     assert leftovers(output_dir) == []
     return output_dir
 
@@ -96,22 +134,30 @@ def test_killed_run_resumes_to_the_uninterrupted_result(point, kill_round, refer
     stored = PairStore(output_dir / "pairs").rounds()
     assert stored == list(range(kill_round if point in ("search", "shard") else kill_round + 1)), stored
 
-    check_ok(run_script(output_dir, "--resume_from_checkpoint", "latest"), f"the resume after a kill at {point}")
+    check_ok(
+        run_script(output_dir, "--resume_from_checkpoint", "latest"), f"the resume after a kill at {point}"
+    )
 
     # The final LoRA is the uninterrupted run's.
     expected = load_file(str(reference / "pytorch_lora_weights.safetensors"))
     resumed = load_file(str(output_dir / "pytorch_lora_weights.safetensors"))
     assert resumed.keys() == expected.keys()
     for key in expected:
-        torch.testing.assert_close(resumed[key], expected[key], atol=1e-6, rtol=0, msg=f"{point}: LoRA {key} differs")
+        torch.testing.assert_close(
+            resumed[key], expected[key], atol=1e-6, rtol=0, msg=f"{point}: LoRA {key} differs"
+        )
 
     # Every round once in the metrics, in order, with the uninterrupted run's step counts.
     rows = metrics_rows(output_dir)
-    assert [row["round"] for row in rows] == list(range(-1, ROUNDS)), f"{point}: metrics.jsonl rounds {[row['round'] for row in rows]}"
+    assert [row["round"] for row in rows] == list(range(-1, ROUNDS)), (
+        f"{point}: metrics.jsonl rounds {[row['round'] for row in rows]}"
+    )
     expected_rows = metrics_rows(reference)
     assert [row["global_step"] for row in rows] == [row["global_step"] for row in expected_rows]
     for row, expected_row in zip(rows[1:], expected_rows[1:], strict=True):
-        torch.testing.assert_close(row["search/best_reward"], expected_row["search/best_reward"], atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            row["search/best_reward"], expected_row["search/best_reward"], atol=1e-6, rtol=0
+        )
 
     # Every round once in the pair store: one shard per round for one process.
     store = PairStore(output_dir / "pairs")

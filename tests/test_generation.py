@@ -23,7 +23,9 @@ def test_batched_generation_equals_one_at_a_time(generator):
     batched = generator.generate(noises, embeds)
     single = [generator.generate(noises[i : i + 1], embeds) for i in range(5)]
     torch.testing.assert_close(batched.images, torch.cat([out.images for out in single]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(batched.clean_latents, torch.cat([out.clean_latents for out in single]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        batched.clean_latents, torch.cat([out.clean_latents for out in single]), atol=1e-4, rtol=0
+    )
     assert batched.images.shape == (5, 3, generator.height, generator.width)
     assert 0.0 <= batched.images.min() and batched.images.max() <= 1.0
 
@@ -113,12 +115,16 @@ def test_search_scores_batch_by_batch_in_bounded_groups(tiny_pipe):
     prompts = [f"prompt {index}" for index in range(5)]
     seeds = list(range(5))
     config = SESConfig(popsize=4, k_elites=2)
-    grouped = search_prompts(generator, reward, prompts, seeds, budget=8, config=config, group_size=2, progress=False)
+    grouped = search_prompts(
+        generator, reward, prompts, seeds, budget=8, config=config, group_size=2, progress=False
+    )
     assert max(reward_batches) <= 3, reward_batches  # the eval batch, never a whole generation
     assert max(evaluated) <= 4 * 2, evaluated  # popsize x group size
     assert sum(reward_batches) == 5 * 8
     # The grouping changes nothing about the results.
-    together = search_prompts(generator, reward, prompts, seeds, budget=8, config=config, group_size=None, progress=False)
+    together = search_prompts(
+        generator, reward, prompts, seeds, budget=8, config=config, group_size=None, progress=False
+    )
     for one, other in zip(grouped, together, strict=True):
         torch.testing.assert_close(one.search.scores, other.search.scores, atol=1e-5, rtol=0)
         if one.search.best_index == other.search.best_index:
@@ -135,7 +141,10 @@ def test_cfg_negative_embedding_is_encoded_once_and_shared(kit_dir):
 
     generator = generator_for_pipeline(load_pipeline("tiny-base", dtype="float32"))
     first, second = generator.encode_prompt("a cat"), generator.encode_prompt("a dog")
-    assert first.negative_prompt_embeds is not None and first.negative_prompt_embeds is second.negative_prompt_embeds
+    assert (
+        first.negative_prompt_embeds is not None
+        and first.negative_prompt_embeds is second.negative_prompt_embeds
+    )
 
 
 def test_kit_settings_come_from_loading_not_from_generation(kit_dir, tiny_pipe):
@@ -143,7 +152,11 @@ def test_kit_settings_come_from_loading_not_from_generation(kit_dir, tiny_pipe):
     from tscale_train.loading import generator_defaults
 
     defaults = generator_defaults("tiny")
-    assert defaults == {"text_encoder_out_layers": (1, 2), "max_sequence_length": 64, "default_resolution": 64}
+    assert defaults == {
+        "text_encoder_out_layers": (1, 2),
+        "max_sequence_length": 64,
+        "default_resolution": 64,
+    }
     assert generator_defaults("black-forest-labs/FLUX.2-klein-4B") == {}
     explicit = Flux2KleinGenerator(tiny_pipe, **defaults)
     implicit = generator_for_pipeline(tiny_pipe)  # the pipe loaded by load_pipeline carries them
@@ -156,7 +169,13 @@ def test_kit_settings_come_from_loading_not_from_generation(kit_dir, tiny_pipe):
 
 def test_prompt_embeds_named_fields(generator):
     embeds = generator.encode_prompt("a cat")
-    assert embeds.prompt == "a cat" and embeds.negative_prompt_embeds is None and embeds.negative_text_ids is None
-    assert embeds.prompt_embeds.shape[:2] == (1, generator.max_sequence_length) and embeds.text_ids.shape[0] == 1
+    assert (
+        embeds.prompt == "a cat"
+        and embeds.negative_prompt_embeds is None
+        and embeds.negative_text_ids is None
+    )
+    assert (
+        embeds.prompt_embeds.shape[:2] == (1, generator.max_sequence_length) and embeds.text_ids.shape[0] == 1
+    )
     moved = embeds.to("cpu")
     assert torch.equal(moved.prompt_embeds, embeds.prompt_embeds) and moved.negative_prompt_embeds is None

@@ -26,12 +26,18 @@ CPU_CONFIGS = sorted(path.name for path in (CONFIGS / "cpu").glob("*.yaml"))
 # Launched one machine at a time below; a multi-machine twin would wait for its other machines
 # (tests/test_multi_node.py launches those as several machines on this host).
 SINGLE_MACHINE_CPU_CONFIGS = [
-    name for name in CPU_CONFIGS if int(yaml.safe_load((CONFIGS / "cpu" / name).read_text()).get("num_machines", 1)) == 1
+    name
+    for name in CPU_CONFIGS
+    if int(yaml.safe_load((CONFIGS / "cpu" / name).read_text()).get("num_machines", 1)) == 1
 ]
 PROMPTS_PER_ROUND = 8
 # What `accelerator.distributed_type` must be for each distributed_type of a config, on CPU.
 EXPECTED_TYPE = {"NO": "NO", "MULTI_GPU": "MULTI_CPU", "DEEPSPEED": "DEEPSPEED"}
-EXPECTED_WRAPPER = {"NO": "Flux2Transformer2DModel", "MULTI_GPU": "DistributedDataParallel", "DEEPSPEED": "DeepSpeedEngine"}
+EXPECTED_WRAPPER = {
+    "NO": "Flux2Transformer2DModel",
+    "MULTI_GPU": "DistributedDataParallel",
+    "DEEPSPEED": "DeepSpeedEngine",
+}
 
 
 def _read(path: Path) -> dict:
@@ -46,17 +52,41 @@ def test_every_gpu_config_has_a_cpu_twin_with_the_same_precision():
         gpu, cpu = _read(CONFIGS / name), _read(twin)
         assert cpu.get("use_cpu") is True, twin
         for key in ("distributed_type", "mixed_precision"):
-            assert cpu[key] == gpu[key], f"{twin.name}: {key} {cpu[key]!r} differs from the GPU config's {gpu[key]!r}"
-        assert cpu.get("deepspeed_config", {}).get("zero_stage") == gpu.get("deepspeed_config", {}).get("zero_stage")
+            assert cpu[key] == gpu[key], (
+                f"{twin.name}: {key} {cpu[key]!r} differs from the GPU config's {gpu[key]!r}"
+            )
+        assert cpu.get("deepspeed_config", {}).get("zero_stage") == gpu.get("deepspeed_config", {}).get(
+            "zero_stage"
+        )
 
 
 def launch(config_file: Path, args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_EXTENSIONS_DIR=str(REPO / ".torch_extensions"))
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-        str(REPO / "tests/scripts/train_and_dump.py"), "--config", str(REPO / "recipes/configs/tiny.yaml"),
-        "--no_progress", "--budget", "8", "--popsize", "4", "--eval_budget", "4", "--eval_ses_every", "1",
-        "--prompts_per_round", str(PROMPTS_PER_ROUND), "--epochs_per_round", "2", "--max_eval_prompts", "4", *args,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config_file),
+        str(REPO / "tests/scripts/train_and_dump.py"),
+        "--config",
+        str(REPO / "recipes/configs/tiny.yaml"),
+        "--no_progress",
+        "--budget",
+        "8",
+        "--popsize",
+        "4",
+        "--eval_budget",
+        "4",
+        "--eval_ses_every",
+        "1",
+        "--prompts_per_round",
+        str(PROMPTS_PER_ROUND),
+        "--epochs_per_round",
+        "2",
+        "--max_eval_prompts",
+        "4",
+        *args,
     ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
@@ -74,11 +104,15 @@ def check_ranks(out: Path, accelerate_config: dict, **expected) -> list[dict[str
         for key, value in expected.items():
             assert info[key] == value, (key, infos)
     loras = [load_file(str(out / "ranks" / f"rank_{rank}.safetensors")) for rank in range(num_processes)]
-    assert any(value.abs().max() > 0 for key, value in loras[0].items() if "lora_B" in key), "training never moved the LoRA"
+    assert any(value.abs().max() > 0 for key, value in loras[0].items() if "lora_B" in key), (
+        "training never moved the LoRA"
+    )
     for other in loras[1:]:
         assert other.keys() == loras[0].keys()
         for key in loras[0]:
-            torch.testing.assert_close(other[key], loras[0][key], atol=0, rtol=0, msg=f"ranks disagree on {key}")
+            torch.testing.assert_close(
+                other[key], loras[0][key], atol=0, rtol=0, msg=f"ranks disagree on {key}"
+            )
     return loras
 
 
@@ -87,7 +121,9 @@ def metrics_rows(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [name for name in SINGLE_MACHINE_CPU_CONFIGS if name != "deepspeed_zero2.yaml"])
+@pytest.mark.parametrize(
+    "name", [name for name in SINGLE_MACHINE_CPU_CONFIGS if name != "deepspeed_zero2.yaml"]
+)
 def test_cpu_config_runs_the_loop_data_parallel(name, tmp_path, kit_dir):
     config_file = CONFIGS / "cpu" / name
     accelerate_config = _read(config_file)
@@ -114,8 +150,18 @@ def test_deepspeed_twin_accumulates_as_configured_and_checkpoints_only_the_lora(
     accelerate_config = _read(config_file)
     out = tmp_path / "run"
     # Attention-only LoRA: then "only LoRA tensors in the checkpoint" is a sharp test.
-    common = ["--dtype", "bfloat16", "--gradient_accumulation_steps", "2", "--lora_target_modules", "attention",
-              "--checkpoint_every", "1", "--output_dir", str(out)]
+    common = [
+        "--dtype",
+        "bfloat16",
+        "--gradient_accumulation_steps",
+        "2",
+        "--lora_target_modules",
+        "attention",
+        "--checkpoint_every",
+        "1",
+        "--output_dir",
+        str(out),
+    ]
     result = launch(config_file, ["--rounds", "1", *common], tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     check_ranks(out, accelerate_config, gradient_accumulation_steps=2)
@@ -126,7 +172,9 @@ def test_deepspeed_twin_accumulates_as_configured_and_checkpoints_only_the_lora(
     module_files = list(checkpoint.rglob("*model_states.pt"))
     assert module_files, sorted(str(path.relative_to(checkpoint)) for path in checkpoint.rglob("*"))
     for path in module_files:
-        module = torch.load(path, map_location="cpu", weights_only=False)["module"]  # our own file, just written
+        module = torch.load(path, map_location="cpu", weights_only=False)[
+            "module"
+        ]  # our own file, just written
         assert module and all("lora_" in key for key in module), sorted(module)[:5]
 
     resumed = launch(config_file, ["--rounds", "2", "--resume_from_checkpoint", "latest", *common], tmp_path)

@@ -14,10 +14,25 @@ from tscale_train.trainer import OnlineDPOTrainer
 
 def tiny_config(tmp_path: Path, **overrides) -> OnlineDPOConfig:
     values = dict(
-        model="tiny", dtype="float32", reward="rewards.synthetic:brightness", budget=6, popsize=3, k_elites=2,
-        rounds=1, prompts_per_round=4, epochs_per_round=1, train_batch_size=2, lora_rank=4, eval_every=0,
-        eval_budget=3, max_eval_prompts=2, checkpoint_every=0, gradient_checkpointing=False,
-        output_dir=str(tmp_path / "run"), progress=False, seed=0,
+        model="tiny",
+        dtype="float32",
+        reward="rewards.synthetic:brightness",
+        budget=6,
+        popsize=3,
+        k_elites=2,
+        rounds=1,
+        prompts_per_round=4,
+        epochs_per_round=1,
+        train_batch_size=2,
+        lora_rank=4,
+        eval_every=0,
+        eval_budget=3,
+        max_eval_prompts=2,
+        checkpoint_every=0,
+        gradient_checkpointing=False,
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+        seed=0,
     )
     values.update(overrides)
     return OnlineDPOConfig(**values)
@@ -33,8 +48,9 @@ def test_ses_generate_the_readme_python_api(tiny_pipe):
     from tscale_train.ses import ses_generate
 
     reward = load_reward("rewards.synthetic:brightness")
-    result = ses_generate(tiny_pipe, prompt="sketch, a cat", reward=reward, budget=8, seed=1,
-                          config=None, progress=False)
+    result = ses_generate(
+        tiny_pipe, prompt="sketch, a cat", reward=reward, budget=8, seed=1, config=None, progress=False
+    )
     assert result.search.scores.shape == (8,)
     assert result.best_score == float(result.search.scores.max()) >= result.base_score
     assert result.image.size == result.base_image.size == (64, 64)
@@ -55,13 +71,22 @@ def test_a_prompts_search_does_not_depend_on_the_prompts_sharing_its_batch(tiny_
 
     config = SESConfig(popsize=3, k_elites=2)
     alone = search_prompts(generator, reward, ["a red cube"], [7], budget=6, config=config, progress=False)[0]
-    crowd = search_prompts(generator, reward, ["a dog", "a red cube", "a tree"], [1, 7, 3], budget=6, config=config,
-                           progress=False)[1]
+    crowd = search_prompts(
+        generator,
+        reward,
+        ["a dog", "a red cube", "a tree"],
+        [1, 7, 3],
+        budget=6,
+        config=config,
+        progress=False,
+    )[1]
     torch.testing.assert_close(alone.search.scores, crowd.search.scores, atol=1e-5, rtol=0)
     assert alone.search.best_index == crowd.search.best_index
 
 
-@pytest.mark.parametrize("pairing, pairs_per_prompt", [("best_vs_worst", 1), ("best_vs_base", 1), ("top_k_vs_bottom_k", 2)])
+@pytest.mark.parametrize(
+    "pairing, pairs_per_prompt", [("best_vs_worst", 1), ("best_vs_base", 1), ("top_k_vs_bottom_k", 2)]
+)
 def test_each_pairing_strategy_through_the_trainer(pairing, pairs_per_prompt, tmp_path, kit_dir, monkeypatch):
     import tscale_train.trainer as trainer_module
     from tscale_train.pairs import PairStore
@@ -71,7 +96,7 @@ def test_each_pairing_strategy_through_the_trainer(pairing, pairs_per_prompt, tm
 
     def spy(*args, **kwargs):
         searched.extend(original(*args, **kwargs))
-        return searched[-len(args[2]):]
+        return searched[-len(args[2]) :]
 
     monkeypatch.setattr(trainer_module, "search_prompts", spy)
     config = tiny_config(tmp_path, pairing=pairing, pairs_per_prompt=pairs_per_prompt)
@@ -102,8 +127,9 @@ def test_each_pairing_strategy_through_the_trainer(pairing, pairs_per_prompt, tm
 def test_gradient_accumulation_steps_counts_optimizer_steps(tmp_path, kit_dir):
     """4 pairs, 1 pair per micro-step, 2 epochs: 8 micro-steps, so 4 optimizer steps with accumulation 2."""
     single = OnlineDPOTrainer(tiny_config(tmp_path / "one", train_batch_size=1, epochs_per_round=2)).train()
-    double = OnlineDPOTrainer(tiny_config(tmp_path / "two", train_batch_size=1, epochs_per_round=2,
-                                          gradient_accumulation_steps=2)).train()
+    double = OnlineDPOTrainer(
+        tiny_config(tmp_path / "two", train_batch_size=1, epochs_per_round=2, gradient_accumulation_steps=2)
+    ).train()
     assert metrics(single)[-1]["global_step"] == 8
     assert metrics(double)[-1]["global_step"] == 4
 

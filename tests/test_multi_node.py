@@ -36,9 +36,25 @@ NUM_PROCESSES = 2  # in all: one per machine
 PROMPTS_PER_ROUND = 8
 TIMEOUT = 300
 COMMON = [
-    "--config", str(REPO / "recipes/configs/tiny.yaml"), "--no_progress", "--budget", "8", "--popsize", "4",
-    "--eval_budget", "4", "--prompts_per_round", str(PROMPTS_PER_ROUND), "--epochs_per_round", "2",
-    "--max_eval_prompts", "4", "--checkpoint_every", "1", "--dtype", "bfloat16",  # both configs are bf16
+    "--config",
+    str(REPO / "recipes/configs/tiny.yaml"),
+    "--no_progress",
+    "--budget",
+    "8",
+    "--popsize",
+    "4",
+    "--eval_budget",
+    "4",
+    "--prompts_per_round",
+    str(PROMPTS_PER_ROUND),
+    "--epochs_per_round",
+    "2",
+    "--max_eval_prompts",
+    "4",
+    "--checkpoint_every",
+    "1",
+    "--dtype",
+    "bfloat16",  # both configs are bf16
 ]
 # (two-machine config, the one-machine config with the same distributed type, precision and process count)
 CASES = {
@@ -54,13 +70,22 @@ def free_port() -> int:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1", TORCH_EXTENSIONS_DIR=str(REPO / ".torch_extensions"), **extra)
+    return dict(
+        os.environ, OMP_NUM_THREADS="1", TORCH_EXTENSIONS_DIR=str(REPO / ".torch_extensions"), **extra
+    )
 
 
 def _command(config_file: Path, launch_args: list[str], args: list[str]) -> list[str]:
     return [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file), *launch_args,
-        str(REPO / "tests/scripts/train_and_dump.py"), *COMMON, *args,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config_file),
+        *launch_args,
+        str(REPO / "tests/scripts/train_and_dump.py"),
+        *COMMON,
+        *args,
     ]
 
 
@@ -71,8 +96,16 @@ def _run_all(commands: list[tuple[list[str], dict[str, str]]], logs: list[Path],
         for (command, env), log in zip(commands, logs, strict=True):
             with log.open("w") as handle:
                 # Own process group: a kill reaches the launcher's workers too.
-                processes.append(subprocess.Popen(command, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
-                                                  start_new_session=True))
+                processes.append(
+                    subprocess.Popen(
+                        command,
+                        env=env,
+                        cwd=cwd,
+                        stdout=handle,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
         deadline = time.monotonic() + TIMEOUT
         while any(process.poll() is None for process in processes):
             if time.monotonic() > deadline or any(process.poll() not in (None, 0) for process in processes):
@@ -83,7 +116,11 @@ def _run_all(commands: list[tuple[list[str], dict[str, str]]], logs: list[Path],
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-    failed = [(log, process.returncode) for process, log in zip(processes, logs, strict=True) if process.returncode != 0]
+    failed = [
+        (log, process.returncode)
+        for process, log in zip(processes, logs, strict=True)
+        if process.returncode != 0
+    ]
     if failed:
         tails = "\n".join(f"--- {log.name} (exit {code}):\n{log.read_text()[-3000:]}" for log, code in failed)
         pytest.fail(f"a launch failed or ran past {TIMEOUT}s:\n{tails}")
@@ -95,8 +132,16 @@ def launch_machines(config_file: Path, args: list[str], cwd: Path, node_local: l
     commands = []
     for machine_rank in range(NUM_MACHINES):
         launch_args = [
-            "--num_machines", str(NUM_MACHINES), "--num_processes", str(NUM_PROCESSES), "--machine_rank", str(machine_rank),
-            "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+            "--num_machines",
+            str(NUM_MACHINES),
+            "--num_processes",
+            str(NUM_PROCESSES),
+            "--machine_rank",
+            str(machine_rank),
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            str(port),
         ]
         env = _env(TSCALE_TINY_DIR=str(node_local[machine_rank]))
         commands.append((_command(config_file, launch_args, args), env))
@@ -110,16 +155,23 @@ def launch_one_machine(config_file: Path, args: list[str], cwd: Path) -> None:
 
 def rank_loras(out: Path, distributed_type: str) -> list[dict[str, torch.Tensor]]:
     """Every rank's LoRA (train_and_dump.py's dump), checked to be the same on all ranks, which formed one group."""
-    expected = {"MULTI_GPU": ("MULTI_CPU", "DistributedDataParallel"), "DEEPSPEED": ("DEEPSPEED", "DeepSpeedEngine")}
+    expected = {
+        "MULTI_GPU": ("MULTI_CPU", "DistributedDataParallel"),
+        "DEEPSPEED": ("DEEPSPEED", "DeepSpeedEngine"),
+    }
     for rank in range(NUM_PROCESSES):
         info = json.loads((out / "ranks" / f"rank_{rank}.json").read_text())
         assert info["process_index"] == rank and info["num_processes"] == NUM_PROCESSES, info
         assert (info["distributed_type"], info["model_class"]) == expected[distributed_type], info
     loras = [load_file(str(out / "ranks" / f"rank_{rank}.safetensors")) for rank in range(NUM_PROCESSES)]
-    assert any(value.abs().max() > 0 for key, value in loras[0].items() if "lora_B" in key), "training never moved the LoRA"
+    assert any(value.abs().max() > 0 for key, value in loras[0].items() if "lora_B" in key), (
+        "training never moved the LoRA"
+    )
     for other in loras[1:]:
         for key in loras[0]:
-            torch.testing.assert_close(other[key], loras[0][key], atol=0, rtol=0, msg=f"ranks disagree on {key}")
+            torch.testing.assert_close(
+                other[key], loras[0][key], atol=0, rtol=0, msg=f"ranks disagree on {key}"
+            )
     return loras
 
 
@@ -136,7 +188,9 @@ def metrics_rows(out: Path) -> list[dict]:
 
 
 def shard_names(out: Path, round_index: int) -> list[str]:
-    return sorted(path.name for path in (out / "pairs" / f"round_{round_index:05d}").iterdir() if path.is_dir())
+    return sorted(
+        path.name for path in (out / "pairs" / f"round_{round_index:05d}").iterdir() if path.is_dir()
+    )
 
 
 @pytest.mark.slow
@@ -147,7 +201,10 @@ def test_two_machines_train_resume_and_match_one_machine(case, tmp_path, kit_dir
         pytest.importorskip("deepspeed")
     config = yaml.safe_load(multi_node.read_text())
     reference = yaml.safe_load(one_machine.read_text())
-    assert config["num_machines"] == NUM_MACHINES and config["num_processes"] == reference["num_processes"] == NUM_PROCESSES
+    assert (
+        config["num_machines"] == NUM_MACHINES
+        and config["num_processes"] == reference["num_processes"] == NUM_PROCESSES
+    )
     for key in ("distributed_type", "mixed_precision"):
         assert config[key] == reference[key], key
     if case == "deepspeed_zero2":
@@ -166,7 +223,10 @@ def test_two_machines_train_resume_and_match_one_machine(case, tmp_path, kit_dir
     assert shard_names(out, 0) == ["process_00000", "process_00001"]
     checkpoint = out / "checkpoints" / "checkpoint-00000"
     # Per-process files by global rank: accelerate's RNG states (and DeepSpeed's ZeRO partitions).
-    assert sorted(path.name for path in checkpoint.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    assert sorted(path.name for path in checkpoint.glob("random_states_*.pkl")) == [
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    ]
     if case == "deepspeed_zero2":
         partitions = sorted(path.name.split("_mp_rank")[0] for path in checkpoint.rglob("*optim_states.pt"))
         assert partitions == ["bf16_zero_pp_rank_0", "bf16_zero_pp_rank_1"], partitions
@@ -185,7 +245,9 @@ def test_two_machines_train_resume_and_match_one_machine(case, tmp_path, kit_dir
     one = rank_loras(straight, config["distributed_type"])[0]
     assert two_machines.keys() == one.keys()
     for key in one:
-        torch.testing.assert_close(two_machines[key], one[key], atol=1e-6, rtol=0, msg=f"two machines and one differ on {key}")
+        torch.testing.assert_close(
+            two_machines[key], one[key], atol=1e-6, rtol=0, msg=f"two machines and one differ on {key}"
+        )
     final_two = load_file(str(out / "pytorch_lora_weights.safetensors"))
     final_one = load_file(str(straight / "pytorch_lora_weights.safetensors"))
     for key in final_one:

@@ -403,9 +403,7 @@ def _search(prompt: str = "a cat", seed: int = 7, budget: int = 6, shape=(4, 3, 
 
     generator = torch.Generator().manual_seed(seed)
     scores = torch.tensor([0.5, 0.2, 0.9, float("nan"), 0.1, 0.7][:budget])
-    search = SearchResult(
-        best_noise=torch.zeros(1, *shape), best_score=0.9, best_index=2, scores=scores
-    )
+    search = SearchResult(best_noise=torch.zeros(1, *shape), best_score=0.9, best_index=2, scores=scores)
     return PromptSearch(
         prompt=prompt,
         seed=seed,
@@ -419,14 +417,26 @@ def test_pair_record_from_search():
     result = _search()
     records = records_from_search(result, prompt_index=4, round_index=2, strategy="top_k_vs_bottom_k", k=2)
     pairs = select_pairs(result.search.scores, "top_k_vs_bottom_k", k=2)
-    assert [(r.chosen_index, r.rejected_index) for r in records] == [(p.chosen_index, p.rejected_index) for p in pairs]
+    assert [(r.chosen_index, r.rejected_index) for r in records] == [
+        (p.chosen_index, p.rejected_index) for p in pairs
+    ]
     first = records[0]
-    assert (first.prompt, first.prompt_index, first.round, first.seed, first.strategy) == ("a cat", 4, 2, 7, "top_k_vs_bottom_k")
-    assert first.chosen_score == float(result.search.scores[2]) and first.margin == pytest.approx(pairs[0].margin)
+    assert (first.prompt, first.prompt_index, first.round, first.seed, first.strategy) == (
+        "a cat",
+        4,
+        2,
+        7,
+        "top_k_vs_bottom_k",
+    )
+    assert first.chosen_score == float(result.search.scores[2]) and first.margin == pytest.approx(
+        pairs[0].margin
+    )
     assert torch.equal(first.chosen_latents, result.clean_latents[2])
     assert torch.equal(first.rejected_preview, result.previews[first.rejected_index])
     # Copies: keeping a record does not keep the whole search's candidates alive.
-    assert first.chosen_latents.untyped_storage().data_ptr() != result.clean_latents.untyped_storage().data_ptr()
+    assert (
+        first.chosen_latents.untyped_storage().data_ptr() != result.clean_latents.untyped_storage().data_ptr()
+    )
     assert records_from_search(result, 0, 0, "best_vs_worst", min_margin=10.0) == []
     result.clean_latents = None
     with pytest.raises(ValueError, match="keep_latents"):
@@ -440,7 +450,8 @@ def test_record_layout_is_spelled_once():
 
     names = [field.name for field in fields(PairRecord)]
     assert list(_REQUIRED_RECORD_KEYS) == [
-        {"chosen_preview": "chosen_image", "rejected_preview": "rejected_image"}.get(name, name) for name in names
+        {"chosen_preview": "chosen_image", "rejected_preview": "rejected_image"}.get(name, name)
+        for name in names
     ]
     assert set(PAIR_FEATURES) == set(_REQUIRED_RECORD_KEYS) | {"margin", "latent_shape"}
 
@@ -462,7 +473,10 @@ def test_pair_record_round_trip_through_the_store(tmp_path):
         assert torch.equal(back.chosen_latents, record.chosen_latents.float())  # bit-exact from bf16
         assert torch.equal(back.rejected_latents, record.rejected_latents.float())
         assert back.chosen_preview is None and back.rejected_preview is None  # never decoded
-        for preview, column in ((record.chosen_preview, "chosen_image"), (record.rejected_preview, "rejected_image")):
+        for preview, column in (
+            (record.chosen_preview, "chosen_image"),
+            (record.rejected_preview, "rejected_image"),
+        ):
             if preview is None:
                 assert row[column] is None
             else:  # uint8 [3, s, s] -> PNG -> the same pixels
@@ -471,7 +485,9 @@ def test_pair_record_round_trip_through_the_store(tmp_path):
 
 def test_dict_and_pair_records_write_the_same_rows(tmp_path):
     record = records_from_search(_search(), 0, 0, "best_vs_worst")[0]
-    as_dict = {name: getattr(record, name) for name in PAIR_FEATURES if hasattr(record, name) and name != "margin"}
+    as_dict = {
+        name: getattr(record, name) for name in PAIR_FEATURES if hasattr(record, name) and name != "margin"
+    }
     for preview, column in (("chosen_preview", "chosen_image"), ("rejected_preview", "rejected_image")):
         as_dict[column] = Image.fromarray(getattr(record, preview).permute(1, 2, 0).numpy())
     PairStore(tmp_path / "a").write_shard([record], 0, 0)
@@ -494,7 +510,9 @@ def test_process_filter_and_replay_read_without_decoding_previews(tmp_path, monk
     store = PairStore(tmp_path)
     for round_index in range(3):
         for process_index in range(2):
-            store.write_shard([_record(round_index, 10 * process_index + i) for i in range(2)], round_index, process_index)
+            store.write_shard(
+                [_record(round_index, 10 * process_index + i) for i in range(2)], round_index, process_index
+            )
     assert [p.parent.name + "/" + p.name for p in store.shard_paths(rounds=[0, 2], process=1)] == [
         "round_00000/process_00001",
         "round_00002/process_00001",

@@ -113,7 +113,9 @@ def test_default_fits_and_no_checkpointing_batch_4_does_not():
     assert heavy.peak_phase == "dpo"
     # The suggestions make it fit, and re-planning with them says so.
     assert heavy.suggestions and heavy.suggestion_fits
-    argv = ["--gradient_checkpointing", "false", "--train_batch_size", "4"] + shlex.split(" ".join(heavy.suggestions))
+    argv = ["--gradient_checkpointing", "false", "--train_batch_size", "4"] + shlex.split(
+        " ".join(heavy.suggestions)
+    )
     fixed = plan_training(parse_config(argv))
     assert fixed.fits and fixed.peak_gib == pytest.approx(heavy.suggested_peak_gib)
     # Checkpointing lowers the DPO estimate at the same batch.
@@ -170,7 +172,14 @@ def test_ses_plans(kit_dir):
 def test_cli_table_and_json(capsys):
     assert _cli(["--config", str(RECIPE)]) == 0
     table = capsys.readouterr().out
-    for text in ("encode prompts", "search", "DPO step", "eval", "CPU per process", "fits an 80 GiB card: yes"):
+    for text in (
+        "encode prompts",
+        "search",
+        "DPO step",
+        "eval",
+        "CPU per process",
+        "fits an 80 GiB card: yes",
+    ):
         assert text in table
     assert _cli(["--config", str(RECIPE), "--json", "--", "--train_batch_size", "1"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -202,7 +211,9 @@ def test_bad_input_is_a_one_line_error(argv, message, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tscale plan: error:") and message in lines[0], captured.err
+    assert len(lines) == 1 and lines[0].startswith("tscale plan: error:") and message in lines[0], (
+        captured.err
+    )
 
 
 def test_unknown_yaml_field_is_an_error(tmp_path, capsys):
@@ -233,8 +244,10 @@ def test_bundled_configs_build_on_meta_with_the_published_parameter_counts(model
     from tscale_train.plan.components import component_bytes, meta_text_encoders, meta_transformer
 
     spec = resolve_pipeline_spec(model)
-    assert spec.source == "bundled config" and spec.pipeline_class == {
-        FLUX1_DEV: "FluxPipeline", Z_IMAGE_TURBO: "ZImagePipeline"}[model]
+    assert (
+        spec.source == "bundled config"
+        and spec.pipeline_class == {FLUX1_DEV: "FluxPipeline", Z_IMAGE_TURBO: "ZImagePipeline"}[model]
+    )
     assert (spec.default_resolution, spec.resolution_multiple, spec.max_sequence_length) == (1024, 16, 512)
     # Built on the meta device: shapes only, nothing loaded.
     transformer = meta_transformer(spec, torch.bfloat16, None)
@@ -262,7 +275,9 @@ def test_dpo_plan_at_1024_fits_80gb_with_checkpointing_and_not_without(model):
     assert "text encoder (not offloaded)" not in default.breakdown["dpo"]
 
     heavy = plan_training(
-        OnlineDPOConfig(model=model, height=1024, width=1024, gradient_checkpointing=False, train_batch_size=4),
+        OnlineDPOConfig(
+            model=model, height=1024, width=1024, gradient_checkpointing=False, train_batch_size=4
+        ),
         suggest=False,
     )
     assert not heavy.fits and heavy.peak_phase == "dpo"
@@ -302,7 +317,9 @@ def test_z_image_turbo_has_no_cfg_and_z_image_cfg_doubles_the_forward_batch():
     from tscale_train.plan import measure_sampling, resolve_pipeline_spec
 
     turbo = plan_ses(Z_IMAGE_TURBO, height=1024, width=1024, eval_batch_size=4)
-    assert turbo.settings["guidance_scale"] == 0.0  # the model card's, though the pipeline class defaults to 5
+    assert (
+        turbo.settings["guidance_scale"] == 0.0
+    )  # the model card's, though the pipeline class defaults to 5
     z_image = resolve_pipeline_spec(Z_IMAGE_TURBO)
     flux1 = resolve_pipeline_spec(FLUX1_DEV)
     assert z_image.uses_cfg(5.0) and not z_image.uses_cfg(0.0)
@@ -310,7 +327,9 @@ def test_z_image_turbo_has_no_cfg_and_z_image_cfg_doubles_the_forward_batch():
     args = (torch.bfloat16, None, 2, 512, 512)
     # `ZImagePipeline` runs cond and uncond in one forward of twice the batch; FLUX-style pipelines run a
     # second forward at the same batch, which costs only the negative embeddings and one more prediction.
-    assert measure_sampling(z_image, *args, True, False) > 1.8 * measure_sampling(z_image, *args, False, False)
+    assert measure_sampling(z_image, *args, True, False) > 1.8 * measure_sampling(
+        z_image, *args, False, False
+    )
     assert measure_sampling(flux1, *args, True, False) < 1.2 * measure_sampling(flux1, *args, False, False)
 
 
@@ -332,23 +351,35 @@ def test_a_local_flux1_dir_is_read_with_both_text_encoders(tmp_path):
     from tscale_train.plan import resolve_pipeline_spec
     from tscale_train.plan.components import component_bytes
 
-    directory = _write_pipeline_dir(tmp_path / "flux1", "FluxPipeline", {
-        "transformer": {"_class_name": "FluxTransformer2DModel", **real_configs.FLUX1_DEV_TRANSFORMER},
-        "vae": {"_class_name": "AutoencoderKL", **real_configs.FLUX1_VAE},
-    })
+    directory = _write_pipeline_dir(
+        tmp_path / "flux1",
+        "FluxPipeline",
+        {
+            "transformer": {"_class_name": "FluxTransformer2DModel", **real_configs.FLUX1_DEV_TRANSFORMER},
+            "vae": {"_class_name": "AutoencoderKL", **real_configs.FLUX1_VAE},
+        },
+    )
     CLIPTextConfig(**real_configs.CLIP_L_TEXT_ENCODER).save_pretrained(directory / "text_encoder")
     T5Config(**real_configs.T5_XXL_TEXT_ENCODER).save_pretrained(directory / "text_encoder_2")
     local = resolve_pipeline_spec(str(directory))
     bundled = resolve_pipeline_spec(FLUX1_DEV)
-    assert (local.source, local.pipeline_class, local.max_sequence_length) == ("local dir", "FluxPipeline", 512)
+    assert (local.source, local.pipeline_class, local.max_sequence_length) == (
+        "local dir",
+        "FluxPipeline",
+        512,
+    )
     assert local.text_encoder_2_json is not None
     assert component_bytes(local, torch.bfloat16) == component_bytes(bundled, torch.bfloat16)
 
 
 def test_a_family_without_a_plan_description_is_a_one_line_error(tmp_path, capsys):
-    directory = _write_pipeline_dir(tmp_path / "sd3", "StableDiffusion3Pipeline", {
-        "transformer": {"_class_name": "SD3Transformer2DModel"},
-    })
+    directory = _write_pipeline_dir(
+        tmp_path / "sd3",
+        "StableDiffusion3Pipeline",
+        {
+            "transformer": {"_class_name": "SD3Transformer2DModel"},
+        },
+    )
     assert _cli(["--model", str(directory)]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("tscale plan: error:") and "no description of StableDiffusion3Pipeline" in error

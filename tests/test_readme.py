@@ -89,7 +89,12 @@ def readme_commands(text: str) -> list[Command]:
             for offset, line in enumerate(lines):
                 if line.startswith("$ "):
                     commands.append(Command(line[2:].strip(), first + offset, transcript=True))
-                elif commands and commands[-1].transcript and first <= commands[-1].line < first + len(lines) and line.strip():
+                elif (
+                    commands
+                    and commands[-1].transcript
+                    and first <= commands[-1].line < first + len(lines)
+                    and line.strip()
+                ):
                     commands[-1].shown_output.append(line)
         else:
             assert language in OTHER_LANGUAGES, (
@@ -127,8 +132,12 @@ def _launches_on_gpus(argv: list[str]) -> bool:
 # name -> whether a command (its argv, the checkout) is one the rule skips; the first rule that matches names it.
 SKIP_RULES: dict[str, Callable[[list[str], Path], bool]] = {
     "whole suite": lambda argv, root: argv == ["make", "test"],  # the suite holds this test
-    "install": lambda argv, root: argv[:2] == ["pip", "install"],  # would install the copy into the test's .venv
-    "synopsis": lambda argv, root: any("..." in token or token.startswith("[") or "$" in token for token in argv),
+    "install": lambda argv, root: (
+        argv[:2] == ["pip", "install"]
+    ),  # would install the copy into the test's .venv
+    "synopsis": lambda argv, root: any(
+        "..." in token or token.startswith("[") or "$" in token for token in argv
+    ),
     "GPU": lambda argv, root: _launches_on_gpus(argv),
     "Hub model": _loads_a_hub_model,
 }
@@ -149,8 +158,11 @@ EXPECTED_SKIPS = [
     ("accelerate launch --num_processes 4 -m tscale_train.cli ses --model ...", "synopsis"),
     ("accelerate launch --num_processes 8 -m tscale_train.cli ses --model ...", "synopsis"),
     ("accelerate launch --config_file accelerate_configs/multi_gpu.yaml", "GPU"),
-    ("accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml recipes/flux2_klein_dpo.py ...", "synopsis"),
-    ("tscale ses --model black-forest-labs/FLUX.2-klein-4B --lora runs/cat --prompt \"...\"", "synopsis"),
+    (
+        "accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml recipes/flux2_klein_dpo.py ...",
+        "synopsis",
+    ),
+    ('tscale ses --model black-forest-labs/FLUX.2-klein-4B --lora runs/cat --prompt "..."', "synopsis"),
     ("accelerate launch --config_file accelerate_configs/multi_node.yaml", "synopsis"),
     ("tscale export runs/cat --repo-id me/klein-cat-dpo [--private]", "synopsis"),
     ("python bench/gpu_klein.py # on a GPU machine", "GPU"),
@@ -158,7 +170,11 @@ EXPECTED_SKIPS = [
 
 
 def test_the_readme_skips_exactly_what_its_rules_name():
-    skipped = [(command, rule) for command in readme_commands(README.read_text()) if (rule := skip_rule(command, REPO))]
+    skipped = [
+        (command, rule)
+        for command in readme_commands(README.read_text())
+        if (rule := skip_rule(command, REPO))
+    ]
     assert len(skipped) == len(EXPECTED_SKIPS) and all(
         command.short.startswith(start) and rule == expected
         for (command, rule), (start, expected) in zip(skipped, EXPECTED_SKIPS, strict=True)
@@ -180,8 +196,13 @@ def test_the_readme_yaml_keys_are_training_fields():
 
 
 def _help(*argv: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "tscale_train.cli", *argv, "--help"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "tscale_train.cli", *argv, "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -201,7 +222,9 @@ def test_the_readme_ses_options_and_export_synopsis_are_the_clis():
     synopsis = next(c for c in readme_commands(text) if c.short.startswith("tscale export runs/cat"))
     export_help = _help("export")
     missing = _flag_names(synopsis.text) - _flag_names(export_help)
-    assert not missing, f"the README's `tscale export` options that `tscale export --help` lacks: {sorted(missing)}"
+    assert not missing, (
+        f"the README's `tscale export` options that `tscale export --help` lacks: {sorted(missing)}"
+    )
     # `tscale export runs/cat ...`: the run is a positional argument, and --help must show it.
     assert re.search(r"^positional arguments:\n +\S", export_help, re.MULTILINE), (
         "`tscale export --help` shows no positional argument:\n" + export_help
@@ -218,13 +241,16 @@ def _shown_line_matches(shown: str, output_lines: list[str]) -> bool:
     parts = _NUMBER.split(shown.strip())
     numbers = _NUMBER.findall(shown.strip())
     pattern = "".join(
-        r"\s+".join(re.escape(word) for word in re.split(r"\s+", part)) + ("(" + _NUMBER.pattern + ")" if index < len(numbers) else "")
+        r"\s+".join(re.escape(word) for word in re.split(r"\s+", part))
+        + ("(" + _NUMBER.pattern + ")" if index < len(numbers) else "")
         for index, part in enumerate(parts)
     )
     for line in output_lines:
         for match in re.finditer(pattern, line):
             if all(
-                (got == want) if "." not in want else abs(float(got) - float(want)) <= 10 ** -len(want.split(".")[1]) + 1e-9
+                (got == want)
+                if "." not in want
+                else abs(float(got) - float(want)) <= 10 ** -len(want.split(".")[1]) + 1e-9
                 for got, want in zip(match.groups(), numbers, strict=True)
             ):
                 return True
@@ -238,7 +264,9 @@ def _expected_status(command: Command) -> int:
 
 def _copy_checkout(destination: Path) -> None:
     """What a clone of the working tree holds: tracked files and untracked ones git does not ignore."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+    )
     for name in listed.stdout.decode().split("\0"):
         source = REPO / name
         if name and source.is_file():  # a tracked file deleted in the working tree is not there
@@ -266,16 +294,24 @@ def checkout(tmp_path_factory) -> Path:
     (root / ".venv").symlink_to(environment, target_is_directory=True)
     installed = tscale.stat().st_mtime
     os.utime(root / "pyproject.toml", (installed - 60, installed - 60))
-    up_to_date = subprocess.run(["make", "-q", "install"], cwd=root, env=_environment(root), capture_output=True, text=True)
-    assert up_to_date.returncode == 0, f"make would rebuild .venv in the copy:\n{up_to_date.stdout}{up_to_date.stderr}"
+    up_to_date = subprocess.run(
+        ["make", "-q", "install"], cwd=root, env=_environment(root), capture_output=True, text=True
+    )
+    assert up_to_date.returncode == 0, (
+        f"make would rebuild .venv in the copy:\n{up_to_date.stdout}{up_to_date.stderr}"
+    )
     return root
 
 
 def _environment(root: Path) -> dict[str, str]:
     """A fresh machine's: the copy's code first on the path, the tiny kit built into the copy (the
     Makefile's default), an empty Hugging Face cache, offline."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PYTEST_", "MAKE", "MFLAGS")) and key not in {"TSCALE_TINY_DIR", "HF_HOME", "PYTHONPATH"}}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PYTEST_", "MAKE", "MFLAGS"))
+        and key not in {"TSCALE_TINY_DIR", "HF_HOME", "PYTHONPATH"}
+    }
     env.update(
         PATH=f"{Path(sys.prefix) / 'bin'}{os.pathsep}{env.get('PATH', '')}",
         PYTHONPATH=str(root),
@@ -312,8 +348,15 @@ def test_the_readme_commands_run_as_written(checkout):
             continue
         ran += 1
         try:
-            done = subprocess.run(["bash", "-c", command.text], cwd=checkout, env=env, capture_output=True, text=True,
-                                  timeout=1800, umask=0o022)
+            done = subprocess.run(
+                ["bash", "-c", command.text],
+                cwd=checkout,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+                umask=0o022,
+            )
         except subprocess.TimeoutExpired:
             failures.append(f"README line {command.line}: `{command.short}` ran past 30 minutes")
             continue
@@ -328,17 +371,29 @@ def test_the_readme_commands_run_as_written(checkout):
             if not _shown_line_matches(shown, output_lines):
                 problems.append(f"the README shows {shown.strip()!r}; the command did not print it")
         if problems:
-            failures.append(f"README line {command.line}: `{command.short}`: " + "; ".join(problems)
-                            + "\n    output ends with:\n" + "\n".join("      " + line for line in output[-3000:].splitlines()))
+            failures.append(
+                f"README line {command.line}: `{command.short}`: "
+                + "; ".join(problems)
+                + "\n    output ends with:\n"
+                + "\n".join("      " + line for line in output[-3000:].splitlines())
+            )
     assert ran >= 10
 
-    written = {path: stat for path, stat in _tree(checkout).items() if path not in before or before[path].st_mtime_ns != stat.st_mtime_ns}
+    written = {
+        path: stat
+        for path, stat in _tree(checkout).items()
+        if path not in before or before[path].st_mtime_ns != stat.st_mtime_ns
+    }
     wrong_modes = sorted(
-        f"{oct(stat.st_mode & 0o777)} {path.relative_to(checkout)}" for path, stat in written.items()
+        f"{oct(stat.st_mode & 0o777)} {path.relative_to(checkout)}"
+        for path, stat in written.items()
         if not path.is_symlink() and stat.st_mode & 0o777 != (0o755 if path.is_dir() else 0o644)
     )
     if wrong_modes:
-        failures.append("written under umask 022 without modes 0644 / 0755:\n" + "\n".join("  " + item for item in wrong_modes))
+        failures.append(
+            "written under umask 022 without modes 0644 / 0755:\n"
+            + "\n".join("  " + item for item in wrong_modes)
+        )
     assert not failures, "\n\n".join(failures)
 
 
@@ -354,38 +409,124 @@ def test_everything_a_run_writes_respects_the_umask(umask, tmp_path, kit_dir):
     run = tmp_path / "run"
 
     def tscale(*argv: str) -> None:
-        done = subprocess.run([sys.executable, "-m", "tscale_train.cli", *argv], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=1200, umask=umask)
+        done = subprocess.run(
+            [sys.executable, "-m", "tscale_train.cli", *argv],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            umask=umask,
+        )
         assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
 
     tscale(
-        "train", "--model", "tiny", "--dtype", "float32", "--reward", "rewards.synthetic:brightness", "--budget", "4",
-        "--popsize", "2", "--k_elites", "2", "--rounds", "2", "--prompts_per_round", "4", "--epochs_per_round", "2",
-        "--train_batch_size", "2", "--lora_rank", "4", "--eval_every", "1", "--eval_ses_every", "0", "--eval_budget", "2",
-        "--max_eval_prompts", "4", "--checkpoint_every", "1", "--guard_policy", "stop", "--guard_diversity_seeds", "2",
-        "--guard_tolerance", "0.99", "--ema_decay", "0.5", "--output_dir", str(run), "--no_progress",
+        "train",
+        "--model",
+        "tiny",
+        "--dtype",
+        "float32",
+        "--reward",
+        "rewards.synthetic:brightness",
+        "--budget",
+        "4",
+        "--popsize",
+        "2",
+        "--k_elites",
+        "2",
+        "--rounds",
+        "2",
+        "--prompts_per_round",
+        "4",
+        "--epochs_per_round",
+        "2",
+        "--train_batch_size",
+        "2",
+        "--lora_rank",
+        "4",
+        "--eval_every",
+        "1",
+        "--eval_ses_every",
+        "0",
+        "--eval_budget",
+        "2",
+        "--max_eval_prompts",
+        "4",
+        "--checkpoint_every",
+        "1",
+        "--guard_policy",
+        "stop",
+        "--guard_diversity_seeds",
+        "2",
+        "--guard_tolerance",
+        "0.99",
+        "--ema_decay",
+        "0.5",
+        "--output_dir",
+        str(run),
+        "--no_progress",
     )
-    tscale("export", str(run), "--repo-id", "me/umask-check", "--include-pairs", "me/umask-check-pairs",
-           "--format", "comfyui", "--dry-run")
-    tscale("tiny", "--out", str(tmp_path / "kit"))  # save_pretrained's safetensors files, mkdtemp's directories
-    tscale("ses", "--model", "tiny", "--lora", str(run), "--prompt", "a cat", "--budget", "4", "--popsize", "2", "--k-elites", "1",
-           "--save-trace", "--out", str(tmp_path / "ses" / "cat.png"), "--no-progress")
+    tscale(
+        "export",
+        str(run),
+        "--repo-id",
+        "me/umask-check",
+        "--include-pairs",
+        "me/umask-check-pairs",
+        "--format",
+        "comfyui",
+        "--dry-run",
+    )
+    tscale(
+        "tiny", "--out", str(tmp_path / "kit")
+    )  # save_pretrained's safetensors files, mkdtemp's directories
+    tscale(
+        "ses",
+        "--model",
+        "tiny",
+        "--lora",
+        str(run),
+        "--prompt",
+        "a cat",
+        "--budget",
+        "4",
+        "--popsize",
+        "2",
+        "--k-elites",
+        "1",
+        "--save-trace",
+        "--out",
+        str(tmp_path / "ses" / "cat.png"),
+        "--no-progress",
+    )
 
     expected = {"file": 0o666 & ~umask, "dir": 0o777 & ~umask}
     paths = [path for root in (run, tmp_path / "ses", tmp_path / "kit") for path in [root, *root.rglob("*")]]
     names = {path.name for path in paths}
-    must_exist = {"pytorch_lora_weights.safetensors", "pytorch_lora_weights_comfyui.safetensors", "ema.safetensors",
-                  "metrics.jsonl", "cat.png", "cat_trace.json", "diffusion_pytorch_model.safetensors"}
+    must_exist = {
+        "pytorch_lora_weights.safetensors",
+        "pytorch_lora_weights_comfyui.safetensors",
+        "ema.safetensors",
+        "metrics.jsonl",
+        "cat.png",
+        "cat_trace.json",
+        "diffusion_pytorch_model.safetensors",
+    }
     assert must_exist <= names, sorted(must_exist - names)
     loras = [path for path in paths if path.name == "pytorch_lora_weights.safetensors"]
     places = {str(path.parent.relative_to(run)).split("/")[0] for path in loras}
     assert {".", "checkpoints", "guard", "hub_export"} <= places, places
     assert any("pairs" in path.parts for path in paths if path.suffix == ".arrow")
     wrong = sorted(
-        f"{oct(path.lstat().st_mode & 0o777)} {path}" for path in paths
-        if not path.is_symlink() and path.lstat().st_mode & 0o777 != expected["dir" if path.is_dir() else "file"]
+        f"{oct(path.lstat().st_mode & 0o777)} {path}"
+        for path in paths
+        if not path.is_symlink()
+        and path.lstat().st_mode & 0o777 != expected["dir" if path.is_dir() else "file"]
     )
-    assert not wrong, f"under umask {oct(umask)}, expected {oct(expected['file'])} / {oct(expected['dir'])}:\n" + "\n".join(wrong)
+    assert not wrong, (
+        f"under umask {oct(umask)}, expected {oct(expected['file'])} / {oct(expected['dir'])}:\n"
+        + "\n".join(wrong)
+    )
 
 
 def test_save_lora_and_respect_umask_follow_the_umask(tmp_path, tiny_pipe):

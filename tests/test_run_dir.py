@@ -32,10 +32,14 @@ def test_a_live_run_holds_the_dir_and_a_dead_ones_lock_is_taken_over(tmp_path, c
     from tscale_train.run_dir import RunDirectory
 
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(ValueError, match=rf"output_dir {out} is in use by another run \(pid {holder.pid}") as refused:
+        with pytest.raises(
+            ValueError, match=rf"output_dir {out} is in use by another run \(pid {holder.pid}"
+        ) as refused:
             RunDirectory(out).acquire()
         assert len(str(refused.value).splitlines()) == 1
     finally:
@@ -71,12 +75,17 @@ def test_metrics_rows_are_strict_json_and_are_cut_back_to_a_round(tmp_path):
 
     run = RunDirectory(tmp_path)
     for round_index in (-1, 0, 1, 2):
-        run.append_metrics({"round": round_index, "loss": float("nan") if round_index == 1 else 0.5, "inf": math.inf})
+        run.append_metrics(
+            {"round": round_index, "loss": float("nan") if round_index == 1 else 0.5, "inf": math.inf}
+        )
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert "NaN" not in lines[2] and "Infinity" not in lines[0]
     assert json.loads(lines[2]) == {"round": 1, "loss": None, "inf": None}
     run.truncate_metrics(0)
-    assert [json.loads(line)["round"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [-1, 0]
+    assert [json.loads(line)["round"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
+        -1,
+        0,
+    ]
     run.truncate_metrics(None)  # resuming with no checkpoint: nothing is kept
     assert (tmp_path / "metrics.jsonl").read_text() == ""
 

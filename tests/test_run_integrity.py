@@ -34,8 +34,14 @@ def copy_run(finished: Path, tmp_path: Path) -> Path:
 
 
 def resume_config(out: Path, **overrides):
-    return tiny_config(out.parent, rounds=ROUNDS, eval_every=0, checkpoints_total_limit=0,
-                       resume_from_checkpoint="latest", **overrides)
+    return tiny_config(
+        out.parent,
+        rounds=ROUNDS,
+        eval_every=0,
+        checkpoints_total_limit=0,
+        resume_from_checkpoint="latest",
+        **overrides,
+    )
 
 
 def one_line(error: pytest.ExceptionInfo) -> str:
@@ -66,7 +72,9 @@ def damage(shard_dir: Path, how: str) -> None:
 def test_every_commit_records_rows_and_checksums_of_its_shards(finished):
     store = PairStore(finished / "pairs")
     for round_index in range(ROUNDS):
-        state = json.loads((finished / f"checkpoints/checkpoint-{round_index:05d}/trainer_state.json").read_text())
+        state = json.loads(
+            (finished / f"checkpoints/checkpoint-{round_index:05d}/trainer_state.json").read_text()
+        )
         assert sorted(state["pairs"]) == [f"round_{r:05d}/process_00000" for r in range(round_index + 1)]
         for key, entry in state["pairs"].items():
             assert entry["rows"] == len(store.load_records([int(key[6:11])])) > 0
@@ -82,7 +90,9 @@ def test_a_damaged_shard_is_refused_by_resume_export_and_replay(how, finished, t
     # Resume from the checkpoint of round 1: shard 0 is one of its committed rounds.
     shutil.rmtree(out / "checkpoints/checkpoint-00002")
     damage(shard(out, 0), how)
-    monkeypatch.setattr("tscale_train.trainer.load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(
+        "tscale_train.trainer.load_pipeline", lambda *a, **k: pytest.fail("a model was loaded")
+    )
     with pytest.raises(ValueError, match="round_00000/process_00000") as refused:
         OnlineDPOTrainer(resume_config(out))
     message = one_line(refused)
@@ -124,7 +134,10 @@ def test_replay_refuses_a_shard_damaged_while_the_run_goes_on(tmp_path, kit_dir,
 @pytest.mark.parametrize(
     "override, shown",
     [
-        ({"reward": "rewards.synthetic:redness"}, "reward 'rewards.synthetic:brightness' -> 'rewards.synthetic:redness'"),
+        (
+            {"reward": "rewards.synthetic:redness"},
+            "reward 'rewards.synthetic:brightness' -> 'rewards.synthetic:redness'",
+        ),
         ({"beta": 7.0}, "beta 100.0 -> 7.0"),
         ({"lora_rank": 8}, "lora_rank 4 -> 8"),
         ({"lora_target_modules": "all_linear"}, "lora_target_modules 'attention' -> 'all_linear'"),
@@ -134,14 +147,22 @@ def test_replay_refuses_a_shard_damaged_while_the_run_goes_on(tmp_path, kit_dir,
         ({"seed": 3, "beta": 2.0}, "beta 100.0 -> 2.0, seed 0 -> 3"),
     ],
 )
-def test_resuming_with_settings_that_define_the_run_is_refused_before_loading(override, shown, finished, tmp_path, monkeypatch):
+def test_resuming_with_settings_that_define_the_run_is_refused_before_loading(
+    override, shown, finished, tmp_path, monkeypatch
+):
     out = copy_run(finished, tmp_path)
     before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
-    monkeypatch.setattr("tscale_train.trainer.load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(
+        "tscale_train.trainer.load_pipeline", lambda *a, **k: pytest.fail("a model was loaded")
+    )
     with pytest.raises(ValueError, match="belongs to a run with other settings") as refused:
         OnlineDPOTrainer(resume_config(out, **override))
     assert f"({shown})" in one_line(refused)
-    after = {path: path.read_bytes() for path in out.rglob("*") if path.is_file() and not path.name.startswith(".tscale")}
+    after = {
+        path: path.read_bytes()
+        for path in out.rglob("*")
+        if path.is_file() and not path.name.startswith(".tscale")
+    }
     assert after == {path: data for path, data in before.items() if not path.name.startswith(".tscale")}
 
 
@@ -156,11 +177,16 @@ def test_resuming_with_more_rounds_keeps_the_config_history(finished, tmp_path):
     assert history[0]["changed"] == {} and history[0]["resumed_from"] is None
     assert history[1]["resumed_from"] == f"checkpoint-{ROUNDS - 1:05d}"
     # The copy moved the run to another dir: that is recorded too.
-    assert history[1]["changed"] == {"rounds": [ROUNDS, ROUNDS + 1], "checkpoint_every": [1, 2],
-                                     "output_dir": [str(finished), str(out)]}
+    assert history[1]["changed"] == {
+        "rounds": [ROUNDS, ROUNDS + 1],
+        "checkpoint_every": [1, 2],
+        "output_dir": [str(finished), str(out)],
+    }
     current = yaml.safe_load((out / "config.yaml").read_text())
     unchanged = set(current) - set(history[1]["changed"]) - {"resume_from_checkpoint"}
-    assert current["rounds"] == ROUNDS + 1 and {k: current[k] for k in unchanged} == {k: stored[k] for k in unchanged}
+    assert current["rounds"] == ROUNDS + 1 and {k: current[k] for k in unchanged} == {
+        k: stored[k] for k in unchanged
+    }
     assert json.loads((out / "final_state.json").read_text())["round"] == ROUNDS
 
 
@@ -181,7 +207,9 @@ def test_export_reads_one_committed_round_while_the_run_is_training(tmp_path, ki
     assert rows.num_rows == sum(entry["rows"] for entry in source.pairs.values())
 
     # Finished later: the final LoRA and every round's pairs.
-    resumed = tiny_config(tmp_path, rounds=4, eval_every=0, checkpoint_every=2, resume_from_checkpoint="latest")
+    resumed = tiny_config(
+        tmp_path, rounds=4, eval_every=0, checkpoint_every=2, resume_from_checkpoint="latest"
+    )
     OnlineDPOTrainer(resumed).train()
     source = find_adapter(out)
     assert source.label == "final" and source.round == 3 and source.pair_rounds == range(4)

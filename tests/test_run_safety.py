@@ -24,24 +24,53 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "accelerate_configs" / "cpu"
 FAST = [
-    "--config", str(REPO / "recipes/configs/tiny.yaml"), "--no_progress", "--budget", "8", "--popsize", "4",
-    "--eval_budget", "4", "--prompts_per_round", "8", "--max_eval_prompts", "4", "--checkpoint_every", "1",
-    "--checkpoints_total_limit", "0",
+    "--config",
+    str(REPO / "recipes/configs/tiny.yaml"),
+    "--no_progress",
+    "--budget",
+    "8",
+    "--popsize",
+    "4",
+    "--eval_budget",
+    "4",
+    "--prompts_per_round",
+    "8",
+    "--max_eval_prompts",
+    "4",
+    "--checkpoint_every",
+    "1",
+    "--checkpoints_total_limit",
+    "0",
 ]
 pytestmark = pytest.mark.slow
 
 
 def launch_command(config_file: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-            str(REPO / "recipes/flux2_klein_dpo.py"), *FAST, *args]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config_file),
+        str(REPO / "recipes/flux2_klein_dpo.py"),
+        *FAST,
+        *args,
+    ]
 
 
 def env() -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TORCH_EXTENSIONS_DIR=str(REPO / ".torch_extensions"))
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TORCH_EXTENSIONS_DIR=str(REPO / ".torch_extensions"),
+    )
 
 
 def launch(config_file: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(launch_command(config_file, *args), env=env(), capture_output=True, text=True, timeout=900, cwd=cwd)
+    return subprocess.run(
+        launch_command(config_file, *args), env=env(), capture_output=True, text=True, timeout=900, cwd=cwd
+    )
 
 
 class Payload:
@@ -72,15 +101,25 @@ def trained(request, tmp_path_factory, kit_dir) -> tuple[str, Path]:
     out = cwd / "run"
     # tiny.yaml's `dtype: auto` follows a bf16 DeepSpeed config (it used to be a bf16/float32 traceback).
     dtype = [] if request.param == "deepspeed" else ["--dtype", "bfloat16"]
-    result = launch(CONFIGS / LAUNCHERS[request.param], *dtype, "--rounds", "1", "--output_dir", str(out), cwd=cwd)
+    result = launch(
+        CONFIGS / LAUNCHERS[request.param], *dtype, "--rounds", "1", "--output_dir", str(out), cwd=cwd
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return request.param, out
 
 
 def test_deepspeed_bf16_with_float32_weights_is_a_one_line_error(tmp_path, kit_dir):
     pytest.importorskip("deepspeed")
-    result = launch(CONFIGS / "deepspeed_zero2.yaml", "--dtype", "float32", "--rounds", "1",
-                    "--output_dir", str(tmp_path / "run"), cwd=tmp_path)
+    result = launch(
+        CONFIGS / "deepspeed_zero2.yaml",
+        "--dtype",
+        "float32",
+        "--rounds",
+        "1",
+        "--output_dir",
+        str(tmp_path / "run"),
+        cwd=tmp_path,
+    )
     errors = [line for line in result.stderr.splitlines() if line.startswith("tscale train: error:")]
     assert result.returncode != 0 and errors, result.stderr[-3000:]
     assert "--dtype float32" in errors[0] and "pass --dtype bfloat16 (or auto)" in errors[0]
@@ -94,8 +133,15 @@ def test_every_file_of_a_checkpoint_planted_with_a_pickle_is_refused_by_name(tra
     checkpoint = out / "checkpoints" / "checkpoint-00000"
     check_checkpoint_files(checkpoint)  # the run's own checkpoint reads as data
     files = sorted(path.relative_to(checkpoint) for path in checkpoint.rglob("*") if path.is_file())
-    expected = {"trainer_state.json", "pytorch_lora_weights.safetensors", "random_states_0.pkl", "random_states_1.pkl"}
-    expected |= {"pytorch_model/mp_rank_00_model_states.pt", "latest"} if kind == "deepspeed" else {"optimizer.bin"}
+    expected = {
+        "trainer_state.json",
+        "pytorch_lora_weights.safetensors",
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    }
+    expected |= (
+        {"pytorch_model/mp_rank_00_model_states.pt", "latest"} if kind == "deepspeed" else {"optimizer.bin"}
+    )
     assert expected <= {str(name) for name in files}, files
     marker = tmp_path / "MARKER"
     for name in files:
@@ -104,7 +150,9 @@ def test_every_file_of_a_checkpoint_planted_with_a_pickle_is_refused_by_name(tra
         shutil.copytree(checkpoint, planted)
         plant(planted / name, marker)
         # A .safetensors name is parsed as safetensors (never unpickled): refused as unreadable; the rest as unsafe.
-        with pytest.raises(UnreadableCheckpointFile if name.suffix == ".safetensors" else UnsafeCheckpointError) as refused:
+        with pytest.raises(
+            UnreadableCheckpointFile if name.suffix == ".safetensors" else UnsafeCheckpointError
+        ) as refused:
             check_checkpoint_files(planted)
         assert str(planted / name) in str(refused.value) and len(str(refused.value).splitlines()) == 1
         assert not marker.exists(), f"unpickling {name} ran its payload"
@@ -136,14 +184,27 @@ def test_resuming_a_planted_checkpoint_runs_nothing_and_names_the_file(trained, 
         if path.is_file() and path.name != "trainer_state.json":
             plant(path, marker)
     dtype = [] if kind == "deepspeed" else ["--dtype", "bfloat16"]
-    result = launch(CONFIGS / LAUNCHERS[kind], *dtype, "--rounds", "2", "--output_dir", str(run),
-                    "--resume_from_checkpoint", "latest", cwd=tmp_path)
+    result = launch(
+        CONFIGS / LAUNCHERS[kind],
+        *dtype,
+        "--rounds",
+        "2",
+        "--output_dir",
+        str(run),
+        "--resume_from_checkpoint",
+        "latest",
+        cwd=tmp_path,
+    )
     assert result.returncode != 0
     assert not marker.exists(), f"a planted {kind} checkpoint ran code on resume"
     errors = [line for line in result.stderr.splitlines() if line.startswith("tscale train: error:")]
-    assert errors and all("holds pickled objects other than tensors and plain data" in line for line in errors), result.stderr[-3000:]
+    assert errors and all(
+        "holds pickled objects other than tensors and plain data" in line for line in errors
+    ), result.stderr[-3000:]
     assert str(checkpoint) in errors[0] and "nothing in it was run" in errors[0]
-    assert (run / "metrics.jsonl").read_text() == (out / "metrics.jsonl").read_text()  # nothing else was touched
+    assert (run / "metrics.jsonl").read_text() == (
+        out / "metrics.jsonl"
+    ).read_text()  # nothing else was touched
 
 
 # ---- 2. a run dies with its launcher ---------------------------------------------------------------------
@@ -160,7 +221,9 @@ def processes_naming(text: str) -> list[int]:
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                state = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("State:"))
+                state = next(
+                    line for line in (entry / "status").read_text().splitlines() if line.startswith("State:")
+                )
             except (OSError, StopIteration):
                 continue
             if text in cmdline and "zombie" not in state:
@@ -175,12 +238,20 @@ def test_killing_the_launcher_stops_every_worker_and_the_resume_matches(tmp_path
 
     out = tmp_path / "killed"
     log = (tmp_path / "killed.log").open("w")
-    launcher = subprocess.Popen(launch_command(DEMO, *LOOP, "--output_dir", str(out)), env=env(), cwd=tmp_path,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    launcher = subprocess.Popen(
+        launch_command(DEMO, *LOOP, "--output_dir", str(out)),
+        env=env(),
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     committed = out / "checkpoints" / "checkpoint-00000" / "trainer_state.json"
     deadline = time.monotonic() + 600
     while not committed.is_file():
-        assert launcher.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
+        assert launcher.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[
+            -3000:
+        ]
         time.sleep(0.2)
     workers = [pid for pid in processes_naming(str(out)) if pid != launcher.pid]
     assert len(workers) >= 2, workers  # the two ranks
@@ -196,7 +267,9 @@ def test_killing_the_launcher_stops_every_worker_and_the_resume_matches(tmp_path
     assert not (out / "pytorch_lora_weights.safetensors").exists(), "the run finished before the kill"
     assert "is gone; stopping this process" in (tmp_path / "killed.log").read_text()
 
-    resumed = launch(DEMO, *LOOP, "--output_dir", str(out), "--resume_from_checkpoint", "latest", cwd=tmp_path)
+    resumed = launch(
+        DEMO, *LOOP, "--output_dir", str(out), "--resume_from_checkpoint", "latest", cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     expected = load_file(str(reference / "pytorch_lora_weights.safetensors"))
     got = load_file(str(out / "pytorch_lora_weights.safetensors"))

@@ -292,11 +292,15 @@ def test_cem_update_uses_elite_archive_across_generations():
         assert torch.allclose(search.mean.flatten(), elite_lows.mean(0), atol=1e-6)
         expected_var = elite_lows.var(0, correction=1) + 1e-7
         assert torch.allclose(search.var.flatten(), expected_var, atol=1e-6)
-        assert result.trace[-1]["mean_abs_mu"] == pytest.approx(float(elite_lows.mean(0).abs().mean()), rel=1e-5)
+        assert result.trace[-1]["mean_abs_mu"] == pytest.approx(
+            float(elite_lows.mean(0).abs().mean()), rel=1e-5
+        )
 
 
 def test_single_elite_keeps_previous_variance():
-    search = SpectralEvolutionSearch(make_noise((4, 32, 32), 1), 20, SESConfig(k_elites=1, init_var=0.7, variant="published"), gen(2))
+    search = SpectralEvolutionSearch(
+        make_noise((4, 32, 32), 1), 20, SESConfig(k_elites=1, init_var=0.7, variant="published"), gen(2)
+    )
     objective = default_objective()
     while not search.done:
         search.tell(objective(search.ask()))
@@ -337,8 +341,13 @@ def test_all_nan_scores_keep_the_initial_distribution_and_return_the_base():
 
 def test_progress_callback_reports_each_generation():
     calls = []
-    result = ses_search(default_objective(), make_noise((4, 32, 32), 0), 35, generator=gen(0),
-                        progress=lambda n, best: calls.append((n, best)))
+    result = ses_search(
+        default_objective(),
+        make_noise((4, 32, 32), 0),
+        35,
+        generator=gen(0),
+        progress=lambda n, best: calls.append((n, best)),
+    )
     assert [n for n, _ in calls] == [10, 20, 30, 35]
     assert calls[-1][1] == result.best_score
     assert all(b2 >= b1 for (_, b1), (_, b2) in zip(calls, calls[1:], strict=False))
@@ -350,7 +359,8 @@ def test_progress_callback_reports_each_generation():
 
 
 @pytest.mark.parametrize(
-    ("wavelet", "backend", "level"), [("db1", "torch", 3), ("db1", "pywt", 3), ("db2", "pywt", 3), ("sym4", "pywt", 2)]
+    ("wavelet", "backend", "level"),
+    [("db1", "torch", 3), ("db1", "pywt", 3), ("db2", "pywt", 3), ("sym4", "pywt", 2)],
 )
 def test_wavelet_round_trip_and_energy(wavelet, backend, level):
     x = make_noise((2, 3, 64, 48), 0).double()
@@ -444,7 +454,10 @@ def gaussian_violations(noise: torch.Tensor, block: int) -> list[str]:
     check_std(maps[:, :, 0], "first column")
     check_std(maps[:, :, -1], "last column")
     check_std(maps[:, height // 2 - 1 : height // 2 + 1, width // 2 - 1 : width // 2 + 1], "interior")
-    for name, left, right in [("horizontal", maps[:, :, :-1], maps[:, :, 1:]), ("vertical", maps[:, :-1], maps[:, 1:])]:
+    for name, left, right in [
+        ("horizontal", maps[:, :, :-1], maps[:, :, 1:]),
+        ("vertical", maps[:, :-1], maps[:, 1:]),
+    ]:
         correlation = float((left * right).mean())
         if abs(correlation) > 5 / math.sqrt(left.numel()):
             failures.append(f"{name} neighbour correlation {correlation:+.4f}")
@@ -453,7 +466,9 @@ def gaussian_violations(noise: torch.Tensor, block: int) -> list[str]:
     rows, cols = math.ceil(height / block), math.ceil(width / block)
     padded = torch.nn.functional.pad(maps, (0, cols * block - width, 0, rows * block - height))
     sums = padded.reshape(count, rows, block, cols, block).sum(dim=(2, 4))
-    pixels = torch.nn.functional.pad(torch.ones(height, width), (0, cols * block - width, 0, rows * block - height))
+    pixels = torch.nn.functional.pad(
+        torch.ones(height, width), (0, cols * block - width, 0, rows * block - height)
+    )
     pixels = pixels.reshape(rows, block, cols, block).sum(dim=(1, 3)).double()
     normalised = sums / pixels.sqrt()  # [N*C, rows, cols], each N(0, 1) if the noise is i.i.d. N(0, 1)
     full = pixels == block * block
@@ -467,7 +482,12 @@ def gaussian_violations(noise: torch.Tensor, block: int) -> list[str]:
 
 @pytest.mark.parametrize(
     ("shape", "count", "wavelet", "level"),
-    [((2, 166, 166), 200, "db1", 4), ((2, 48, 85), 300, "db1", 4), ((4, 7, 9), 2000, "db1", 2), ((2, 48, 85), 300, "db2", 4)],
+    [
+        ((2, 166, 166), 200, "db1", 4),
+        ((2, 48, 85), 300, "db1", 4),
+        ((4, 7, 9), 2000, "db1", 2),
+        ((2, 48, 85), 300, "db2", 4),
+    ],
 )
 def test_candidates_are_standard_gaussian_at_odd_sizes(shape, count, wavelet, level):
     noise, used_level = codec_noise(shape, count, seed=5, wavelet=wavelet)
@@ -503,7 +523,9 @@ def decode_jacobian(shape, wavelet, level, with_padding_inputs=True):
     return torch.stack(columns, dim=1)
 
 
-@pytest.mark.parametrize(("shape", "wavelet", "level"), [((1, 7, 9), "db1", 2), ((2, 5, 6), "db1", 2), ((1, 13, 11), "db2", 1)])
+@pytest.mark.parametrize(
+    ("shape", "wavelet", "level"), [((1, 7, 9), "db1", 2), ((2, 5, 6), "db1", 2), ((1, 13, 11), "db2", 1)]
+)
 def test_candidate_covariance_is_exactly_identity(shape, wavelet, level):
     jacobian = decode_jacobian(shape, wavelet, level)
     identity = torch.eye(math.prod(shape), dtype=torch.float64)
@@ -530,7 +552,9 @@ def test_level_is_lowered_with_a_warning_on_small_latents():
 
 
 def test_design_shape_flux2_latent():
-    result = ses_search(default_objective((128, 64, 64)), make_noise((1, 128, 64, 64), 0), 12, generator=gen(0))
+    result = ses_search(
+        default_objective((128, 64, 64)), make_noise((1, 128, 64, 64), 0), 12, generator=gen(0)
+    )
     assert result.low_bands.shape == (12, 128, 4, 4)
     assert result.low_bands[0].numel() == 2048
     assert result.level == 4 and result.best_noise.shape == (1, 128, 64, 64)
@@ -604,7 +628,10 @@ def test_rank_best_first_and_base_score():
     assert result.base_score == pytest.approx(0.3) and isinstance(result.base_score, float)
 
 
-@pytest.mark.parametrize(("shape", "expected"), [((64, 64), 4), ((128, 96), 4), ((32, 48), 3), ((16, 16), 2), ((8, 8), 1), ((4, 4), 2), ((2, 2), 1)])
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [((64, 64), 4), ((128, 96), 4), ((32, 48), 3), ((16, 16), 2), ((8, 8), 1), ((4, 4), 2), ((2, 2), 1)],
+)
 def test_auto_level_keeps_a_4x4_low_band(shape, expected):
     """level=None: 4 on a 1024px FLUX latent (64x64), lower on smaller latents so the band keeps 4x4; below 8 px
     (the tiny kit's 4x4) the deepest level that fits, as an explicit 4 gives; never 0."""

@@ -217,7 +217,9 @@ def test_reference_is_deterministic_from_its_generator():
 
 def test_reference_cem_update_uses_the_elite_archive_mean_and_unbiased_variance():
     base = make_noise(0)
-    result = reference().reference_ses_search(lowfreq(), base, 30, k_elites=5, generator=torch.Generator().manual_seed(6))
+    result = reference().reference_ses_search(
+        lowfreq(), base, 30, k_elites=5, generator=torch.Generator().manual_seed(6)
+    )
     lows = result.low_bands.reshape(30, -1)
     assert len(result.distributions) == 3
     for generation in (1, 2):
@@ -230,7 +232,9 @@ def test_reference_cem_update_uses_the_elite_archive_mean_and_unbiased_variance(
 
 def test_reference_with_one_elite_keeps_the_variance():
     base = make_noise(0)
-    result = reference().reference_ses_search(lowfreq(), base, 40, k_elites=1, generator=torch.Generator().manual_seed(7))
+    result = reference().reference_ses_search(
+        lowfreq(), base, 40, k_elites=1, generator=torch.Generator().manual_seed(7)
+    )
     lows = result.low_bands.reshape(40, -1)
     for generation, (mu, var) in enumerate(result.distributions):
         assert torch.equal(var, torch.ones_like(var))
@@ -241,7 +245,9 @@ def test_reference_with_one_elite_keeps_the_variance():
 
 def test_reference_with_popsize_one_keeps_the_variance_until_a_second_elite():
     base = make_noise(0)
-    result = reference().reference_ses_search(lowfreq(), base, 4, popsize=1, generator=torch.Generator().manual_seed(8))
+    result = reference().reference_ses_search(
+        lowfreq(), base, 4, popsize=1, generator=torch.Generator().manual_seed(8)
+    )
     lows = result.low_bands.reshape(4, -1)
     variances = [var for _, var in result.distributions]
     assert len(variances) == 4
@@ -307,7 +313,9 @@ def test_search_quality_reads_budgets_off_one_run_or_runs_them_separately():
                 recording = bench.Recording(observed, true)
                 method.run(recording, problem.base_noise, budget, seed)
                 best = int(torch.argmax(torch.tensor(recording.observed_scores)))
-                assert float(result.at_budget[method.name][budget][seed]) == pytest.approx(recording.true_scores[best])
+                assert float(result.at_budget[method.name][budget][seed]) == pytest.approx(
+                    recording.true_scores[best]
+                )
 
 
 def test_recording_picks_the_first_best_observed_and_never_nan():
@@ -321,8 +329,24 @@ def test_recording_picks_the_first_best_observed_and_never_nan():
 def test_search_quality_script_runs_end_to_end_on_the_analytic_objectives(tmp_path, capsys):
     bench = load_bench_module("search_quality")
     plot = tmp_path / "results" / "quality.png"
-    bench.main(["--seeds", "2", "--budgets", "5,10", "--objectives", "low-frequency,two-optima,noisy",
-                "--shape", "4,32,32", "--time-budget", "10", "--time-repeats", "1", "--plot", str(plot)])
+    bench.main(
+        [
+            "--seeds",
+            "2",
+            "--budgets",
+            "5,10",
+            "--objectives",
+            "low-frequency,two-optima,noisy",
+            "--shape",
+            "4,32,32",
+            "--time-budget",
+            "10",
+            "--time-repeats",
+            "1",
+            "--plot",
+            str(plot),
+        ]
+    )
     out = capsys.readouterr().out
     for heading in ("### low-frequency", "### two-optima", "### noisy", "### Wall time"):
         assert heading in out, heading

@@ -54,7 +54,9 @@ def test_fresh_first_candidates_are_standard_gaussian_at_odd_sizes(shape, search
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the level is lowered for the 7x9 latent
         for seed in range(searches):
-            search = SpectralEvolutionSearch(make_noise(shape, 10_000 + seed), 20, SESConfig(level=4), gen(seed))
+            search = SpectralEvolutionSearch(
+                make_noise(shape, 10_000 + seed), 20, SESConfig(level=4), gen(seed)
+            )
             assert search.level == level
             candidates.append(search.ask()[1:])  # the base noise is the caller's, not a sample
     assert gaussian_violations(torch.cat(candidates), 2**level) == []
@@ -69,7 +71,9 @@ def test_the_mean_moves_to_the_ridge_fit_optimum_and_stays_on_the_gaussian_shell
     lows, scores = result.low_bands.flatten(1).double(), result.scores.double()
     # The same fit, written out: standardised scores ~ [x, -|x|^2, 1] with a ridge on all but the intercept.
     targets = (scores - scores.mean()) / scores.std()
-    features = torch.cat((lows, -lows.square().sum(1, keepdim=True), torch.ones(len(lows), 1, dtype=torch.float64)), 1)
+    features = torch.cat(
+        (lows, -lows.square().sum(1, keepdim=True), torch.ones(len(lows), 1, dtype=torch.float64)), 1
+    )
     penalty = torch.full((features.shape[1],), config.ridge, dtype=torch.float64)
     penalty[-1] = 0
     weights = torch.linalg.solve(features.T @ features + torch.diag(penalty), features.T @ targets)
@@ -105,14 +109,24 @@ def test_a_runaway_fit_is_held_on_the_shell():
 
 def test_published_variant_is_the_published_algorithm_and_refuses_changes():
     published = SESConfig(variant="published")
-    assert (published.popsize, published.surrogate, published.variance_decay, published.fresh_first) == (10, False, 1.0, False)
+    assert (published.popsize, published.surrogate, published.variance_decay, published.fresh_first) == (
+        10,
+        False,
+        1.0,
+        False,
+    )
     assert math.isinf(published.shell_sd)
     with pytest.raises(ValueError, match="published algorithm unchanged"):
         SESConfig(variant="published", surrogate=True)
     with pytest.raises(ValueError, match="variant must be one of"):
         SESConfig(variant="cmaes")
     converted = published_variant(SESConfig(level=3, popsize=6, k_elites=2))
-    assert (converted.variant, converted.level, converted.popsize, converted.k_elites) == ("published", 3, 6, 2)
+    assert (converted.variant, converted.level, converted.popsize, converted.k_elites) == (
+        "published",
+        3,
+        6,
+        2,
+    )
     # The published variant proposes the base noise, then CEM samples of the low band around the base's details.
     base = make_noise((4, 32, 32), 0)
     first = SpectralEvolutionSearch(base, 20, published, gen(0)).ask()
@@ -130,5 +144,7 @@ def test_the_default_at_half_the_budget_beats_the_published_algorithm():
         base = make_noise(shape, 1000 + seed)
         objective = low_frequency_objective(random_target((16, 2, 2), 50_000 + seed), 4)
         default_25.append(ses_search(objective, base, 25, generator=gen(seed)).best_score)
-        published_50.append(ses_search(objective, base, 50, SESConfig(variant="published"), gen(seed)).best_score)
+        published_50.append(
+            ses_search(objective, base, 50, SESConfig(variant="published"), gen(seed)).best_score
+        )
     assert statistics.mean(default_25) > statistics.mean(published_50)

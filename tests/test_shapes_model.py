@@ -25,14 +25,19 @@ def test_the_shipped_model_is_real_classes_in_safetensors_under_30_mb(pipe):
     assert isinstance(pipe.vae, AutoencoderKLFlux2) and isinstance(pipe.transformer, Flux2Transformer2DModel)
     assert isinstance(pipe.text_encoder, Qwen3ForCausalLM) and isinstance(pipe.tokenizer, Qwen2TokenizerFast)
     files = [path for path in SHIPPED_PIPELINE_DIR.rglob("*") if path.is_file()]
-    weights = [path for path in files if path.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl")]
+    weights = [
+        path for path in files if path.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl")
+    ]
     assert weights and all(path.suffix == ".safetensors" for path in weights)
     assert sum(path.stat().st_size for path in files) < 30 * 2**20
 
 
 def test_the_recorded_settings_reach_every_command(pipe, generator):
     family_checks.check_kit_settings(
-        pipe, generator, MODEL, generator_class=Flux2KleinGenerator,
+        pipe,
+        generator,
+        MODEL,
+        generator_class=Flux2KleinGenerator,
         kit_defaults={
             "text_encoder_out_layers": shapes_model.TEXT_ENCODER_OUT_LAYERS,
             "max_sequence_length": shapes_model.MAX_SEQUENCE_LENGTH,
@@ -41,10 +46,15 @@ def test_the_recorded_settings_reach_every_command(pipe, generator):
             "preview_steps": shapes_model.PREVIEW_STEPS,
             "guidance_scale": shapes_model.GUIDANCE_SCALE,
         },
-        steps_preview_guidance=(shapes_model.NUM_INFERENCE_STEPS, shapes_model.PREVIEW_STEPS, shapes_model.GUIDANCE_SCALE),
+        steps_preview_guidance=(
+            shapes_model.NUM_INFERENCE_STEPS,
+            shapes_model.PREVIEW_STEPS,
+            shapes_model.GUIDANCE_SCALE,
+        ),
         uses_cfg=True,
         noise_shape=(4 * shapes_model.LATENT_CHANNELS, 8, 8),  # 64 px through a 4x VAE and 2x2 patches
-        off_grid=(68, 64), multiple=8,  # a 4x VAE and 2x2 patches
+        off_grid=(68, 64),
+        multiple=8,  # a 4x VAE and 2x2 patches
     )
 
 
@@ -85,7 +95,9 @@ def test_lora_round_trip(tmp_path, pipe):
 def _tiny_config(**overrides):
     from tscale_train.shapes.training import ShapesTrainingConfig
 
-    settings = dict(vae_steps=2, vae_batch_size=2, transformer_steps=3, batch_size=2, warmup_steps=1, checkpoint_every=1)
+    settings = dict(
+        vae_steps=2, vae_batch_size=2, transformer_steps=3, batch_size=2, warmup_steps=1, checkpoint_every=1
+    )
     return ShapesTrainingConfig(**{**settings, **overrides})
 
 
@@ -94,7 +106,10 @@ def test_training_resumes_to_the_uninterrupted_result(tmp_path):
 
     torch.set_num_threads(1)
     straight = train_shapes_model(tmp_path / "straight", tmp_path / "work-straight", _tiny_config())
-    assert train_shapes_model(tmp_path / "resumed", tmp_path / "work-resumed", _tiny_config(), max_minutes=0) is None
+    assert (
+        train_shapes_model(tmp_path / "resumed", tmp_path / "work-resumed", _tiny_config(), max_minutes=0)
+        is None
+    )
     assert (tmp_path / "work-resumed" / "vae_state.pt").is_file()
     resumed = train_shapes_model(tmp_path / "resumed", tmp_path / "work-resumed", _tiny_config())
     from safetensors.torch import load_file
@@ -132,7 +147,9 @@ def test_one_round_of_the_loop_with_the_verifier_as_guard_judge(tmp_path, kit_di
     from tscale_train.trainer import OnlineDPOTrainer
 
     torch.set_num_threads(1)
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the config names its prompt files from the repo root
+    monkeypatch.chdir(
+        Path(__file__).resolve().parents[1]
+    )  # the config names its prompt files from the repo root
     config = parse_config(
         ["--config", "recipes/configs/shapes.yaml", "--output_dir", str(tmp_path / "run"), "--rounds", "1",
          "--prompts_per_round", "2", "--max_eval_prompts", "2", "--epochs_per_round", "3", "--budget", "4",
@@ -163,7 +180,11 @@ def _check_comfyui_export_loads_back(run_dir: Path) -> None:
         generator = generator_for_pipeline(pipe)
         embeds = [generator.encode_prompt("a red circle")] * 2
         with torch.no_grad():
-            velocities.append(generator.predict_velocity(pipe.transformer, generator.initial_noise(0, 2), torch.tensor([0.9, 0.5]), embeds))
+            velocities.append(
+                generator.predict_velocity(
+                    pipe.transformer, generator.initial_noise(0, 2), torch.tensor([0.9, 0.5]), embeds
+                )
+            )
     diffusers_format, comfyui_format, base = velocities
     torch.testing.assert_close(comfyui_format, diffusers_format, atol=1e-4, rtol=0)
     assert (diffusers_format - base).abs().max() > 1e-5

@@ -23,10 +23,25 @@ def half_nan_brightness(images, prompts=None):
 
 def tiny_config(tmp_path: Path, **overrides) -> OnlineDPOConfig:
     values = dict(
-        model="tiny", dtype="float32", reward="rewards.synthetic:brightness", budget=4, popsize=2, k_elites=2,
-        rounds=2, prompts_per_round=4, epochs_per_round=2, train_batch_size=2, lora_rank=4, eval_every=1,
-        eval_ses_every=0, eval_budget=2, max_eval_prompts=4, checkpoint_every=1, output_dir=str(tmp_path / "run"),
-        progress=False, seed=0,
+        model="tiny",
+        dtype="float32",
+        reward="rewards.synthetic:brightness",
+        budget=4,
+        popsize=2,
+        k_elites=2,
+        rounds=2,
+        prompts_per_round=4,
+        epochs_per_round=2,
+        train_batch_size=2,
+        lora_rank=4,
+        eval_every=1,
+        eval_ses_every=0,
+        eval_budget=2,
+        max_eval_prompts=4,
+        checkpoint_every=1,
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+        seed=0,
     )
     values.update(overrides)
     return OnlineDPOConfig(**values)
@@ -52,7 +67,9 @@ def test_reference_pass_runs_with_adapters_disabled(tmp_path, kit_dir):
     torch.testing.assert_close(reference, base, atol=1e-5, rtol=0)
     assert (adapted - base).abs().max() > 1e-3
     assert all(parameter.requires_grad for parameter in trainer.lora_parameters)
-    assert not any(p.requires_grad for n, p in trainer.pipe.transformer.named_parameters() if "lora_" not in n)
+    assert not any(
+        p.requires_grad for n, p in trainer.pipe.transformer.named_parameters() if "lora_" not in n
+    )
 
 
 def test_run_writes_outputs_and_resume_gives_the_same_lora(tmp_path, kit_dir):
@@ -61,18 +78,30 @@ def test_run_writes_outputs_and_resume_gives_the_same_lora(tmp_path, kit_dir):
     interrupted_config = tiny_config(tmp_path / "b", eval_budget=4)
     OnlineDPOTrainer(interrupted_config).train(stop_after_rounds=1)
     assert not (Path(interrupted_config.output_dir) / "pytorch_lora_weights.safetensors").exists()
-    resumed = OnlineDPOTrainer(tiny_config(tmp_path / "b", eval_budget=4, resume_from_checkpoint="latest")).train()
+    resumed = OnlineDPOTrainer(
+        tiny_config(tmp_path / "b", eval_budget=4, resume_from_checkpoint="latest")
+    ).train()
     final_a = load_file(str(straight / "pytorch_lora_weights.safetensors"))
     final_b = load_file(str(resumed / "pytorch_lora_weights.safetensors"))
     assert final_a.keys() == final_b.keys() and all(key.startswith("transformer.") for key in final_a)
-    assert any(value.abs().max() > 0 for key, value in final_a.items() if "lora_B" in key), "training never moved the LoRA"
+    assert any(value.abs().max() > 0 for key, value in final_a.items() if "lora_B" in key), (
+        "training never moved the LoRA"
+    )
     for key in final_a:
         torch.testing.assert_close(final_a[key], final_b[key], atol=1e-6, rtol=0)
 
     rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [row["round"] for row in rows] == [-1, 0, 1]
-    for name in ("train/loss", "train/implicit_acc", "train/implicit_acc_new", "train/reward_margin",
-                 "search/best_reward", "search/base_reward", "eval/reward_budget0", "train/inside_abs"):
+    for name in (
+        "train/loss",
+        "train/implicit_acc",
+        "train/implicit_acc_new",
+        "train/reward_margin",
+        "search/best_reward",
+        "search/base_reward",
+        "eval/reward_budget0",
+        "train/inside_abs",
+    ):
         assert all(math.isfinite(row[name]) for row in rows[1:]), name
     assert all(row["train/inside_abs"] >= abs(row["train/inside"]) for row in rows[1:])
     assert rows[-1]["train/inside_abs"] > 0
@@ -84,7 +113,9 @@ def test_run_writes_outputs_and_resume_gives_the_same_lora(tmp_path, kit_dir):
         assert row["eval/amortisation_ratio"] == pytest.approx(expected, rel=1e-6)
     resumed_rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     # The resumed run reads round -1's rewards back from metrics.jsonl: the same ratio after the restart.
-    assert resumed_rows[-1]["eval/amortisation_ratio"] == pytest.approx(rows[-1]["eval/amortisation_ratio"], abs=1e-6)
+    assert resumed_rows[-1]["eval/amortisation_ratio"] == pytest.approx(
+        rows[-1]["eval/amortisation_ratio"], abs=1e-6
+    )
     assert rows[1]["train/implicit_acc_new"] == 0.0  # LoRA B = 0: theta == ref, inside is exactly 0
     assert all(row["search/best_reward"] >= row["search/base_reward"] for row in rows[1:])
     from tscale_train.pairs import PairStore
@@ -103,11 +134,15 @@ def test_checkpoints_total_limit_and_mismatched_resume(tmp_path, kit_dir):
     kept = sorted(path.name for path in (Path(config.output_dir) / "checkpoints").iterdir())
     assert kept == ["checkpoint-00001", "checkpoint-00002"]
     with pytest.raises(ValueError, match=r"other settings \(lora_rank 4 -> 8\)"):
-        OnlineDPOTrainer(tiny_config(tmp_path, rounds=3, lora_rank=8, resume_from_checkpoint="latest")).train()
+        OnlineDPOTrainer(
+            tiny_config(tmp_path, rounds=3, lora_rank=8, resume_from_checkpoint="latest")
+        ).train()
 
 
 def test_nan_rewards_are_never_trained_on(tmp_path, kit_dir):
-    config = tiny_config(tmp_path, reward="test_trainer:half_nan_brightness", rounds=1, eval_every=0, budget=6)
+    config = tiny_config(
+        tmp_path, reward="test_trainer:half_nan_brightness", rounds=1, eval_every=0, budget=6
+    )
     with pytest.warns(UserWarning, match="NaN"):
         OnlineDPOTrainer(config).train()
     from tscale_train.pairs import PairStore
@@ -151,13 +186,17 @@ def test_fewer_prompts_than_processes(tmp_path, monkeypatch):
 
 
 def test_yaml_config_with_command_line_overrides(tmp_path):
-    config = parse_config(["--config", str(REPO / "recipes/configs/tiny.yaml"), "--beta", "2.5", "--output_dir", str(tmp_path)])
+    config = parse_config(
+        ["--config", str(REPO / "recipes/configs/tiny.yaml"), "--beta", "2.5", "--output_dir", str(tmp_path)]
+    )
     assert config.model == "tiny" and config.beta == 2.5 and config.output_dir == str(tmp_path)
     (tmp_path / "bad.yaml").write_text("model: tiny\nbetta: 3\n")
     with pytest.raises(ValueError, match="unknown fields"):
         parse_config(["--config", str(tmp_path / "bad.yaml")])
     for name in ("flux2_klein_4b.yaml", "flux2_klein_base_4b.yaml"):
-        assert parse_config(["--config", str(REPO / "recipes/configs" / name)]).model.startswith("black-forest-labs/")
+        assert parse_config(["--config", str(REPO / "recipes/configs" / name)]).model.startswith(
+            "black-forest-labs/"
+        )
 
 
 @pytest.mark.slow
@@ -173,10 +212,26 @@ def test_the_loop_learns_a_reward_the_tiny_model_can_move(tmp_path, kit_dir):
     shifts = {}
     for reward in ("rewards.synthetic:brightness", "rewards.synthetic:coin_flip"):
         config = tiny_config(
-            tmp_path / reward.split(":")[-1], reward=reward, eval_reward="rewards.synthetic:brightness",
-            budget=16, eval_budget=8, popsize=8, k_elites=2, rounds=3, prompts_per_round=16, epochs_per_round=30,
-            train_batch_size=4, beta=1.0, learning_rate=1e-3, lora_rank=8, lora_target_modules=FLUX2_ALL_LINEAR_TARGETS,
-            eval_every=1, max_eval_prompts=16, eval_fraction=0.2, checkpoint_every=0, checkpoints_total_limit=1,
+            tmp_path / reward.split(":")[-1],
+            reward=reward,
+            eval_reward="rewards.synthetic:brightness",
+            budget=16,
+            eval_budget=8,
+            popsize=8,
+            k_elites=2,
+            rounds=3,
+            prompts_per_round=16,
+            epochs_per_round=30,
+            train_batch_size=4,
+            beta=1.0,
+            learning_rate=1e-3,
+            lora_rank=8,
+            lora_target_modules=FLUX2_ALL_LINEAR_TARGETS,
+            eval_every=1,
+            max_eval_prompts=16,
+            eval_fraction=0.2,
+            checkpoint_every=0,
+            checkpoints_total_limit=1,
         )
         out = OnlineDPOTrainer(config).train()
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -193,8 +248,17 @@ def test_prompts_are_encoded_per_round_into_a_bounded_cache(tmp_path, kit_dir):
     One klein prompt embedding is 7.9 MB: encoding the bundled 300 prompts up front cost 2.4 GB per
     process, a 50k-prompt dataset ~390 GB.
     """
-    config = tiny_config(tmp_path, model="tiny-base", rounds=2, prompts_per_round=4, max_cached_prompts=3,
-                         eval_every=0, checkpoint_every=0, preview_steps=2, eval_fraction=0.0)
+    config = tiny_config(
+        tmp_path,
+        model="tiny-base",
+        rounds=2,
+        prompts_per_round=4,
+        max_cached_prompts=3,
+        eval_every=0,
+        checkpoint_every=0,
+        preview_steps=2,
+        eval_fraction=0.0,
+    )
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"prompt number {index}" for index in range(40)) + "\n")
     config.prompts = str(prompts)
@@ -227,7 +291,10 @@ def test_amortisation_ratio_is_undefined_when_the_search_gained_nothing():
     before = {"eval/reward_budget0": 0.5, "eval/reward_ses": 0.7}
     assert amortisation_ratio(before, {"eval/reward_budget0": 0.6}) == pytest.approx(0.5)
     assert amortisation_ratio(before, {"eval/reward_budget0": 0.4}) == pytest.approx(-0.5)
-    assert amortisation_ratio({"eval/reward_budget0": 0.5, "eval/reward_ses": 0.5}, {"eval/reward_budget0": 0.6}) is None
+    assert (
+        amortisation_ratio({"eval/reward_budget0": 0.5, "eval/reward_ses": 0.5}, {"eval/reward_budget0": 0.6})
+        is None
+    )
     assert amortisation_ratio({"eval/reward_budget0": 0.5}, {"eval/reward_budget0": 0.6}) is None
     assert amortisation_ratio(None, {"eval/reward_budget0": 0.6}) is None
 
@@ -279,7 +346,9 @@ def test_eval_scores_budget0_and_ses_at_the_same_steps(tmp_path, monkeypatch, ki
         return results
 
     monkeypatch.setattr(trainer_module, "search_prompts", spy)
-    trainer = OnlineDPOTrainer(tiny_config(tmp_path, model="tiny-base", preview_steps=2, max_eval_prompts=3, eval_fraction=0.5))
+    trainer = OnlineDPOTrainer(
+        tiny_config(tmp_path, model="tiny-base", preview_steps=2, max_eval_prompts=3, eval_fraction=0.5)
+    )
     metrics = trainer.evaluate(0, with_search=True)
     (results,) = searches
     # The base noise is the search's first candidate: at the same steps its score is the budget-0 score.
@@ -295,13 +364,18 @@ def test_replay_reads_latents_without_decoding_previews(tmp_path, monkeypatch, k
     trainer = OnlineDPOTrainer(config)
     trainer.train(stop_after_rounds=1)
     stored = trainer.store.load([0])
-    monkeypatch.setattr(datasets.Image, "decode_example", lambda *a, **k: pytest.fail("a preview PNG was decoded"))
+    monkeypatch.setattr(
+        datasets.Image, "decode_example", lambda *a, **k: pytest.fail("a preview PNG was decoded")
+    )
     replayed = trainer._training_records([], round_index=1)
     assert len(replayed) == len(stored) > 0
     from tscale_train.pairs import record_latents
 
-    for row, record in zip(stored.select_columns(["prompt", "latent_shape", "chosen_latents", "rejected_latents"]),
-                           replayed, strict=True):
+    for row, record in zip(
+        stored.select_columns(["prompt", "latent_shape", "chosen_latents", "rejected_latents"]),
+        replayed,
+        strict=True,
+    ):
         chosen, rejected = record_latents(row)
         assert record.prompt == row["prompt"]
         torch.testing.assert_close(record.chosen_latents, chosen, atol=0, rtol=0)
@@ -346,7 +420,9 @@ def _strict_rows(out: Path) -> list[dict]:
     def reject(constant: str):
         raise AssertionError(f"metrics.jsonl holds bare {constant}: not JSON")
 
-    return [json.loads(line, parse_constant=reject) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line, parse_constant=reject) for line in (out / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def test_a_second_live_run_into_the_same_output_dir_is_refused(tmp_path, monkeypatch):
@@ -381,7 +457,9 @@ def test_a_non_empty_output_dir_needs_resume_or_overwrite(tmp_path, monkeypatch)
     for name in ("metrics.jsonl", "config.yaml", "pytorch_lora_weights.safetensors"):
         (out / name).write_text("{}\n")
     _stop_at_model_load(monkeypatch)
-    with pytest.raises(ValueError, match="is not empty .*--resume_from_checkpoint latest.*--overwrite_output_dir") as refused:
+    with pytest.raises(
+        ValueError, match="is not empty .*--resume_from_checkpoint latest.*--overwrite_output_dir"
+    ) as refused:
         OnlineDPOTrainer(config)
     assert str(out) in str(refused.value) and len(str(refused.value).splitlines()) == 1
     assert (out / "metrics.jsonl").is_file()
@@ -401,7 +479,9 @@ def test_resume_validates_first_then_cuts_the_run_back_to_its_checkpoint(tmp_pat
 
     # A refused resume leaves the run's config as it was.
     with pytest.raises(ValueError, match=r"other settings \(lora_rank 4 -> 8\)"):
-        OnlineDPOTrainer(tiny_config(tmp_path, rounds=3, eval_every=0, lora_rank=8, resume_from_checkpoint="latest")).train()
+        OnlineDPOTrainer(
+            tiny_config(tmp_path, rounds=3, eval_every=0, lora_rank=8, resume_from_checkpoint="latest")
+        ).train()
     assert (out / "config.yaml").read_text() == written
 
     # A truncated LoRA: a one-line error naming the file and the checkpoint to fall back to.
@@ -430,7 +510,9 @@ def test_a_reward_without_usable_pairs_stops_the_run(reward, tmp_path, kit_dir):
     config = tiny_config(tmp_path, reward=reward, rounds=1, eval_every=1, checkpoint_every=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the NaN scores warn too
-        with pytest.raises(ValueError, match=rf"round 0: the reward '{reward}' gave no usable pair") as refused:
+        with pytest.raises(
+            ValueError, match=rf"round 0: the reward '{reward}' gave no usable pair"
+        ) as refused:
             OnlineDPOTrainer(config).train()
     assert len(str(refused.value).splitlines()) == 1
     out = Path(config.output_dir)

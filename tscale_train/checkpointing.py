@@ -42,27 +42,52 @@ LEGACY_CHECKPOINT_IDENTITY = ("model", "lora_rank", "lora_alpha", "lora_target_m
 # effects); where it is written and published; and the guards' policy. Every other setting defines the
 # run (its model, LoRA, reward, search, pairs, DPO, prompts, eval yardstick, seed): changing one is
 # another run, and resuming with it is refused with the list of differences.
-RESUMABLE_SETTINGS = frozenset({
-    "rounds", "eval_every", "eval_ses_every", "checkpoint_every", "checkpoints_total_limit",
-    "resume_from_checkpoint", "overwrite_output_dir", "output_dir", "progress", "report_to", "tracker_project",
-    "push_to_hub", "hub_model_id", "hub_private_repo",
-    "eval_batch_size", "reward_batch_size", "search_group_size", "max_cached_prompts", "offload_text_encoder",
-    "offload_reward", "gradient_checkpointing",
-    "guard_tolerance", "guard_patience", "guard_policy", "guard_max_drift",
-})
+RESUMABLE_SETTINGS = frozenset(
+    {
+        "rounds",
+        "eval_every",
+        "eval_ses_every",
+        "checkpoint_every",
+        "checkpoints_total_limit",
+        "resume_from_checkpoint",
+        "overwrite_output_dir",
+        "output_dir",
+        "progress",
+        "report_to",
+        "tracker_project",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_private_repo",
+        "eval_batch_size",
+        "reward_batch_size",
+        "search_group_size",
+        "max_cached_prompts",
+        "offload_text_encoder",
+        "offload_reward",
+        "gradient_checkpointing",
+        "guard_tolerance",
+        "guard_patience",
+        "guard_policy",
+        "guard_max_drift",
+    }
+)
 
 
 def run_settings(config: Any) -> dict[str, Any]:
     """The settings that define a run (all but `RESUMABLE_SETTINGS`), as JSON values."""
-    return {name: value for name, value in json_safe(config.to_dict()).items() if name not in RESUMABLE_SETTINGS}
+    return {
+        name: value for name, value in json_safe(config.to_dict()).items() if name not in RESUMABLE_SETTINGS
+    }
 
 
 def checkpoint_dirs(root: Path, complete: bool = True) -> list[Path]:
     """The `checkpoint-NNNNN` dirs under `root` (a run's `checkpoints/`), oldest first; only those with
     `trainer_state.json` (committed) unless `complete` is False."""
     found = [path for path in Path(root).glob(f"{CHECKPOINT_PREFIX}*") if path.is_dir()]
-    numbered = sorted((path for path in found if path.name.removeprefix(CHECKPOINT_PREFIX).isdigit()),
-                      key=lambda path: int(path.name.removeprefix(CHECKPOINT_PREFIX)))
+    numbered = sorted(
+        (path for path in found if path.name.removeprefix(CHECKPOINT_PREFIX).isdigit()),
+        key=lambda path: int(path.name.removeprefix(CHECKPOINT_PREFIX)),
+    )
     return [path for path in numbered if (path / TRAINER_STATE).is_file()] if complete else numbered
 
 
@@ -91,7 +116,9 @@ class CheckpointManager:
     the model whose LoRA it saves, once the model exists.
     """
 
-    def __init__(self, accelerator, output_dir: Path, settings: dict[str, Any], total_limit: int | None) -> None:
+    def __init__(
+        self, accelerator, output_dir: Path, settings: dict[str, Any], total_limit: int | None
+    ) -> None:
         self.accelerator = accelerator
         self.root = Path(output_dir) / "checkpoints"
         self.settings = settings
@@ -136,7 +163,9 @@ class CheckpointManager:
                 model = accelerator.unwrap_model(models.pop())
                 result = set_peft_model_state_dict(model, state, adapter_name="default")
                 if getattr(result, "unexpected_keys", None):
-                    raise ValueError(f"checkpoint {input_dir} holds LoRA keys this model lacks: {result.unexpected_keys[:3]}...")
+                    raise ValueError(
+                        f"checkpoint {input_dir} holds LoRA keys this model lacks: {result.unexpected_keys[:3]}..."
+                    )
 
         accelerator.register_save_state_pre_hook(save_hook)
         accelerator.register_load_state_pre_hook(load_hook)
@@ -156,8 +185,14 @@ class CheckpointManager:
         for path in checkpoint_dirs(self.root, complete=False):
             if (path / TRAINER_STATE).is_file():
                 continue
-            if self.accelerator.is_main_process and (not complete or self._round(path) > self._round(complete[-1])):
-                logger.warning("skipping incomplete checkpoint %s (no %s; a save cut short?) and removing it", path, TRAINER_STATE)
+            if self.accelerator.is_main_process and (
+                not complete or self._round(path) > self._round(complete[-1])
+            ):
+                logger.warning(
+                    "skipping incomplete checkpoint %s (no %s; a save cut short?) and removing it",
+                    path,
+                    TRAINER_STATE,
+                )
             if self.accelerator.is_main_process:
                 remove_tree(path)
         return complete[-1] if complete else None
@@ -165,7 +200,11 @@ class CheckpointManager:
     def _earlier_advice(self, path: Path) -> str:
         """What to resume from instead of `path`: the complete checkpoint before it, or afresh."""
         named = path.name.removeprefix(CHECKPOINT_PREFIX).isdigit()
-        earlier = [other for other in self.checkpoint_dirs() if (self._round(other) < self._round(path) if named else other != path)]
+        earlier = [
+            other
+            for other in self.checkpoint_dirs()
+            if (self._round(other) < self._round(path) if named else other != path)
+        ]
         if earlier:
             return f"resume from the previous complete checkpoint with --resume_from_checkpoint {earlier[-1]}"
         return "there is no earlier complete checkpoint; start afresh with --overwrite_output_dir"
@@ -195,7 +234,12 @@ class CheckpointManager:
                 with disk_full_error(path):
                     self.ema.save(path)
             # Written last: a checkpoint without it is incomplete and never resumed from.
-            state = {"round": round_index, "global_step": global_step, "settings": self.settings, "pairs": pairs or {}}
+            state = {
+                "round": round_index,
+                "global_step": global_step,
+                "settings": self.settings,
+                "pairs": pairs or {},
+            }
             atomic_write_json(path / TRAINER_STATE, state)
             if self.total_limit:
                 for stale in self.checkpoint_dirs()[: -self.total_limit]:
@@ -221,7 +265,11 @@ class CheckpointManager:
         if accelerator.is_main_process:
             try:
                 point = self._choose(spec, store)
-                choice = ("ok", None if point is None else str(point.path), None if point is None else point.state)
+                choice = (
+                    "ok",
+                    None if point is None else str(point.path),
+                    None if point is None else point.state,
+                )
             except (ValueError, OSError) as error:  # on every process, not only here: no one hangs
                 choice = (type(error).__name__, str(error), None)
         kind, value, state = broadcast_object_list([choice], from_process=0)[0]
@@ -233,13 +281,18 @@ class CheckpointManager:
         if spec == "latest":
             path = self.latest()
             if path is None:
-                logger.warning("resume_from_checkpoint=latest but %s has no checkpoint; starting fresh.", self.root.parent)
+                logger.warning(
+                    "resume_from_checkpoint=latest but %s has no checkpoint; starting fresh.",
+                    self.root.parent,
+                )
                 return None
         else:
             path = Path(spec)
         state_file = path / TRAINER_STATE
         if not state_file.is_file():
-            raise FileNotFoundError(f"{str(path)!r} is not a complete checkpoint (no {TRAINER_STATE}); pass 'latest' or a checkpoint-NNNNN dir.")
+            raise FileNotFoundError(
+                f"{str(path)!r} is not a complete checkpoint (no {TRAINER_STATE}); pass 'latest' or a checkpoint-NNNNN dir."
+            )
         try:
             check_checkpoint_files(path)
         except UnsafeCheckpointError as error:
@@ -251,19 +304,27 @@ class CheckpointManager:
         point = ResumePoint(path, state)
         if store is not None:
             if point.pairs is None:
-                logger.warning("checkpoint %s records no pair manifest (written by an older version); its pairs are not checked", path)
+                logger.warning(
+                    "checkpoint %s records no pair manifest (written by an older version); its pairs are not checked",
+                    path,
+                )
             else:
-                store.verify(point.pairs, range(point.round + 1), advice=(
-                    f"restore it, or {self._earlier_advice(path)} (its rounds are redone)"
-                ))
+                store.verify(
+                    point.pairs,
+                    range(point.round + 1),
+                    advice=(f"restore it, or {self._earlier_advice(path)} (its rounds are redone)"),
+                )
         return point
 
     def _check_settings(self, path: Path, state: dict[str, Any]) -> None:
         if "settings" in state:
             differences = settings_differences(state["settings"], self.settings)
         else:
-            differences = {name: (state.get(name), self.settings.get(name)) for name in LEGACY_CHECKPOINT_IDENTITY
-                           if state.get(name) != self.settings.get(name)}
+            differences = {
+                name: (state.get(name), self.settings.get(name))
+                for name in LEGACY_CHECKPOINT_IDENTITY
+                if state.get(name) != self.settings.get(name)
+            }
         if differences:
             raise ValueError(
                 f"checkpoint {str(path)!r} belongs to a run with other settings ({describe_differences(differences)}); "

@@ -34,7 +34,9 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The top level: `tscale COMMAND ...`; each command parses the rest itself."""
-    parser = argparse.ArgumentParser(prog="tscale", description="Spectral Evolution Search and search-to-training tools.")
+    parser = argparse.ArgumentParser(
+        prog="tscale", description="Spectral Evolution Search and search-to-training tools."
+    )
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in ("ses", "train", "export"):
         # Parsed by the settings dataclasses (`tscale_train.config`), so `tscale ses --help` shows their flags.
@@ -43,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_plan_parser(subcommands)
     tiny = subcommands.add_parser("tiny", help=COMMANDS["tiny"])
-    tiny.add_argument("--out", default=None, help="default: $TSCALE_TINY_DIR or ~/.cache/tscale_train/tiny-v1")
+    tiny.add_argument(
+        "--out", default=None, help="default: $TSCALE_TINY_DIR or ~/.cache/tscale_train/tiny-v1"
+    )
     tiny.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -109,7 +113,11 @@ def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SE
     # Many prompts over many processes (one node or several): each process searches its own prompts,
     # so no generation waits on a gather. One prompt: its candidates are split over the processes.
     shard_prompts = ses_args.prompts_file is not None and state.num_processes > 1
-    indices = list(range(len(prompts)))[state.process_index :: state.num_processes] if shard_prompts else list(range(len(prompts)))
+    indices = (
+        list(range(len(prompts)))[state.process_index :: state.num_processes]
+        if shard_prompts
+        else list(range(len(prompts)))
+    )
     results = search_prompts(
         generator,
         reward,
@@ -178,17 +186,24 @@ def _write_result(generator, result, summary: dict, ses_args: SESArguments, out:
     summary["image"] = str(image_path)
     if ses_args.save_trace:
         stem = image_path.with_suffix("")
-        trace = dict(summary, scores=[float(score) for score in result.search.scores], trace=result.search.trace)
+        trace = dict(
+            summary, scores=[float(score) for score in result.search.scores], trace=result.search.trace
+        )
         atomic_write_json(f"{stem}_trace.json", trace)
         plot_trace(result.search, f"{stem}_reward.png", title=result.prompt)
-        atomic_save_image(side_by_side(rendered.base_image, rendered.image, caption=rendered.prompt), f"{stem}_base_vs_ses.png")
+        atomic_save_image(
+            side_by_side(rendered.base_image, rendered.image, caption=rendered.prompt),
+            f"{stem}_base_vs_ses.png",
+        )
     print(
         f"[{summary['index']}] base {summary['base_score']:.4f} -> {summary['method']} {summary['best_score']:.4f} "
         f"(best candidate #{summary['best_index']} of {summary['budget']}) -> {image_path}"
     )
 
 
-def run_compare(state, generator, reward, prompts: list[str], search_config: SearchConfig, ses_args: SESArguments) -> list[dict]:
+def run_compare(
+    state, generator, reward, prompts: list[str], search_config: SearchConfig, ses_args: SESArguments
+) -> list[dict]:
     """`tscale ses --compare random,ses`: every method from the same seeds at the same budget; the main
     process renders base and best images, writes the strip, the curves and a JSON, and prints the table."""
     from .compare import (
@@ -230,20 +245,34 @@ def run_compare(state, generator, reward, prompts: list[str], search_config: Sea
         ]
         image_path = out if single else out / f"{index:04d}.png"
         atomic_save_image(comparison_strip(images, labels), image_path)
-        summaries.append({
-            "index": index, "prompt": comparison.prompt, "seed": comparison.seed, "image": str(image_path),
-            "budget": search_config.budget, "base_score": comparison.base_score, "final_scores": comparison.final_scores,
-            **{method: {"best_score": item.search.best_score, "best_index": item.search.best_index,
-                        "scores": [float(score) for score in item.search.scores]}
-               for method, item in comparison.searches.items()},
-        })
+        summaries.append(
+            {
+                "index": index,
+                "prompt": comparison.prompt,
+                "seed": comparison.seed,
+                "image": str(image_path),
+                "budget": search_config.budget,
+                "base_score": comparison.base_score,
+                "final_scores": comparison.final_scores,
+                **{
+                    method: {
+                        "best_score": item.search.best_score,
+                        "best_index": item.search.best_index,
+                        "scores": [float(score) for score in item.search.scores],
+                    }
+                    for method, item in comparison.searches.items()
+                },
+            }
+        )
     rows = comparison_rows(comparisons)
     title = (
         f"{SEARCH_METHODS[methods[0]]} vs {', '.join(SEARCH_METHODS[m] for m in methods[1:])}: budget {search_config.budget}, "
         f"seed {ses_args.seed}, reward {search_config.reward}, preview {generator.preview_steps} steps, "
         f"final {ses_args.steps or generator.num_inference_steps} steps, {len(prompts)} prompt(s)"
     )
-    plot_curves(comparisons, curves_path, title=comparisons[0].prompt if single else f"{len(prompts)} prompts")
+    plot_curves(
+        comparisons, curves_path, title=comparisons[0].prompt if single else f"{len(prompts)} prompts"
+    )
     atomic_write_json(json_path, {"title": title, "table": rows, "prompts": summaries})
     print(format_table(rows, title))
     print(f"images: {out}; curves: {curves_path}; scores: {json_path}")

@@ -48,13 +48,23 @@ def compare_searches(
     `search_prompts` (budget, config, preview_steps, split_across, group_size, progress)."""
     unknown = [method for method in methods if method not in SEARCH_METHODS]
     if unknown or not methods:
-        raise ValueError(f"unknown search method(s) {unknown or methods}; choose from {', '.join(SEARCH_METHODS)}.")
-    by_method = {methods[0]: search_prompts(generator, reward, prompts, seeds, method=methods[0], **search_kwargs)}
+        raise ValueError(
+            f"unknown search method(s) {unknown or methods}; choose from {', '.join(SEARCH_METHODS)}."
+        )
+    by_method = {
+        methods[0]: search_prompts(generator, reward, prompts, seeds, method=methods[0], **search_kwargs)
+    }
     # A weighted reward: every method on the first method's scale (its first generation's statistics), so the
     # table's rewards and gains compare. SES and best-of-N draw the same first generation anyway.
-    shared = [result.reward_statistics for result in by_method[methods[0]]] if isinstance(reward, WeightedReward) else None
+    shared = (
+        [result.reward_statistics for result in by_method[methods[0]]]
+        if isinstance(reward, WeightedReward)
+        else None
+    )
     for method in methods[1:]:
-        by_method[method] = search_prompts(generator, reward, prompts, seeds, method=method, reward_statistics=shared, **search_kwargs)
+        by_method[method] = search_prompts(
+            generator, reward, prompts, seeds, method=method, reward_statistics=shared, **search_kwargs
+        )
     return [
         Comparison(prompt, int(seed), {method: by_method[method][index] for method in methods})
         for index, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True))
@@ -109,21 +119,29 @@ def comparison_rows(comparisons: Sequence[Comparison]) -> list[dict]:
 
     finals = [comparison.final_scores for comparison in comparisons if comparison.final_scores]
     base = mean([comparison.base_score for comparison in comparisons])
-    rows = [{
-        "method": "base noise", "evaluations": 1, "best_reward": base, "gain": 0.0, "evaluations_to_best": 1,
-        "final_reward": mean([scores["base"] for scores in finals]) if finals else None,
-    }]
+    rows = [
+        {
+            "method": "base noise",
+            "evaluations": 1,
+            "best_reward": base,
+            "gain": 0.0,
+            "evaluations_to_best": 1,
+            "final_reward": mean([scores["base"] for scores in finals]) if finals else None,
+        }
+    ]
     for method in comparisons[0].searches:
         searches = [comparison.searches[method].search for comparison in comparisons]
         best = mean([search.best_score for search in searches])
-        rows.append({
-            "method": SEARCH_METHODS[method],
-            "evaluations": len(searches[0].scores),
-            "best_reward": best,
-            "gain": best - base,
-            "evaluations_to_best": mean([search.best_index + 1 for search in searches]),
-            "final_reward": mean([scores[method] for scores in finals]) if finals else None,
-        })
+        rows.append(
+            {
+                "method": SEARCH_METHODS[method],
+                "evaluations": len(searches[0].scores),
+                "best_reward": best,
+                "gain": best - base,
+                "evaluations_to_best": mean([search.best_index + 1 for search in searches]),
+                "final_reward": mean([scores[method] for scores in finals]) if finals else None,
+            }
+        )
     return rows
 
 
@@ -153,12 +171,20 @@ def plot_curves(comparisons: Sequence[Comparison], path, title: str = "") -> Non
 
     figure, axis = plt.subplots(figsize=(5.5, 3.4), dpi=120)
     for method in comparisons[0].searches:
-        curves = torch.stack([comparison.searches[method].search.best_so_far().double() for comparison in comparisons])
+        curves = torch.stack(
+            [comparison.searches[method].search.best_so_far().double() for comparison in comparisons]
+        )
         axis.plot(range(1, curves.shape[1] + 1), curves.mean(0).numpy(), label=SEARCH_METHODS[method])
-    axis.axhline(sum(comparison.base_score for comparison in comparisons) / len(comparisons), color="gray",
-                 linestyle="--", label="base noise")
+    axis.axhline(
+        sum(comparison.base_score for comparison in comparisons) / len(comparisons),
+        color="gray",
+        linestyle="--",
+        label="base noise",
+    )
     axis.set_xlabel("evaluations")
-    axis.set_ylabel("best reward so far" + (f" (mean of {len(comparisons)} prompts)" if len(comparisons) > 1 else ""))
+    axis.set_ylabel(
+        "best reward so far" + (f" (mean of {len(comparisons)} prompts)" if len(comparisons) > 1 else "")
+    )
     axis.set_title(title[:70])
     axis.legend(loc="best")
     figure.tight_layout()

@@ -81,7 +81,6 @@ def check_gradient_accumulation(accelerator, steps: int) -> None:
         )
 
 
-
 def make_accelerator(project_dir: Path, gradient_accumulation_steps: int, report_to: str | None):
     """An `Accelerator` set up as above, logging under `project_dir/logs` (`report_to` "none": no trackers)."""
     from accelerate import Accelerator
@@ -92,11 +91,14 @@ def make_accelerator(project_dir: Path, gradient_accumulation_steps: int, report
         cpu=run_on_cpu(),
         gradient_accumulation_steps=gradient_accumulation_steps,
         log_with=None if report_to == "none" else report_to,
-        project_config=ProjectConfiguration(project_dir=str(project_dir), logging_dir=str(Path(project_dir) / "logs")),
+        project_config=ProjectConfiguration(
+            project_dir=str(project_dir), logging_dir=str(Path(project_dir) / "logs")
+        ),
         kwargs_handlers=process_group_kwargs(),
     )
     check_gradient_accumulation(accelerator, gradient_accumulation_steps)
     return accelerator
+
 
 # ---- a worker dies with its launcher ------------------------------------------------------------
 # torchrun starts each worker in a session of its own, so `kill -9` of the launch's process group
@@ -135,8 +137,12 @@ def stop_with_launcher(accelerator=None, interval: float = WATCH_INTERVAL_SECOND
                 gone = f"the main process (pid {main_pid})"
             else:
                 continue
-            print(f"tscale: {gone} is gone; stopping this process (pid {os.getpid()}). The last committed round is "
-                  "intact: resume with --resume_from_checkpoint latest", file=sys.stderr, flush=True)
+            print(
+                f"tscale: {gone} is gone; stopping this process (pid {os.getpid()}). The last committed round is "
+                "intact: resume with --resume_from_checkpoint latest",
+                file=sys.stderr,
+                flush=True,
+            )
             os._exit(1)
 
     threading.Thread(target=watch, name="tscale-launcher-watch", daemon=True).start()
@@ -188,7 +194,9 @@ def gather_by_slot(accelerator, slots: list[int], values: list[float]) -> list[f
     return [value for _, value in sorted(dict(pairs).items())]
 
 
-def round_slots(num_prompts: int, prompts_per_round: int, round_index: int, seed: int) -> list[tuple[int, int]]:
+def round_slots(
+    num_prompts: int, prompts_per_round: int, round_index: int, seed: int
+) -> list[tuple[int, int]]:
     """The round's `(slot, prompt index)` pairs: consecutive windows of seeded permutations of the prompts.
 
     Every prompt is used once per pass before any repeats, the passes are independent shuffles, and

@@ -287,7 +287,9 @@ class FlowDPOStep:
     device: torch.device | str
     autocast: Callable[[], AbstractContextManager]
 
-    def __call__(self, chosen: Tensor, rejected: Tensor, embeds: list, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    def __call__(
+        self, chosen: Tensor, rejected: Tensor, embeds: list, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss and stats for one micro-batch: one noise and sigma shared by each pair."""
         batch = chosen.shape[0]
         noise = torch.randn(chosen.shape, generator=generator)

@@ -55,7 +55,10 @@ class LoraEMA:
         from .io_utils import atomic_write
 
         path = Path(directory) / EMA_WEIGHT_NAME
-        tensors = {f"shadow.{index}": average.detach().cpu().contiguous() for index, average in enumerate(self.shadow)}
+        tensors = {
+            f"shadow.{index}": average.detach().cpu().contiguous()
+            for index, average in enumerate(self.shadow)
+        }
         metadata = {"num_updates": str(self.num_updates), "decay": repr(self.decay)}
         return atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
 
@@ -72,10 +75,14 @@ class LoraEMA:
         with safe_open(str(path), framework="pt") as handle:
             names = [f"shadow.{index}" for index in range(len(self.shadow))]
             if sorted(handle.keys()) != sorted(names):
-                raise ValueError(f"{str(path)!r} holds {len(list(handle.keys()))} tensors for a LoRA of {len(names)}; resume with the same LoRA settings.")
+                raise ValueError(
+                    f"{str(path)!r} holds {len(list(handle.keys()))} tensors for a LoRA of {len(names)}; resume with the same LoRA settings."
+                )
             loaded = [handle.get_tensor(name) for name in names]
             self.num_updates = int(handle.metadata().get("num_updates", 0))
         for average, tensor in zip(self.shadow, loaded, strict=True):
             if average.shape != tensor.shape:
-                raise ValueError(f"{str(path)!r} has a tensor of shape {tuple(tensor.shape)} for {tuple(average.shape)}.")
+                raise ValueError(
+                    f"{str(path)!r} has a tensor of shape {tuple(tensor.shape)} for {tuple(average.shape)}."
+                )
             average.copy_(tensor)

@@ -34,7 +34,9 @@ def split_eval_prompts(prompts: list[str], config: OnlineDPOConfig) -> tuple[lis
     eval, and without the guards and the learning summary that read them.
     """
     if config.eval_prompts:
-        return prompts, load_prompts(config.eval_prompts, column=config.prompt_column, flag="--eval_prompts")[: config.max_eval_prompts]
+        return prompts, load_prompts(config.eval_prompts, column=config.prompt_column, flag="--eval_prompts")[
+            : config.max_eval_prompts
+        ]
     count = min(config.max_eval_prompts, int(round(len(prompts) * config.eval_fraction)))
     if count == 0 or len(prompts) - count < 1:
         if config.eval_every > 0 and config.eval_fraction > 0 and config.max_eval_prompts > 0:
@@ -45,7 +47,9 @@ def split_eval_prompts(prompts: list[str], config: OnlineDPOConfig) -> tuple[lis
                 "--eval_fraction (with more prompts), or set --eval_every 0 to train without eval."
             )
         return prompts, []
-    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(derive_seed(config.seed, "eval-split")))
+    order = torch.randperm(
+        len(prompts), generator=torch.Generator().manual_seed(derive_seed(config.seed, "eval-split"))
+    )
     held_out = set(order[:count].tolist())
     return [p for i, p in enumerate(prompts) if i not in held_out], [prompts[i] for i in sorted(held_out)]
 
@@ -120,9 +124,13 @@ class Evaluator:
         embeds = self.prompt_cache.get(prompts)  # before any reward visits the device
         per_prompt, grid_images = self._budget0(seeds, local_slots, embeds, prompts, steps)
         # Padding repeats slots; gather (slot, values) and keep each slot once.
-        gathered = {name: gather_by_slot(accelerator, local_slots, values) for name, values in per_prompt.items()}
+        gathered = {
+            name: gather_by_slot(accelerator, local_slots, values) for name, values in per_prompt.items()
+        }
         # A weighted reward's statistics: this eval's own before training, round -1's afterwards.
-        metrics = self._reward_metrics(gathered["reward"], "eval/reward_budget0", None if round_index == -1 else self.before)
+        metrics = self._reward_metrics(
+            gathered["reward"], "eval/reward_budget0", None if round_index == -1 else self.before
+        )
         if with_search:
             self.reward.to(accelerator.device)
             results = self.search(
@@ -138,14 +146,26 @@ class Evaluator:
                 progress=False,
                 method=config.search,
             )
-            best = [result.best_components.tolist() if self.weighted else result.search.best_score for result in results]
+            best = [
+                result.best_components.tolist() if self.weighted else result.search.best_score
+                for result in results
+            ]
             reference = metrics if round_index == -1 else self.before
-            searched = self._reward_metrics(gather_by_slot(accelerator, local_slots, best), "eval/reward_ses", reference)
+            searched = self._reward_metrics(
+                gather_by_slot(accelerator, local_slots, best), "eval/reward_ses", reference
+            )
             metrics["eval/reward_ses"] = searched["eval/reward_ses"]
             if accelerator.is_main_process:
                 count = grid_images.shape[0]
-                best_noises = torch.cat([result.search.best_noise.float().cpu() for result in results[:count]])
-                ses_images = torch.cat([output.images.float().cpu() for _, output in self.generator.iter_batches(best_noises, embeds[:count], steps)])
+                best_noises = torch.cat(
+                    [result.search.best_noise.float().cpu() for result in results[:count]]
+                )
+                ses_images = torch.cat(
+                    [
+                        output.images.float().cpu()
+                        for _, output in self.generator.iter_batches(best_noises, embeds[:count], steps)
+                    ]
+                )
                 self._save_grid(round_index, grid_images, ses_images, prompts)
             if config.offload_reward:
                 self.reward.to("cpu")
@@ -166,11 +186,17 @@ class Evaluator:
         reward), and when guarded each judge's mean, "statistics" (means over seeds) and "diversity".
         """
         count = self.seeds_per_prompt
-        noises = torch.cat([
-            self.generator.initial_noise(seed if index == 0 else derive_seed(self.config.seed, "eval-diversity", slot, index) % (2**31))
-            for seed, slot in zip(seeds, slots, strict=True)
-            for index in range(count)
-        ])
+        noises = torch.cat(
+            [
+                self.generator.initial_noise(
+                    seed
+                    if index == 0
+                    else derive_seed(self.config.seed, "eval-diversity", slot, index) % (2**31)
+                )
+                for seed, slot in zip(seeds, slots, strict=True)
+                for index in range(count)
+            ]
+        )
         row_embeds = [embed for embed in embeds for _ in range(count)]
         row_prompts = [prompt for prompt in prompts for _ in range(count)]
         score = self.weighted.component_scores if self.weighted else self.reward
@@ -190,11 +216,15 @@ class Evaluator:
             first = rows % count == 0  # the eval reward: on the first seed's images only
             if first.any():
                 images = output.images[first.to(output.images.device)]
-                columns.setdefault("reward", []).append(score(images, [row_prompts[i] for i in rows[first]]).float().cpu())
+                columns.setdefault("reward", []).append(
+                    score(images, [row_prompts[i] for i in rows[first]]).float().cpu()
+                )
                 if sum(len(image) for image in kept) < grid_count:
                     kept.append(images.float().cpu())
             for name, judge in self.guard_rewards.items():
-                columns.setdefault(f"judge/{name}", []).append(judge(output.images, batch_prompts).float().cpu())
+                columns.setdefault(f"judge/{name}", []).append(
+                    judge(output.images, batch_prompts).float().cpu()
+                )
             columns.setdefault("statistics", []).append(image_statistics(output.images).cpu())
             if count > 1:
                 columns.setdefault("embeddings", []).append(self.embed(output.images).float().cpu())
@@ -204,8 +234,12 @@ class Evaluator:
                 reward.to("cpu")
         per_prompt: dict[str, list] = {"reward": torch.cat(columns["reward"]).tolist()}
         for name in self.guard_rewards:
-            per_prompt[f"judge/{name}"] = torch.cat(columns[f"judge/{name}"]).view(len(prompts), count).mean(dim=1).tolist()
-        per_prompt["statistics"] = torch.cat(columns["statistics"]).view(len(prompts), count, -1).mean(dim=1).tolist()
+            per_prompt[f"judge/{name}"] = (
+                torch.cat(columns[f"judge/{name}"]).view(len(prompts), count).mean(dim=1).tolist()
+            )
+        per_prompt["statistics"] = (
+            torch.cat(columns["statistics"]).view(len(prompts), count, -1).mean(dim=1).tolist()
+        )
         if "embeddings" in columns:
             embeddings = torch.cat(columns["embeddings"]).view(len(prompts), count, -1)
             per_prompt["diversity"] = [mean_pairwise_distance(group) for group in embeddings]
@@ -222,11 +256,23 @@ class Evaluator:
         components = torch.tensor(values, dtype=torch.float64)
         names = short_reward_names(self.weighted.names)
         metrics = {f"{key}/{name}": float(components[:, k].mean()) for k, name in enumerate(names)}
-        metrics.update({f"{key}_std/{name}": float(components[:, k].std()) if len(components) > 1 else 0.0 for k, name in enumerate(names)})
+        metrics.update(
+            {
+                f"{key}_std/{name}": float(components[:, k].std()) if len(components) > 1 else 0.0
+                for k, name in enumerate(names)
+            }
+        )
         reference = metrics if reference is None else reference
-        mean = torch.tensor([_reference(reference, f"eval/reward_budget0/{name}", "eval_reward") for name in names], dtype=torch.float64)
+        mean = torch.tensor(
+            [_reference(reference, f"eval/reward_budget0/{name}", "eval_reward") for name in names],
+            dtype=torch.float64,
+        )
         spread = torch.tensor(
-            [_reference(reference, f"eval/reward_budget0_std/{name}", "eval_reward") or 1.0 for name in names], dtype=torch.float64
+            [
+                _reference(reference, f"eval/reward_budget0_std/{name}", "eval_reward") or 1.0
+                for name in names
+            ],
+            dtype=torch.float64,
         )
         combined = self.weighted.combine(components, mean, spread, dtype=torch.float64)
         metrics[key] = float(combined.mean())
@@ -234,22 +280,43 @@ class Evaluator:
         return metrics
 
     def _guard_metrics(self, gathered: dict[str, list]) -> dict[str, float]:
-        metrics = {f"guard/{name}": float(torch.tensor(gathered[f"judge/{name}"]).mean()) for name in self.guard_rewards}
+        metrics = {
+            f"guard/{name}": float(torch.tensor(gathered[f"judge/{name}"]).mean())
+            for name in self.guard_rewards
+        }
         statistics = torch.tensor(gathered["statistics"], dtype=torch.float64).mean(dim=0)
-        metrics.update({f"guard/image_{name}": float(value) for name, value in zip(IMAGE_STATISTICS, statistics, strict=True)})
+        metrics.update(
+            {
+                f"guard/image_{name}": float(value)
+                for name, value in zip(IMAGE_STATISTICS, statistics, strict=True)
+            }
+        )
         if "diversity" in gathered:
             distance = float(torch.tensor(gathered["diversity"], dtype=torch.float64).mean())
             metrics["guard/diversity_distance"] = distance
-            reference = distance if self.before is None else _reference(self.before, "guard/diversity_distance", "guard_diversity_seeds")
+            reference = (
+                distance
+                if self.before is None
+                else _reference(self.before, "guard/diversity_distance", "guard_diversity_seeds")
+            )
             metrics["guard/diversity"] = distance / reference if reference > 0 else float("nan")
         return metrics
 
-    def _save_grid(self, round_index: int, budget0_images: torch.Tensor, ses_images: torch.Tensor, prompts: list[str]) -> None:
+    def _save_grid(
+        self, round_index: int, budget0_images: torch.Tensor, ses_images: torch.Tensor, prompts: list[str]
+    ) -> None:
         """`eval/round_NNNNN.png` (top: budget 0, bottom: SES, the prompt under each column), also sent to
         tensorboard/wandb if tracking."""
         count = min(budget0_images.shape[0], ses_images.shape[0])
         rows = [to_pil(budget0_images[:count]), to_pil(ses_images[:count])]
-        image = labelled_grid(rows, prompts[:count], [f"round {round_index}: budget 0", f"SES, budget {self.config.eval_budget or self.config.budget}"])
+        image = labelled_grid(
+            rows,
+            prompts[:count],
+            [
+                f"round {round_index}: budget 0",
+                f"SES, budget {self.config.eval_budget or self.config.budget}",
+            ],
+        )
         grid = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float().div(255)
         atomic_save_image(image, self.output_dir / "eval" / f"round_{round_index:05d}.png")
         for tracker in self.accelerator.trackers:
@@ -258,7 +325,10 @@ class Evaluator:
             elif tracker.name == "wandb":
                 import wandb
 
-                tracker.log({"eval/budget0_vs_ses": wandb.Image(image, caption="top: budget 0, bottom: SES")}, step=round_index)
+                tracker.log(
+                    {"eval/budget0_vs_ses": wandb.Image(image, caption="top: budget 0, bottom: SES")},
+                    step=round_index,
+                )
 
 
 def _reference(before: dict, key: str, setting: str) -> float:

@@ -72,16 +72,22 @@ class PromptEmbeds:
         )
 
 
-def stack_embeds(embeds: list[PromptEmbeds], name: str, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+def stack_embeds(
+    embeds: list[PromptEmbeds], name: str, device: torch.device, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """One field of many prompts' embeddings as a batch: `prompt_embeds`, `text_ids`, or a key of `extra`."""
-    values = [getattr(item, name) if name in ("prompt_embeds", "text_ids") else item.extra[name] for item in embeds]
+    values = [
+        getattr(item, name) if name in ("prompt_embeds", "text_ids") else item.extra[name] for item in embeds
+    ]
     return torch.cat(values).to(device, dtype) if dtype is not None else torch.cat(values).to(device)
 
 
 def negatives(embeds: list[PromptEmbeds]) -> list[PromptEmbeds]:
     """The CFG negatives of `embeds`, one per prompt (raises if a prompt was encoded without CFG)."""
     if any(item.negative is None for item in embeds):
-        raise ValueError("CFG is on but a prompt was encoded without its negative; encode prompts with this generator.")
+        raise ValueError(
+            "CFG is on but a prompt was encoded without its negative; encode prompts with this generator."
+        )
     return [item.negative for item in embeds]
 
 
@@ -246,7 +252,9 @@ class FlowGenerator(ABC):
             config.get("max_shift", max_shift),
         )
 
-    def scheduler_sigmas(self, num_inference_steps: int, *, sigmas=None, mu: float | None = None) -> torch.Tensor:
+    def scheduler_sigmas(
+        self, num_inference_steps: int, *, sigmas=None, mu: float | None = None
+    ) -> torch.Tensor:
         """`set_timesteps` on a copy of the pipeline's scheduler, as the pipeline calls it; trailing 0 dropped."""
         scheduler = self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)
         kwargs: dict[str, Any] = {"device": "cpu"}
@@ -278,7 +286,9 @@ class FlowGenerator(ABC):
         next never holds more than one batch of full-size images (a 1024px float32 image is 12.6 MB).
         """
         if noises.ndim != 1 + len(self.noise_shape) or tuple(noises.shape[1:]) != tuple(self.noise_shape):
-            raise ValueError(f"noises must be [N, {', '.join(map(str, self.noise_shape))}], got {list(noises.shape)}.")
+            raise ValueError(
+                f"noises must be [N, {', '.join(map(str, self.noise_shape))}], got {list(noises.shape)}."
+            )
         count = noises.shape[0]
         if isinstance(embeds, PromptEmbeds):
             embeds = [embeds] * count
@@ -303,7 +313,9 @@ class FlowGenerator(ABC):
             latents.append(output.clean_latents)
         return GenerationOutput(images=torch.cat(images), clean_latents=torch.cat(latents))
 
-    def pipeline_call(self, noises: torch.Tensor, embeds: list[PromptEmbeds], num_inference_steps: int) -> dict[str, Any]:
+    def pipeline_call(
+        self, noises: torch.Tensor, embeds: list[PromptEmbeds], num_inference_steps: int
+    ) -> dict[str, Any]:
         """The keyword arguments of one pipeline call from `noises`, without the callback: what a user
         would pass to get the same images (`pipe(**generator.pipeline_call(...))`)."""
         return dict(
@@ -315,7 +327,9 @@ class FlowGenerator(ABC):
             **self.pipeline_kwargs(embeds),
         )
 
-    def _generate_batch(self, noises: torch.Tensor, embeds: list[PromptEmbeds], num_inference_steps: int) -> GenerationOutput:
+    def _generate_batch(
+        self, noises: torch.Tensor, embeds: list[PromptEmbeds], num_inference_steps: int
+    ) -> GenerationOutput:
         final_latents: dict[str, torch.Tensor] = {}
         latents_dtype = self.latents_dtype
 

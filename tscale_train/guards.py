@@ -28,8 +28,13 @@ import torch.nn.functional as F
 
 IMAGE_STATISTICS = ("brightness", "saturation", "high_frequency")
 # `guard/<name>` metrics of the guards themselves: a judge may not be named like one of them.
-RESERVED_GUARD_NAMES = ("held", "diversity", "diversity_distance", *(f"{name}_drift" for name in IMAGE_STATISTICS),
-                        *(f"image_{name}" for name in IMAGE_STATISTICS))
+RESERVED_GUARD_NAMES = (
+    "held",
+    "diversity",
+    "diversity_distance",
+    *(f"{name}_drift" for name in IMAGE_STATISTICS),
+    *(f"image_{name}" for name in IMAGE_STATISTICS),
+)
 # The side of the pooled-pixel "embedding" of a reward without an image encoder.
 PIXEL_EMBEDDING_SIZE = 16
 # Below this a round -1 value is taken as zero: a relative drift from it is not defined.
@@ -138,7 +143,9 @@ class GuardMonitor:
             value, reference = _number(now[key]), _number(reference)
             floor = reference - self.tolerance * abs(reference)
             if not value >= floor:  # NaN fails too
-                failed.append(f"{key} = {value:.6g} fell below {floor:.6g} (round -1: {reference:.6g}, tolerance {self.tolerance:g})")
+                failed.append(
+                    f"{key} = {value:.6g} fell below {floor:.6g} (round -1: {reference:.6g}, tolerance {self.tolerance:g})"
+                )
         if self.max_drift is not None:
             for name in IMAGE_STATISTICS:
                 if f"guard/{name}_drift" not in now:
@@ -148,7 +155,9 @@ class GuardMonitor:
                     failed.append(f"guard/{name}_drift = {drift:+.3g} beyond ±{self.max_drift:g}")
         return failed
 
-    def observe(self, round_index: int, before: dict[str, float] | None, now: dict[str, float]) -> GuardVerdict:
+    def observe(
+        self, round_index: int, before: dict[str, float] | None, now: dict[str, float]
+    ) -> GuardVerdict:
         """Update the streak with one eval's metrics; round -1 (the reference) always holds."""
         failed = [] if round_index < 0 or before is None else self.failures(before, now)
         self.streak = self.streak + 1 if failed else 0
@@ -171,9 +180,14 @@ class GuardMonitor:
     def stop_message(self, verdict: GuardVerdict) -> str:
         """What fired, since when, and which LoRA the run keeps."""
         first = verdict.round if verdict.streak == 1 else self.history[-verdict.streak].round
-        kept = "the untrained LoRA (round -1)" if self.last_good_round == -1 else f"the LoRA of round {self.last_good_round}"
+        kept = (
+            "the untrained LoRA (round -1)"
+            if self.last_good_round == -1
+            else f"the LoRA of round {self.last_good_round}"
+        )
         return (
             f"guard stopped the run at round {verdict.round}: failing since round {first} "
-            f"({verdict.streak} evals, guard_patience={self.patience}): " + "; ".join(verdict.failures)
+            f"({verdict.streak} evals, guard_patience={self.patience}): "
+            + "; ".join(verdict.failures)
             + f". The final LoRA is {kept}, the last eval where every guard held."
         )

@@ -36,7 +36,10 @@ def _is_disk_full(error: BaseException, path: Path) -> bool:
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         if isinstance(cause, OSError) and cause.errno is not None:
-            return cause.errno in (errno.ENOSPC, errno.EDQUOT)  # another errno (EACCES, EIO...) is not a full disk
+            return cause.errno in (
+                errno.ENOSPC,
+                errno.EDQUOT,
+            )  # another errno (EACCES, EIO...) is not a full disk
         cause = cause.__cause__ or cause.__context__
     # No errno to go by (torch's "enforce fail at inline_container.cc"): look at the disk.
     try:
@@ -125,7 +128,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     path = Path(path)
     with disk_full_error(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        handle, tmp_name = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent
+        )
         os.close(handle)
         tmp_path = Path(tmp_name)
         try:

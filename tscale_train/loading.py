@@ -56,7 +56,11 @@ KIT_MODELS = (SHAPES_MODEL, "dims-klein-4b", *FAMILY_KIT_MODELS)
 # model's 50 steps with CFG). From the model cards; an explicit setting still wins.
 KNOWN_MODEL_SETTINGS: dict[str, dict] = {
     "Tongyi-MAI/Z-Image-Turbo": {"num_inference_steps": 9, "guidance_scale": 0.0},
-    "black-forest-labs/FLUX.1-schnell": {"num_inference_steps": 4, "guidance_scale": 0.0, "max_sequence_length": 256},
+    "black-forest-labs/FLUX.1-schnell": {
+        "num_inference_steps": 4,
+        "guidance_scale": 0.0,
+        "max_sequence_length": 256,
+    },
     "stabilityai/stable-diffusion-3.5-large-turbo": {"num_inference_steps": 4, "guidance_scale": 0.0},
     "stabilityai/stable-diffusion-3.5-medium": {"num_inference_steps": 40, "guidance_scale": 4.5},
 }
@@ -120,13 +124,17 @@ def check_model_source(model: str) -> str:
     directory (with `model_index.json` naming a supported class), or a hub id `org/name`.
     """
     if not model or not model.strip():
-        raise ValueError("--model is empty; pass a hub id (e.g. black-forest-labs/FLUX.2-klein-4B), a local dir, or 'tiny'.")
+        raise ValueError(
+            "--model is empty; pass a hub id (e.g. black-forest-labs/FLUX.2-klein-4B), a local dir, or 'tiny'."
+        )
     if is_tiny(model):
         return model
     if looks_like_local_path(model):
         path = Path(model).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"--model path {str(path)!r} does not exist; pass a saved pipeline directory, a hub id, or 'tiny'.")
+            raise FileNotFoundError(
+                f"--model path {str(path)!r} does not exist; pass a saved pipeline directory, a hub id, or 'tiny'."
+            )
         index = path / "model_index.json"
         if not index.is_file():
             raise ValueError(
@@ -136,7 +144,9 @@ def check_model_source(model: str) -> str:
         try:
             class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
         except (ValueError, AttributeError) as error:  # JSON, UTF-8 or not a mapping
-            raise ValueError(f"--model {str(path)!r}: its model_index.json is not a JSON object ({error}); save the pipeline again.") from error
+            raise ValueError(
+                f"--model {str(path)!r}: its model_index.json is not a JSON object ({error}); save the pipeline again."
+            ) from error
         _check_supported(class_name, str(path))
         return str(path)
     if not _HUB_ID.match(model):
@@ -167,7 +177,9 @@ def pipeline_class_name(source: str) -> str:
         from huggingface_hub import constants, hf_hub_download
 
         try:
-            index = Path(hf_hub_download(source, "model_index.json", local_files_only=constants.HF_HUB_OFFLINE))
+            index = Path(
+                hf_hub_download(source, "model_index.json", local_files_only=constants.HF_HUB_OFFLINE)
+            )
         except Exception as error:  # noqa: BLE001 - hub errors come in many classes; all mean "not reachable"
             raise OSError(
                 f"could not load {source!r} (its model_index.json): {str(error).splitlines()[0]} Check the hub id and "
@@ -203,7 +215,9 @@ def load_pipeline(
     try:
         # Offline, ask for the local cache directly: diffusers would first try the Hub and log a
         # traceback about it before falling back.
-        pipe = pipeline_class.from_pretrained(source, dtype=torch_dtype, local_files_only=constants.HF_HUB_OFFLINE)
+        pipe = pipeline_class.from_pretrained(
+            source, dtype=torch_dtype, local_files_only=constants.HF_HUB_OFFLINE
+        )
     except OSError as error:
         if directory is not None:  # a local directory: nothing to do with the network
             raise OSError(
@@ -245,7 +259,9 @@ def check_lora_source(lora: str) -> str:
         check_safetensors_file(path, "--lora")
         return str(path)
     if looks_like_local_path(lora) or not _HUB_ID.match(lora):
-        raise FileNotFoundError(f"--lora {lora!r} not found: pass a directory with pytorch_lora_weights.safetensors or a hub id.")
+        raise FileNotFoundError(
+            f"--lora {lora!r} not found: pass a directory with pytorch_lora_weights.safetensors or a hub id."
+        )
     return lora
 
 
@@ -263,7 +279,9 @@ def check_safetensors_file(path: str | Path, what: str = "--lora", fix: str | No
     with path.open("rb") as handle:
         prefix = handle.read(8)
         if len(prefix) < 8:
-            raise ValueError(f"{what} file {str(path)!r} is {size} bytes, too short for a safetensors file; {fix}")
+            raise ValueError(
+                f"{what} file {str(path)!r} is {size} bytes, too short for a safetensors file; {fix}"
+            )
         header_size = int.from_bytes(prefix, "little")
         if header_size > min(_MAX_SAFETENSORS_HEADER, size - 8):
             raise ValueError(
@@ -273,14 +291,20 @@ def check_safetensors_file(path: str | Path, what: str = "--lora", fix: str | No
         try:
             header = json.loads(handle.read(header_size).decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as error:
-            raise ValueError(f"{what} file {str(path)!r} has a damaged safetensors header ({error}); {fix}") from error
+            raise ValueError(
+                f"{what} file {str(path)!r} has a damaged safetensors header ({error}); {fix}"
+            ) from error
     if not isinstance(header, dict):
-        raise ValueError(f"{what} file {str(path)!r} has a damaged safetensors header (not a JSON object); {fix}")
+        raise ValueError(
+            f"{what} file {str(path)!r} has a damaged safetensors header (not a JSON object); {fix}"
+        )
     tensors = {name: entry for name, entry in header.items() if name != "__metadata__"}
     try:
         needed = max((int(entry["data_offsets"][1]) for entry in tensors.values()), default=0)
     except (TypeError, KeyError, IndexError, ValueError) as error:
-        raise ValueError(f"{what} file {str(path)!r} has a damaged safetensors header (bad data_offsets); {fix}") from error
+        raise ValueError(
+            f"{what} file {str(path)!r} has a damaged safetensors header (bad data_offsets); {fix}"
+        ) from error
     held = size - 8 - header_size
     if needed > held:
         raise ValueError(

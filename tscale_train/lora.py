@@ -27,8 +27,15 @@ LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 # Names accepted wherever a target regex is (`--lora_target_modules all_linear`).
 LORA_TARGET_PRESETS = tuple(FLUX2_LORA_TARGETS)
 __all__ = [
-    "FLUX2_ALL_LINEAR_TARGETS", "FLUX2_ATTENTION_AND_FF_TARGETS", "FLUX2_ATTENTION_TARGETS", "LORA_TARGET_PRESETS",
-    "LORA_WEIGHT_NAME", "add_lora", "lora_state_dict", "resolve_lora_targets", "save_lora",
+    "FLUX2_ALL_LINEAR_TARGETS",
+    "FLUX2_ATTENTION_AND_FF_TARGETS",
+    "FLUX2_ATTENTION_TARGETS",
+    "LORA_TARGET_PRESETS",
+    "LORA_WEIGHT_NAME",
+    "add_lora",
+    "lora_state_dict",
+    "resolve_lora_targets",
+    "save_lora",
 ]
 
 
@@ -70,7 +77,9 @@ def add_lora(
     )
     transformer.add_adapter(config, adapter_name=adapter_name)
     if not any("lora_" in name for name, _ in transformer.named_parameters()):
-        raise ValueError(f"the LoRA target regex {target_modules!r} matched no module of {type(transformer).__name__}.")
+        raise ValueError(
+            f"the LoRA target regex {target_modules!r} matched no module of {type(transformer).__name__}."
+        )
     parameters = []
     for name, parameter in transformer.named_parameters():
         is_lora = "lora_" in name

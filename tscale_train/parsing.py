@@ -67,12 +67,16 @@ def argparse_error_message(parser: argparse.ArgumentParser, message: str) -> str
             return f"{flag} takes a number, got {value}; e.g. {flag} {example}."
         return f"{flag} got {value}, which is not a valid {invalid['kind']}; see `{parser.prog} --help`."
     if rest.startswith("expected one argument"):
-        return (f"{flag} needs a value; give one after it (e.g. {flag} VALUE; a negative one attached, as in {flag}=-1) "
-                "or drop the flag.")
+        return (
+            f"{flag} needs a value; give one after it (e.g. {flag} VALUE; a negative one attached, as in {flag}=-1) "
+            "or drop the flag."
+        )
     if rest.startswith("Truthy value expected"):
         got = re.search(r"got (\S+)", rest)
-        return (f"{flag} takes true or false, got {got[1] if got else 'something else'!r}; write {flag} true, "
-                f"{flag} false, or {flag} alone for true.")
+        return (
+            f"{flag} takes true or false, got {got[1] if got else 'something else'!r}; write {flag} true, "
+            f"{flag} false, or {flag} alone for true."
+        )
     if rest.startswith("invalid choice"):
         return f"{flag}: {rest}; pick one of those."
     return f"{flag}: {rest}; see `{parser.prog} --help`."
@@ -96,7 +100,9 @@ def make_parser(*dataclass_types: type, prog: str | None = None):
         pass
 
     parser = SettingsParser(dataclass_types, **({"prog": prog} if prog else {}))
-    parser.add_argument("--config", default=None, help="YAML file of settings (one); flags override its values")
+    parser.add_argument(
+        "--config", default=None, help="YAML file of settings (one); flags override its values"
+    )
     for action in parser._actions:  # noqa: SLF001 - argparse has no public list
         # argparse %-formats help texts: a plain "5%" in a field's help would break `--help`.
         if action.help:
@@ -187,7 +193,9 @@ def _config_paths(args: list[str]) -> tuple[list[str], list[str]]:
 def read_yaml_config(path: Path) -> dict:
     """A `--config` file's settings, flattened to their flag form (see `flatten_yaml_values`)."""
     if not path.is_file():
-        raise FileNotFoundError(f"--config file {str(path)!r} does not exist; pass the path of a YAML settings file.")
+        raise FileNotFoundError(
+            f"--config file {str(path)!r} does not exist; pass the path of a YAML settings file."
+        )
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as error:
@@ -214,8 +222,14 @@ def _bare_switches_before_positional(parser: argparse.ArgumentParser, args: list
         fixed.append(arg)
         action = parser._option_string_actions.get(arg)  # noqa: SLF001 - argparse has no public lookup
         following = args[index + 1] if index + 1 < len(args) else None
-        if (action is not None and action.nargs == "?" and action.const is True and following is not None
-                and following.lower() not in _BOOLEAN_WORDS and Path(following).exists()):
+        if (
+            action is not None
+            and action.nargs == "?"
+            and action.const is True
+            and following is not None
+            and following.lower() not in _BOOLEAN_WORDS
+            and Path(following).exists()
+        ):
             fixed.append("true")
     return fixed
 
@@ -228,11 +242,15 @@ def _apply_positional(namespace: argparse.Namespace, field_name: str) -> None:
     flag = f"--{field_name}"
     given = getattr(namespace, field_name, None)
     if given is not None and given != value:
-        raise ValueError(f"{field_name.upper()} is given twice ({value!r}, and {flag} {given!r}); give it once.")
+        raise ValueError(
+            f"{field_name.upper()} is given twice ({value!r}, and {flag} {given!r}); give it once."
+        )
     setattr(namespace, field_name, value)
 
 
-def _unknown_flags_message(parser: argparse.ArgumentParser, remaining: list[str], dataclass_types: Sequence[type]) -> str:
+def _unknown_flags_message(
+    parser: argparse.ArgumentParser, remaining: list[str], dataclass_types: Sequence[type]
+) -> str:
     names = ", ".join(kind.__name__ for kind in dataclass_types)
     flags = [option for option in parser._option_string_actions if option.startswith("--")]  # noqa: SLF001
     hints = []
@@ -244,8 +262,10 @@ def _unknown_flags_message(parser: argparse.ArgumentParser, remaining: list[str]
     if len(hints) == 1:
         hint = f" (did you mean {hints[0][0]}?)"
     else:
-        hint = f" (did you mean {', '.join(f'{close} for {item}' for close, item in hints)}?)" if hints else ""
-    return (f"unknown setting(s) {' '.join(remaining)!r}{hint}; see `{parser.prog} --help` ({names}) for the valid ones.")
+        hint = (
+            f" (did you mean {', '.join(f'{close} for {item}' for close, item in hints)}?)" if hints else ""
+        )
+    return f"unknown setting(s) {' '.join(remaining)!r}{hint}; see `{parser.prog} --help` ({names}) for the valid ones."
 
 
 def _as_typed(message: str, args: Sequence[str]) -> str:
@@ -269,7 +289,9 @@ def flatten_yaml_values(values: dict) -> dict:
     return flat
 
 
-def check_yaml_values(dataclass_types: Sequence[type], values: dict, path: Path, *, also_known: Sequence[type] = ()) -> list[str]:
+def check_yaml_values(
+    dataclass_types: Sequence[type], values: dict, path: Path, *, also_known: Sequence[type] = ()
+) -> list[str]:
     """Unknown names and values of the wrong type in a YAML file, which `set_defaults` would let through.
 
     Flags are converted by argparse; YAML values are not, so `rounds: 2.5` or `checkpoint_every: [1]`

@@ -9,7 +9,9 @@ from pathlib import Path
 PROMPT_FILE_SUFFIXES = (".txt", ".jsonl", ".csv")
 
 
-def load_prompts(source: str | Path, column: str = "prompt", split: str = "train", flag: str = "--prompts") -> list[str]:
+def load_prompts(
+    source: str | Path, column: str = "prompt", split: str = "train", flag: str = "--prompts"
+) -> list[str]:
     """Read prompts, stripped, empty lines dropped.
 
     `source` is a local .txt (one prompt a line), .jsonl (objects with `column`), .csv (a `column`
@@ -19,17 +21,23 @@ def load_prompts(source: str | Path, column: str = "prompt", split: str = "train
     path = Path(source).expanduser()
     if path.suffix.lower() in PROMPT_FILE_SUFFIXES:
         if not path.is_file():
-            raise FileNotFoundError(f"{flag} file {str(path)!r} does not exist; pass an existing .txt, .jsonl or .csv file.")
+            raise FileNotFoundError(
+                f"{flag} file {str(path)!r} does not exist; pass an existing .txt, .jsonl or .csv file."
+            )
         prompts = _read_prompt_file(path, column, flag)
     elif path.is_dir():
         raise ValueError(f"{flag} {str(path)!r} is a directory; pass a .txt, .jsonl or .csv prompts file.")
     elif path.exists():
-        raise ValueError(f"{flag} file {str(path)!r} must end in one of {', '.join(PROMPT_FILE_SUFFIXES)}; rename it.")
+        raise ValueError(
+            f"{flag} file {str(path)!r} must end in one of {', '.join(PROMPT_FILE_SUFFIXES)}; rename it."
+        )
     else:
         prompts = _read_dataset(str(source), column, split, flag)
     prompts = [prompt.strip() for prompt in prompts if prompt and prompt.strip()]
     if not prompts:
-        raise ValueError(f"{flag} {str(source)!r} holds no prompts; write at least one non-empty prompt in it.")
+        raise ValueError(
+            f"{flag} {str(source)!r} holds no prompts; write at least one non-empty prompt in it."
+        )
     return prompts
 
 
@@ -37,9 +45,13 @@ def _read_prompt_file(path: Path, column: str, flag: str) -> list[str]:
     try:
         return _parse_prompt_file(path, column)
     except UnicodeDecodeError as error:
-        raise ValueError(f"{flag} file {str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8.") from error
+        raise ValueError(
+            f"{flag} file {str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8."
+        ) from error
     except json.JSONDecodeError as error:
-        raise ValueError(f"{flag} file {str(path)!r}: line {error.lineno} is not JSON ({error.msg}); write one JSON object a line.") from error
+        raise ValueError(
+            f"{flag} file {str(path)!r}: line {error.lineno} is not JSON ({error.msg}); write one JSON object a line."
+        ) from error
 
 
 def _parse_prompt_file(path: Path, column: str) -> list[str]:
@@ -50,8 +62,10 @@ def _parse_prompt_file(path: Path, column: str) -> list[str]:
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         for row in rows:
             if not isinstance(row, dict):
-                raise ValueError(f"{str(path)!r} has a line that is a JSON {type(row).__name__}, not an object; write "
-                                 f"one object a line, e.g. {{\"{column}\": \"a cat\"}}.")
+                raise ValueError(
+                    f"{str(path)!r} has a line that is a JSON {type(row).__name__}, not an object; write "
+                    f'one object a line, e.g. {{"{column}": "a cat"}}.'
+                )
         return [_field(row, column, path) for row in rows]
     with path.open(newline="", encoding="utf-8") as handle:
         return [_field(row, column, path) for row in csv.DictReader(handle)]
@@ -59,7 +73,9 @@ def _parse_prompt_file(path: Path, column: str) -> list[str]:
 
 def _field(row: dict, column: str, path: Path) -> str:
     if column not in row:
-        raise ValueError(f"{str(path)!r} has a row without a {column!r} field; name the prompt column with --prompt_column.")
+        raise ValueError(
+            f"{str(path)!r} has a row without a {column!r} field; name the prompt column with --prompt_column."
+        )
     return str(row[column])
 
 
@@ -75,5 +91,7 @@ def _read_dataset(name: str, column: str, split: str, flag: str) -> list[str]:
             "pass an existing file or a dataset name."
         ) from error
     if column not in dataset.column_names:
-        raise ValueError(f"dataset {name!r} has no column {column!r}; columns: {dataset.column_names}; name it with --prompt_column.")
+        raise ValueError(
+            f"dataset {name!r} has no column {column!r}; columns: {dataset.column_names}; name it with --prompt_column."
+        )
     return list(dataset[column])

@@ -41,8 +41,19 @@ FINAL_STATE_NAME = "final_state.json"
 CONFIG_NAME = "config.yaml"
 # One row per launch into the dir: which settings changed from the stored config.yaml, from which round.
 CONFIG_HISTORY_NAME = "config_history.jsonl"
-RUN_OUTPUTS = (METRICS_NAME, "pairs", "checkpoints", "eval", "guard", "logs", LORA_WEIGHT_NAME, CONFIG_NAME,
-               PIPELINE_INFO_NAME, FINAL_STATE_NAME, CONFIG_HISTORY_NAME)
+RUN_OUTPUTS = (
+    METRICS_NAME,
+    "pairs",
+    "checkpoints",
+    "eval",
+    "guard",
+    "logs",
+    LORA_WEIGHT_NAME,
+    CONFIG_NAME,
+    PIPELINE_INFO_NAME,
+    FINAL_STATE_NAME,
+    CONFIG_HISTORY_NAME,
+)
 # How long a run that has the lock may take to write its pid file before its lock is judged stale.
 _PID_GRACE_SECONDS = 2.0
 
@@ -61,14 +72,20 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             if number == len(lines):
                 logger.warning("%s: its last line is cut short (a killed run?) and is left out", path)
                 break
-            raise ValueError(f"{path} line {number} is not JSON ({error}); restore the file or remove that line") from None
+            raise ValueError(
+                f"{path} line {number} is not JSON ({error}); restore the file or remove that line"
+            ) from None
     return rows
 
 
 def settings_differences(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """{name: (recorded, current)} for every setting that differs (one missing on either side included)."""
     names = sorted(set(recorded) | set(current))
-    return {name: (recorded.get(name), current.get(name)) for name in names if recorded.get(name) != current.get(name)}
+    return {
+        name: (recorded.get(name), current.get(name))
+        for name in names
+        if recorded.get(name) != current.get(name)
+    }
 
 
 def describe_differences(differences: dict[str, tuple[Any, Any]]) -> str:
@@ -135,15 +152,22 @@ class RunDirectory:
                         f"wait for it to end or pass another --output_dir{self._elsewhere_advice(holder)}"
                     ) from None
                 # Only a lock without OS support (filelock's fallback lock file) outlives its process.
-                logger.warning("output_dir %s: taking over the lock of %s, which is no longer running", self.path, self._describe(holder))
+                logger.warning(
+                    "output_dir %s: taking over the lock of %s, which is no longer running",
+                    self.path,
+                    self._describe(holder),
+                )
                 (self.path / LOCK_NAME).unlink(missing_ok=True)
-                (self.path / PID_NAME).unlink(missing_ok=True)  # taken over: the warning below is not repeated
+                (self.path / PID_NAME).unlink(
+                    missing_ok=True
+                )  # taken over: the warning below is not repeated
                 lock.acquire(timeout=0)
         holder = self._holder()
         if holder is not None and holder != (os.getpid(), socket.gethostname()):
             logger.warning(
                 "output_dir %s: taking over the lock of %s, which is no longer running (a killed run?)",
-                self.path, self._describe(holder),
+                self.path,
+                self._describe(holder),
             )
         self._lock = lock
         atomic_write_text(self.path / PID_NAME, f"{os.getpid()} {socket.gethostname()}\n")
@@ -181,8 +205,10 @@ class RunDirectory:
                 entry.unlink(missing_ok=True)
         kept = [entry.name for entry in contents if entry.name not in RUN_OUTPUTS]
         logger.warning(
-            "overwrite_output_dir: removed %s from %s%s", ", ".join(entry.name for entry in removed) or "nothing",
-            self.path, f" (kept what no run writes: {', '.join(kept)})" if kept else "",
+            "overwrite_output_dir: removed %s from %s%s",
+            ", ".join(entry.name for entry in removed) or "nothing",
+            self.path,
+            f" (kept what no run writes: {', '.join(kept)})" if kept else "",
         )
 
     def claim(self, config: Any | None, accelerator: Any) -> None:
@@ -245,7 +271,9 @@ class RunDirectory:
         }
         atomic_write_text(self.path / PIPELINE_INFO_NAME, dumps_json(info, indent=2) + "\n")
 
-    def write_config(self, config: dict[str, Any], start_round: int = 0, resumed_from: str | None = None) -> None:
+    def write_config(
+        self, config: dict[str, Any], start_round: int = 0, resumed_from: str | None = None
+    ) -> None:
         """`config.yaml` (this launch's settings), atomically, after a row in `config_history.jsonl` that
         says which settings changed from the stored ones: a resume never rewrites the record silently."""
         import datetime
@@ -254,13 +282,22 @@ class RunDirectory:
         previous = yaml.safe_load(path.read_text()) if path.is_file() else None
         previous = previous if isinstance(previous, dict) or previous is None else {}
         differences = {} if previous is None else settings_differences(previous, config)
-        for name in ("resume_from_checkpoint", "overwrite_output_dir"):  # how this launch started, not a setting of the run
+        for name in (
+            "resume_from_checkpoint",
+            "overwrite_output_dir",
+        ):  # how this launch started, not a setting of the run
             differences.pop(name, None)
         if differences:
-            logger.warning("output_dir %s: this launch changes %s", self.path, describe_differences(differences))
+            logger.warning(
+                "output_dir %s: this launch changes %s", self.path, describe_differences(differences)
+            )
         changed = {name: list(values) for name, values in differences.items()}
-        row = {"launched_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "start_round": start_round, "resumed_from": resumed_from, "changed": changed}
+        row = {
+            "launched_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "start_round": start_round,
+            "resumed_from": resumed_from,
+            "changed": changed,
+        }
         with (self.path / CONFIG_HISTORY_NAME).open("a") as handle:
             handle.write(dumps_json(row) + "\n")
         atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
@@ -275,10 +312,16 @@ class RunDirectory:
         """Keep only rows of rounds <= `after_round` (None: none), atomically: resuming redoes the later rounds."""
         if not self.metrics_path.is_file():
             return
-        kept = [dumps_json(row) + "\n" for row in read_metrics(self.metrics_path)
-                if after_round is not None and row.get("round", -1) <= after_round]
+        kept = [
+            dumps_json(row) + "\n"
+            for row in read_metrics(self.metrics_path)
+            if after_round is not None and row.get("round", -1) <= after_round
+        ]
         atomic_write_text(self.metrics_path, "".join(kept))
 
     def metrics_row(self, round_index: int) -> dict[str, Any] | None:
         """The last `metrics.jsonl` row of a round (round -1: the eval before training), or None."""
-        return next((row for row in reversed(read_metrics(self.metrics_path)) if row.get("round") == round_index), None)
+        return next(
+            (row for row in reversed(read_metrics(self.metrics_path)) if row.get("round") == round_index),
+            None,
+        )

@@ -31,7 +31,11 @@ from pathlib import Path
 import torch
 
 __all__ = [
-    "UnreadableCheckpointFile", "UnsafeCheckpointError", "allowed_globals", "check_checkpoint_files", "weights_only_loading",
+    "UnreadableCheckpointFile",
+    "UnsafeCheckpointError",
+    "allowed_globals",
+    "check_checkpoint_files",
+    "weights_only_loading",
 ]
 
 # How pickled data begins: torch's zip container, or a pickle of protocol 2 or later.
@@ -65,7 +69,9 @@ def allowed_globals() -> list:
 
     core = np._core if hasattr(np, "_core") else np.core
     allowed: list = [core.multiarray._reconstruct, np.ndarray, np.dtype]
-    allowed += [kind for kind in vars(np.dtypes).values() if isinstance(kind, type)] if hasattr(np, "dtypes") else []
+    allowed += (
+        [kind for kind in vars(np.dtypes).values() if isinstance(kind, type)] if hasattr(np, "dtypes") else []
+    )
     try:
         from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
         from deepspeed.runtime.zero.config import ZeroStageEnum

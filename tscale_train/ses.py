@@ -70,7 +70,9 @@ def unusable_scores_reason(counts: dict[str, int | float], min_margin: float = 0
     total = int(counts["candidates"])
     bad = {kind: int(counts.get(kind, 0)) for kind in NONFINITE_KINDS}
     finite = total - sum(bad.values())
-    scores = f"of {total} candidate scores, {finite} finite" + (f", {describe_nonfinite(bad)}" if any(bad.values()) else "")
+    scores = f"of {total} candidate scores, {finite} finite" + (
+        f", {describe_nonfinite(bad)}" if any(bad.values()) else ""
+    )
     if finite == 0:
         return f"{scores}: nothing to rank (a reward must return finite numbers)"
     if min_margin > 0:
@@ -135,7 +137,9 @@ class _Evaluator:
         self.num_inference_steps = num_inference_steps
         self.state = split_across if split_across is not None and split_across.num_processes > 1 else None
         if self.state is not None and (keep_latents or preview_size):
-            raise ValueError("keeping latents or previews needs every candidate on one process; pass split_across=None.")
+            raise ValueError(
+                "keeping latents or previews needs every candidate on one process; pass split_across=None."
+            )
         self.keep_latents = keep_latents
         self.preview_size = preview_size
 
@@ -147,7 +151,11 @@ class _Evaluator:
         # Contiguous chunks keep each process's batch whole; gathering them in rank order restores the order.
         chunks = torch.tensor_split(torch.arange(noises.shape[0]), self.state.num_processes)
         local = chunks[self.state.process_index]
-        local_scores = self._evaluate(noises[local], [embeds[i] for i in local.tolist()])[0] if len(local) else torch.empty(0)
+        local_scores = (
+            self._evaluate(noises[local], [embeds[i] for i in local.tolist()])[0]
+            if len(local)
+            else torch.empty(0)
+        )
         gathered = gather_object(local_scores.tolist())
         return torch.tensor(gathered, dtype=torch.float32), {}
 
@@ -167,8 +175,12 @@ class _Evaluator:
             if self.keep_latents:
                 extras.setdefault("clean_latents", []).append(output.clean_latents.detach().cpu())
             if self.preview_size:
-                thumbnails = F.interpolate(output.images.float(), size=self.preview_size, mode="area", antialias=False)
-                extras.setdefault("previews", []).append((thumbnails.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
+                thumbnails = F.interpolate(
+                    output.images.float(), size=self.preview_size, mode="area", antialias=False
+                )
+                extras.setdefault("previews", []).append(
+                    (thumbnails.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+                )
             del output
         return torch.cat(scores), {name: torch.cat(values) for name, values in extras.items()}
 
@@ -239,14 +251,28 @@ def search_prompts(
         preview_size=preview_size,
     )
     is_main = split_across is None or split_across.is_main_process
-    bar = tqdm(total=budget * len(prompts), desc=SEARCH_METHODS[method], unit="cand", disable=not (progress and is_main))
+    bar = tqdm(
+        total=budget * len(prompts),
+        desc=SEARCH_METHODS[method],
+        unit="cand",
+        disable=not (progress and is_main),
+    )
     step = group_size or max(1, len(prompts))
     results: list[PromptSearch] = []
     for start in range(0, len(prompts), step):
         group = slice(start, start + step)
         group_embeds = embeds(prompts[group]) if callable(embeds) else list(embeds[group])
         results += _search_group(
-            generator, evaluate, prompts[group], seeds[group], group_embeds, budget, config, bar, method, statistics[group]
+            generator,
+            evaluate,
+            prompts[group],
+            seeds[group],
+            group_embeds,
+            budget,
+            config,
+            bar,
+            method,
+            statistics[group],
         )
     bar.close()
     counts = score_counts(results)
@@ -268,7 +294,10 @@ def start_search(
     `config` is used as given (`search_prompts` has already turned it into the published variant)."""
     # The search's own stream must not be the base noise's: seeded alike, its first fresh noise
     # (best-of-N's, and the default SES's first generation) would be the base noise again.
-    base, rng = generator.initial_noise(seed)[0], torch.Generator().manual_seed(derive_seed(int(seed), "search"))
+    base, rng = (
+        generator.initial_noise(seed)[0],
+        torch.Generator().manual_seed(derive_seed(int(seed), "search")),
+    )
     if method == "random":
         return RandomSearch(base, budget, generator=rng, batch_size=config.popsize)
     return SpectralEvolutionSearch(base, budget=budget, config=config, generator=rng)
@@ -317,11 +346,16 @@ def _search_group(
                 chunk = weighted.combine(chunk, *statistics[index])
             for kind, count in count_nonfinite(chunk).items():
                 nonfinite[index][kind] += count
-            searches[index].tell(torch.where(torch.isfinite(chunk), chunk, torch.full_like(chunk, float("nan"))))
+            searches[index].tell(
+                torch.where(torch.isfinite(chunk), chunk, torch.full_like(chunk, float("nan")))
+            )
             for name, values in extras.items():
                 kept[index].setdefault(name, []).append(values[offset : offset + size])
             offset += size
-        best = max((search.result().best_score for search in searches), key=lambda score: -math.inf if math.isnan(score) else score)
+        best = max(
+            (search.result().best_score for search in searches),
+            key=lambda score: -math.inf if math.isnan(score) else score,
+        )
         bar.update(sum(sizes))
         bar.set_postfix(best=f"{best:.4f}")
     results = [
@@ -335,13 +369,17 @@ def _search_group(
             reward_statistics=stats,
             nonfinite=counts,
         )
-        for prompt, seed, search, extra, stats, counts in zip(prompts, seeds, searches, kept, statistics, nonfinite, strict=True)
+        for prompt, seed, search, extra, stats, counts in zip(
+            prompts, seeds, searches, kept, statistics, nonfinite, strict=True
+        )
     ]
     return results
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    array = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    array = (
+        (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    )
     return [Image.fromarray(item) for item in array]
 
 
@@ -404,7 +442,9 @@ def render_result(generator: FlowGenerator, result: PromptSearch, steps: int | N
 def _enlarged(image: Image.Image, min_side: int) -> Image.Image:
     """`image` scaled up by a whole factor (nearest neighbour, so flat colours stay flat) to at least `min_side`."""
     factor = max(1, -(-min_side // min(image.size)))
-    return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+    return (
+        image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+    )
 
 
 def _wrapped(text: str, width: int, char_width: int = 6) -> list[str]:
@@ -414,7 +454,10 @@ def _wrapped(text: str, width: int, char_width: int = 6) -> list[str]:
 
 
 def labelled_grid(
-    rows: list[list[Image.Image]], captions: list[str], row_labels: list[str] | None = None, min_side: int = 160
+    rows: list[list[Image.Image]],
+    captions: list[str],
+    row_labels: list[str] | None = None,
+    min_side: int = 160,
 ) -> Image.Image:
     """Images in rows (one column per caption), each enlarged to at least `min_side` px, the caption under
     each column and a label over each row: an eval grid a person can read."""
@@ -446,7 +489,10 @@ def labelled_grid(
 
 
 def side_by_side(
-    left: Image.Image, right: Image.Image, labels: tuple[str, str] = ("base", "SES"), caption: str | None = None,
+    left: Image.Image,
+    right: Image.Image,
+    labels: tuple[str, str] = ("base", "SES"),
+    caption: str | None = None,
     min_side: int = 256,
 ) -> Image.Image:
     """Two images next to each other (base vs searched), enlarged to at least `min_side` px, each labelled,
@@ -456,9 +502,18 @@ def side_by_side(
     left, right = _enlarged(left, min_side), _enlarged(right, min_side)
     line, pad = 12, 4
     caption_lines = _wrapped(caption, left.width + right.width) if caption else []
-    canvas = Image.new("RGB", (left.width + right.width + 3 * pad, max(left.height, right.height) + line + pad * 3 + line * len(caption_lines)), "white")
+    canvas = Image.new(
+        "RGB",
+        (
+            left.width + right.width + 3 * pad,
+            max(left.height, right.height) + line + pad * 3 + line * len(caption_lines),
+        ),
+        "white",
+    )
     draw = ImageDraw.Draw(canvas)
-    for offset, (image, label) in zip((pad, 2 * pad + left.width), ((left, labels[0]), (right, labels[1])), strict=True):
+    for offset, (image, label) in zip(
+        (pad, 2 * pad + left.width), ((left, labels[0]), (right, labels[1])), strict=True
+    ):
         draw.text((offset, pad), label, fill="black")
         canvas.paste(image, (offset, pad + line))
     y = 2 * pad + line + max(left.height, right.height)

@@ -94,11 +94,16 @@ class OnlineDPOTrainer:
             self.verdict: GuardVerdict | None = None  # the guards' judgement of the latest eval
             self._round_embeds: dict[str, PromptEmbeds] = {}
             self.checkpoints = CheckpointManager(
-                self.accelerator, self.output_dir, settings=run_settings(config), total_limit=config.checkpoints_total_limit
+                self.accelerator,
+                self.output_dir,
+                settings=run_settings(config),
+                total_limit=config.checkpoints_total_limit,
             )
             # The checkpoint, its files, the run's settings and the pair store are checked before any model loads.
             self.resume_point: ResumePoint | None = (
-                self.checkpoints.choose(config.resume_from_checkpoint, self.store) if config.resume_from_checkpoint else None
+                self.checkpoints.choose(config.resume_from_checkpoint, self.store)
+                if config.resume_from_checkpoint
+                else None
             )
             self._setup_models()
 
@@ -134,7 +139,9 @@ class OnlineDPOTrainer:
         config, accelerator = self.config, self.accelerator
         self.pipe = load_pipeline(config.model, dtype=self.weight_dtype)
         # The text encoder (8 GB for klein-4B) goes to the GPU only to encode, when offloaded.
-        for name in ("transformer", "vae") if config.offload_text_encoder else ("transformer", "vae", "text_encoder"):
+        for name in (
+            ("transformer", "vae") if config.offload_text_encoder else ("transformer", "vae", "text_encoder")
+        ):
             getattr(self.pipe, name).to(accelerator.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.generator: FlowGenerator = generator_for_pipeline(
@@ -146,16 +153,23 @@ class OnlineDPOTrainer:
             preview_steps=config.preview_steps,
         )
         self.prompt_cache = PromptEmbeddingCache(
-            self.generator, config.max_cached_prompts, device=accelerator.device, offload=config.offload_text_encoder
+            self.generator,
+            config.max_cached_prompts,
+            device=accelerator.device,
+            offload=config.offload_text_encoder,
         )
         # Eval prompts are used every eval: encode them once and keep them (max_eval_prompts of them).
         self.prompt_cache.pin(self.eval_prompts)
         reward_batch_size = config.reward_batch_size or config.eval_batch_size
         # Offloaded rewards wait on the CPU; search and eval move them to the GPU while they score.
         reward_device = "cpu" if config.offload_reward else accelerator.device
-        self.reward = load_reward_for(config.reward, config.model, device=reward_device, batch_size=reward_batch_size)
+        self.reward = load_reward_for(
+            config.reward, config.model, device=reward_device, batch_size=reward_batch_size
+        )
         self.eval_reward = (
-            load_reward_for(config.eval_reward, config.model, device=reward_device, batch_size=reward_batch_size)
+            load_reward_for(
+                config.eval_reward, config.model, device=reward_device, batch_size=reward_batch_size
+            )
             if config.eval_reward and config.eval_reward != config.reward
             else self.reward
         )
@@ -180,8 +194,12 @@ class OnlineDPOTrainer:
             self.pipe.transformer.enable_gradient_checkpointing()
         optimizer, scheduler = make_optimizer(config, self.lora_parameters, accelerator.num_processes)
         if accelerator.state.deepspeed_plugin is not None:
-            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train_batch_size
-        self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(self.pipe.transformer, optimizer, scheduler)
+            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (
+                config.train_batch_size
+            )
+        self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(
+            self.pipe.transformer, optimizer, scheduler
+        )
         self.checkpoints.register_hooks(type(self.pipe), self.model)
         self.dpo_step = FlowDPOStep(
             model=self.model,
@@ -204,9 +222,18 @@ class OnlineDPOTrainer:
         embed = embedding_function(self.reward) if config.guard_diversity_seeds > 1 else None
         # This module's `search_prompts`, so pairs and eval search alike (and one patch reaches both).
         self.evaluator = Evaluator(
-            config, accelerator, self.generator, self.model, self.eval_reward, self.prompt_cache,
-            self.eval_prompts, self.output_dir, config.ses_config, search=search_prompts,
-            guard_rewards=self.guard_rewards, embed=embed,
+            config,
+            accelerator,
+            self.generator,
+            self.model,
+            self.eval_reward,
+            self.prompt_cache,
+            self.eval_prompts,
+            self.output_dir,
+            config.ses_config,
+            search=search_prompts,
+            guard_rewards=self.guard_rewards,
+            embed=embed,
         )
         self.guards = GuardMonitor(
             reward_keys=[f"guard/{name}" for name in self.guard_rewards],
@@ -239,7 +266,9 @@ class OnlineDPOTrainer:
             self.start_round = point.round + 1
             self.global_step = point.state["global_step"]
             # A checkpoint older than manifests: its rounds' shards are taken as they are now.
-            self.pair_manifest = point.pairs if point.pairs is not None else self.store.manifest(range(point.round + 1))
+            self.pair_manifest = (
+                point.pairs if point.pairs is not None else self.store.manifest(range(point.round + 1))
+            )
         rows: list[dict] = []
         if self.accelerator.is_main_process:
             self.store.remove_rounds_after(-1 if resumed_round is None else resumed_round)
@@ -263,7 +292,12 @@ class OnlineDPOTrainer:
         is removed, with a warning. Files are the main process's; every process meets at the barrier.
         """
         good = self.guards.last_good_round
-        if self.guards.active and self.config.guard_policy == "stop" and good is not None and self.accelerator.is_main_process:
+        if (
+            self.guards.active
+            and self.config.guard_policy == "stop"
+            and good is not None
+            and self.accelerator.is_main_process
+        ):
             marker = self.last_good_dir / "round.json"
             saved = json.loads(marker.read_text())["round"] if marker.is_file() else None
             if saved != good and good == resumed_round:
@@ -281,7 +315,9 @@ class OnlineDPOTrainer:
     # ---- one round ---------------------------------------------------------------------------
     def round_prompts(self, round_index: int) -> tuple[list[str], list[int], list[int]]:
         """This process's prompts, their indices in `train_prompts` and their base-noise seeds for a round."""
-        slots = round_slots(len(self.train_prompts), self.config.prompts_per_round, round_index, self.config.seed)
+        slots = round_slots(
+            len(self.train_prompts), self.config.prompts_per_round, round_index, self.config.seed
+        )
         local = shard_evenly(slots, self.accelerator.num_processes, self.accelerator.process_index)
         seeds = [derive_seed(self.config.seed, "noise", round_index, slot) % (2**31) for slot, _ in local]
         return [self.train_prompts[index] for _, index in local], [index for _, index in local], seeds
@@ -316,7 +352,12 @@ class OnlineDPOTrainer:
             record
             for result, prompt_index in zip(results, prompt_indices, strict=True)
             for record in records_from_search(
-                result, prompt_index, round_index, config.pairing, k=config.pairs_per_prompt, min_margin=config.min_margin
+                result,
+                prompt_index,
+                round_index,
+                config.pairing,
+                k=config.pairs_per_prompt,
+                min_margin=config.min_margin,
             )
         ]
         self.store.write_shard(records, round_index, self.accelerator.process_index)
@@ -326,7 +367,9 @@ class OnlineDPOTrainer:
         stats = {
             "search/best_reward": global_mean(accelerator, [result.search.best_score for result in results]),
             "search/base_reward": global_mean(accelerator, [result.search.base_score for result in results]),
-            "search/mean_reward": global_mean(accelerator, [float(scores.mean()) for scores in finite if len(scores)]),
+            "search/mean_reward": global_mean(
+                accelerator, [float(scores.mean()) for scores in finite if len(scores)]
+            ),
             "train/reward_margin": global_mean(accelerator, [record.margin for record in records]),
             "train/num_pairs": global_sum(accelerator, len(records)),
         }
@@ -342,7 +385,9 @@ class OnlineDPOTrainer:
         for entry in entries:
             self.pair_manifest.update(entry)
 
-    def _pair_tensors(self, records: list[PairRecord]) -> tuple[torch.Tensor, torch.Tensor, list[PromptEmbeds]]:
+    def _pair_tensors(
+        self, records: list[PairRecord]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[PromptEmbeds]]:
         chosen = torch.stack([record.chosen_latents.float() for record in records])
         rejected = torch.stack([record.rejected_latents.float() for record in records])
         prompts = [record.prompt for record in records]
@@ -361,7 +406,9 @@ class OnlineDPOTrainer:
         self._round_embeds = dict(zip(prompts, embeds, strict=True))
         return embeds
 
-    def reference_velocity(self, noisy: torch.Tensor, sigmas: torch.Tensor, embeds: list[PromptEmbeds]) -> torch.Tensor:
+    def reference_velocity(
+        self, noisy: torch.Tensor, sigmas: torch.Tensor, embeds: list[PromptEmbeds]
+    ) -> torch.Tensor:
         """Velocity of the reference (the transformer with its adapters disabled)."""
         return self.dpo_step.reference_velocity(noisy, sigmas, embeds)
 
@@ -371,8 +418,12 @@ class OnlineDPOTrainer:
         hits: list[float] = []
         if records:
             chosen, rejected, embeds = self._pair_tensors(records)
-            generator = torch.Generator().manual_seed(derive_seed(self.config.seed, "acc", round_index, self.accelerator.process_index))
-            hits = self.dpo_step.implicit_accuracy(chosen, rejected, embeds, generator, self.config.train_batch_size)
+            generator = torch.Generator().manual_seed(
+                derive_seed(self.config.seed, "acc", round_index, self.accelerator.process_index)
+            )
+            hits = self.dpo_step.implicit_accuracy(
+                chosen, rejected, embeds, generator, self.config.train_batch_size
+            )
         return global_mean(self.accelerator, hits)
 
     def _training_records(self, records: list[PairRecord], round_index: int) -> list[PairRecord]:
@@ -382,10 +433,15 @@ class OnlineDPOTrainer:
             return records
         rounds = range(max(0, round_index - self.config.replay_rounds), round_index)
         process = self.accelerator.process_index
-        self.store.verify(self.pair_manifest, rounds, process, advice=(
-            "replay would train on other pairs than the run made: restore it, or resume from a checkpoint "
-            "before its round (--resume_from_checkpoint checkpoints/checkpoint-NNNNN)"
-        ))
+        self.store.verify(
+            self.pair_manifest,
+            rounds,
+            process,
+            advice=(
+                "replay would train on other pairs than the run made: restore it, or resume from a checkpoint "
+                "before its round (--resume_from_checkpoint checkpoints/checkpoint-NNNNN)"
+            ),
+        )
         return records + self.store.load_records(rounds, process=process)
 
     def train_on_pairs(self, records: list[PairRecord], round_index: int) -> dict[str, float]:
@@ -397,23 +453,35 @@ class OnlineDPOTrainer:
             counts = gather_object(counts)
         if min(counts) == 0:
             # DDP needs every process to take the same steps; one process without pairs means no step.
-            warnings.warn(f"round {round_index}: a process has no pairs (counts {counts}); skipping DPO this round.", stacklevel=2)
+            warnings.warn(
+                f"round {round_index}: a process has no pairs (counts {counts}); skipping DPO this round.",
+                stacklevel=2,
+            )
             return {}
         micro_batches = math.ceil(max(counts) / config.train_batch_size)
         chosen, rejected, embeds = self._pair_tensors(records)
         self.model.train()
         totals: dict[str, float] = {}
         steps = 0
-        bar = tqdm(total=micro_batches * config.epochs_per_round, desc=f"DPO round {round_index}", disable=not self._show_progress, leave=False)
+        bar = tqdm(
+            total=micro_batches * config.epochs_per_round,
+            desc=f"DPO round {round_index}",
+            disable=not self._show_progress,
+            leave=False,
+        )
         for epoch in range(config.epochs_per_round):
-            generator = torch.Generator().manual_seed(derive_seed(config.seed, "dpo", round_index, epoch, accelerator.process_index))
+            generator = torch.Generator().manual_seed(
+                derive_seed(config.seed, "dpo", round_index, epoch, accelerator.process_index)
+            )
             order = torch.randperm(len(records), generator=generator)
             # Every process takes `micro_batches` steps; a shorter shard cycles through its pairs.
             order = order.repeat(math.ceil(micro_batches * config.train_batch_size / len(records)))
             for step in range(micro_batches):
                 index = order[step * config.train_batch_size : (step + 1) * config.train_batch_size]
                 with accelerator.accumulate(self.model):
-                    loss, stats = self.dpo_step(chosen[index], rejected[index], [embeds[i] for i in index.tolist()], generator)
+                    loss, stats = self.dpo_step(
+                        chosen[index], rejected[index], [embeds[i] for i in index.tolist()], generator
+                    )
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(self.lora_parameters, config.max_grad_norm)
@@ -432,7 +500,9 @@ class OnlineDPOTrainer:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         bar.close()
         self.model.eval()
-        means = {f"train/{name}": global_mean(self.accelerator, [total / steps]) for name, total in totals.items()}
+        means = {
+            f"train/{name}": global_mean(self.accelerator, [total / steps]) for name, total in totals.items()
+        }
         means["train/lr"] = self.lr_scheduler.get_last_lr()[0]
         return means
 
@@ -464,7 +534,10 @@ class OnlineDPOTrainer:
         """The evaluated LoRA (the average, with EMA) as it stands, swapped in whole for the previous one."""
         if not self.accelerator.is_main_process:
             return
-        with disk_full_error(self.last_good_dir), atomic_directory(self.last_good_dir, remove_stale=True) as staging:
+        with (
+            disk_full_error(self.last_good_dir),
+            atomic_directory(self.last_good_dir, remove_stale=True) as staging,
+        ):
             save_lora(type(self.pipe), self.unwrapped_transformer, staging)
             atomic_write_json(staging / "round.json", {"round": round_index})
 
@@ -484,7 +557,12 @@ class OnlineDPOTrainer:
         else:  # no stop, or the last good LoRA was lost to a resume from an older checkpoint (warned then)
             with disk_full_error(target), self._evaluated_lora():
                 save_lora(type(self.pipe), self.unwrapped_transformer, self.output_dir)
-        final = {"round": trained_round, "lora_round": lora_round, "global_step": self.global_step, "pairs": self.pair_manifest}
+        final = {
+            "round": trained_round,
+            "lora_round": lora_round,
+            "global_step": self.global_step,
+            "pairs": self.pair_manifest,
+        }
         if stopped is not None:
             self._write_guard_report(stopped, lora_round)
         atomic_write_json(self.output_dir / FINAL_STATE_NAME, final)
@@ -502,7 +580,9 @@ class OnlineDPOTrainer:
     # ---- the loop ------------------------------------------------------------------------------
     def log(self, metrics: dict[str, float], round_index: int) -> None:
         metrics = {"round": round_index, "global_step": self.global_step, **metrics}
-        self.accelerator.log({key: value for key, value in metrics.items() if key != "round"}, step=round_index)
+        self.accelerator.log(
+            {key: value for key, value in metrics.items() if key != "round"}, step=round_index
+        )
         if self.accelerator.is_main_process:
             self.run_dir.append_metrics(metrics)
 
@@ -522,8 +602,9 @@ class OnlineDPOTrainer:
         """The final LoRA with its model card (examples rendered with this pipeline) to `hub_model_id`."""
         from .export.run import ExportArguments, export_run
 
-        arguments = ExportArguments(run=str(self.output_dir), repo_id=self.config.hub_model_id,
-                                    private=self.config.hub_private_repo)
+        arguments = ExportArguments(
+            run=str(self.output_dir), repo_id=self.config.hub_model_id, private=self.config.hub_private_repo
+        )
         export_run(arguments, pipe=self.pipe, log=tqdm.write)
 
     def _train(self, stop_after_rounds: int | None) -> Path:
@@ -533,26 +614,42 @@ class OnlineDPOTrainer:
         if accelerator.is_main_process:
             # Only now: a refused resume leaves the run's config as it was; a change is kept in its history.
             resumed_from = None if self.resume_point is None else self.resume_point.path.name
-            self.run_dir.write_config(config.to_dict(), start_round=self.start_round, resumed_from=resumed_from)
+            self.run_dir.write_config(
+                config.to_dict(), start_round=self.start_round, resumed_from=resumed_from
+            )
             self.run_dir.write_pipeline_info(self.generator)
         if accelerator.is_main_process and config.report_to != "none":
-            accelerator.init_trackers(config.tracker_project, config={k: v for k, v in config.to_dict().items() if v is not None})
+            accelerator.init_trackers(
+                config.tracker_project, config={k: v for k, v in config.to_dict().items() if v is not None}
+            )
         if self.start_round == 0 and config.eval_every > 0:
             # Always with search: what the search gains on the untrained model is the yardstick of
             # `eval/amortisation_ratio` at every later eval.
             self.log(self.evaluate(-1, with_search=True), -1)
-        last_round = config.rounds if stop_after_rounds is None else min(config.rounds, self.start_round + stop_after_rounds)
+        last_round = (
+            config.rounds
+            if stop_after_rounds is None
+            else min(config.rounds, self.start_round + stop_after_rounds)
+        )
         # A run a guard stopped stays stopped: resuming it (a scheduler relaunching the job) only finishes it.
-        stopped: GuardVerdict | None = self.guards.history[-1] if self.guards.history and self.guards.history[-1].action == "stop" else None
+        stopped: GuardVerdict | None = (
+            self.guards.history[-1]
+            if self.guards.history and self.guards.history[-1].action == "stop"
+            else None
+        )
         if stopped is not None:
             last_round = self.start_round
-        for round_index in tqdm(range(self.start_round, last_round), desc="rounds", disable=not self._show_progress):
+        for round_index in tqdm(
+            range(self.start_round, last_round), desc="rounds", disable=not self._show_progress
+        ):
             started = time.perf_counter()
             records, metrics = self.make_pairs(round_index)
             if metrics["train/num_pairs"] == 0:  # a global count, the same on every rank: all raise
                 counts = {key: global_sum(accelerator, value) for key, value in self.score_counts.items()}
-                raise ValueError(f"round {round_index}: the reward {config.reward!r} gave no usable pair on any process: "
-                                 f"{unusable_scores_reason(counts, config.min_margin)}; check the reward")
+                raise ValueError(
+                    f"round {round_index}: the reward {config.reward!r} gave no usable pair on any process: "
+                    f"{unusable_scores_reason(counts, config.min_margin)}; check the reward"
+                )
             metrics["train/implicit_acc_new"] = self.implicit_accuracy(records, round_index)
             metrics.update(self.train_on_pairs(self._training_records(records, round_index), round_index))
             final_round = round_index == config.rounds - 1
@@ -564,7 +661,11 @@ class OnlineDPOTrainer:
             self.log(metrics, round_index)
             if accelerator.is_main_process:
                 # The guards' raw image statistics stay in metrics.jsonl; their drifts are on the line.
-                shown = {k: v for k, v in metrics.items() if isinstance(v, float) and not k.startswith(RAW_GUARD_METRICS)}
+                shown = {
+                    k: v
+                    for k, v in metrics.items()
+                    if isinstance(v, float) and not k.startswith(RAW_GUARD_METRICS)
+                }
                 summary = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in shown.items())
                 tqdm.write(f"round {round_index}: {summary}")
             if self._due(config.checkpoint_every, round_index) or final_round:
@@ -579,7 +680,9 @@ class OnlineDPOTrainer:
             self._save_final_lora(stopped)
             if stopped is not None:
                 tqdm.write(self.guards.stop_message(stopped))
-            summary = learning_summary(self.output_dir / METRICS_NAME, final_round=self.guards.last_good_round if stopped else None)
+            summary = learning_summary(
+                self.output_dir / METRICS_NAME, final_round=self.guards.last_good_round if stopped else None
+            )
             if summary:
                 tqdm.write(summary)
             if config.push_to_hub:

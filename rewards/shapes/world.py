@@ -149,7 +149,13 @@ def parse_prompt(prompt: str) -> Requirement:
             "'a red square to the left of a blue circle' or 'a large red circle and a small blue circle'"
         )
 
-    if len(words) == 3 and words[0] in NUMBERS.values() and words[1] in COLOURS and words[2].endswith("s") and words[2][:-1] in SHAPES:
+    if (
+        len(words) == 3
+        and words[0] in NUMBERS.values()
+        and words[1] in COLOURS
+        and words[2].endswith("s")
+        and words[2][:-1] in SHAPES
+    ):
         count = {name: number for number, name in NUMBERS.items()}[words[0]]
         return Requirement("counting", ((words[1], words[2][:-1]),), count=count)
     if "and" in words:
@@ -163,7 +169,12 @@ def parse_prompt(prompt: str) -> Requirement:
         if first[2] == second[2]:
             raise fail()
         return Requirement("colour_attribution", objects, larger=first[2] == "large")
-    for relation, phrase in (("left of", "to the left of"), ("right of", "to the right of"), ("above", "above"), ("below", "below")):
+    for relation, phrase in (
+        ("left of", "to the left of"),
+        ("right of", "to the right of"),
+        ("above", "above"),
+        ("below", "below"),
+    ):
         phrase_words = phrase.split()
         for at in range(len(words) - len(phrase_words) + 1):
             if words[at : at + len(phrase_words)] == phrase_words:
@@ -202,7 +213,9 @@ def render(objects: tuple[ShapeObject, ...] | list[ShapeObject], resolution: int
     return image
 
 
-def _place(rng: random.Random, sizes: list[str], relation: str | None = None) -> list[tuple[int, int, int]] | None:
+def _place(
+    rng: random.Random, sizes: list[str], relation: str | None = None
+) -> list[tuple[int, int, int]] | None:
     """Non-overlapping (x, y, half) for each size, with `relation` between the first two; None on a miss."""
     placed: list[tuple[int, int, int]] = []
     for index, size in enumerate(sizes):
@@ -213,7 +226,11 @@ def _place(rng: random.Random, sizes: list[str], relation: str | None = None) ->
             if any(abs(x - ox) < half + oh + 3 and abs(y - oy) < half + oh + 3 for ox, oy, oh in placed):
                 continue
             margin = RELATION_MARGIN + PLACEMENT_SLACK
-            if index == 1 and relation is not None and not relation_holds(relation, placed[0][:2], (x, y), margin):
+            if (
+                index == 1
+                and relation is not None
+                and not relation_holds(relation, placed[0][:2], (x, y), margin)
+            ):
                 continue
             placed.append((x, y, half))
             break
@@ -242,7 +259,10 @@ def is_held_out(requirement: Requirement) -> bool:
     """Whether a requirement uses a held-out colour-shape pair or relation."""
     if any(kind in HELD_OUT_PAIRS for kind in requirement.objects):
         return True
-    return requirement.relation is not None and (requirement.relation, requirement.objects[0][1]) in HELD_OUT_RELATIONS
+    return (
+        requirement.relation is not None
+        and (requirement.relation, requirement.objects[0][1]) in HELD_OUT_RELATIONS
+    )
 
 
 def _random_requirement(rng: random.Random, family: str) -> Requirement:
@@ -271,7 +291,11 @@ def scene_for(requirement: Requirement, rng: random.Random) -> Scene | None:
     """A scene that satisfies `requirement` (positions and sizes drawn from `rng`); None on a placement miss."""
     if requirement.family == "counting":
         kinds = [requirement.objects[0]] * requirement.count
-        sizes = [rng.choice(["small", "small", "large"]) for _ in kinds] if requirement.count < 4 else ["small"] * 4
+        sizes = (
+            [rng.choice(["small", "small", "large"]) for _ in kinds]
+            if requirement.count < 4
+            else ["small"] * 4
+        )
     elif requirement.family == "colour_attribution":
         kinds = list(requirement.objects)
         sizes = ["large", "small"] if requirement.larger else ["small", "large"]
@@ -282,7 +306,8 @@ def scene_for(requirement: Requirement, rng: random.Random) -> Scene | None:
     if placed is None:
         return None
     objects = tuple(
-        ShapeObject(colour, shape, size, x, y, half) for (colour, shape), size, (x, y, half) in zip(kinds, sizes, placed, strict=True)
+        ShapeObject(colour, shape, size, x, y, half)
+        for (colour, shape), size, (x, y, half) in zip(kinds, sizes, placed, strict=True)
     )
     return Scene(objects, caption(requirement), requirement)
 

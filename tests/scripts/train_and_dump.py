@@ -24,7 +24,10 @@ def main() -> None:
     ranks.mkdir(exist_ok=True)
     rank = accelerator.process_index
     state = lora_state_dict(trainer.unwrapped_transformer)
-    save_file({name: value.detach().float().cpu().contiguous() for name, value in state.items()}, ranks / f"rank_{rank}.safetensors")
+    save_file(
+        {name: value.detach().float().cpu().contiguous() for name, value in state.items()},
+        ranks / f"rank_{rank}.safetensors",
+    )
     info = {
         "process_index": rank,
         "num_processes": accelerator.num_processes,

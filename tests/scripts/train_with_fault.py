@@ -87,7 +87,11 @@ def arm(point: str, kill_round: int, output_dir: Path, kill_after_steps: int) ->
             if armed("search"):
                 Phase.count += 1
                 if Phase.count > 1:
-                    die(point, kill_round, f"{(Phase.count - 1)} generation(s) scored, {noises.shape[0]} candidates about to be")
+                    die(
+                        point,
+                        kill_round,
+                        f"{(Phase.count - 1)} generation(s) scored, {noises.shape[0]} candidates about to be",
+                    )
             return original_evaluate(self, noises, embeds)
 
         ses._Evaluator._evaluate = evaluate
@@ -128,13 +132,19 @@ def arm(point: str, kill_round: int, output_dir: Path, kill_after_steps: int) ->
                 loras = sorted(checkpoints.rglob(LORA_WEIGHT_NAME)) if checkpoints.is_dir() else []
                 fresh = [lora for lora in loras if f"{kill_round:05d}" in str(lora.relative_to(checkpoints))]
                 if not fresh:
-                    raise RuntimeError(f"fault injection: no LoRA file of round {kill_round} under {checkpoints}: {loras}")
+                    raise RuntimeError(
+                        f"fault injection: no LoRA file of round {kill_round} under {checkpoints}: {loras}"
+                    )
                 die(point, kill_round, f"LoRA written at {fresh[0]}, {path} not yet")
 
         # Whichever of these writes trainer_state.json, it is caught before it writes: the names
         # checkpointing.py imported, and io_utils' innermost writer (its other writers call it).
-        for module, name in [(checkpointing, "atomic_write_json"), (checkpointing, "atomic_write_text"),
-                             (checkpointing, "atomic_write"), (io_utils, "atomic_write")]:
+        for module, name in [
+            (checkpointing, "atomic_write_json"),
+            (checkpointing, "atomic_write_text"),
+            (checkpointing, "atomic_write"),
+            (io_utils, "atomic_write"),
+        ]:
             original = getattr(module, name, None)
             if original is None:
                 continue
@@ -152,7 +162,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--kill-at", choices=KILL_POINTS, default=None)
     parser.add_argument("--kill-round", type=int, default=1)
-    parser.add_argument("--kill-after-steps", type=int, default=2, help="dpo: optimizer steps taken before the kill")
+    parser.add_argument(
+        "--kill-after-steps", type=int, default=2, help="dpo: optimizer steps taken before the kill"
+    )
     fault, rest = parser.parse_known_args()
     config = parse_config(rest)
     if fault.kill_at:

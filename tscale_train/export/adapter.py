@@ -51,16 +51,24 @@ def find_adapter(path: str | Path) -> AdapterSource:
     """The LoRA of a finished run, of a run still training (latest complete checkpoint), or of a checkpoint."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{str(path)!r} is not a directory; pass a run's --output_dir or one of its checkpoints.")
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a directory; pass a run's --output_dir or one of its checkpoints."
+        )
     if path.name.startswith(CHECKPOINT_PREFIX):
         return _from_checkpoint(path, run_dir=path.parent.parent)
     checkpoints = checkpoint_dirs(path / "checkpoints")
     final = json.loads((path / FINAL_STATE_NAME).read_text()) if (path / FINAL_STATE_NAME).is_file() else None
     newest = int(checkpoints[-1].name.removeprefix(CHECKPOINT_PREFIX)) if checkpoints else None
-    if final is not None and (path / LORA_WEIGHT_NAME).is_file() and (newest is None or final["round"] >= newest):
+    if (
+        final is not None
+        and (path / LORA_WEIGHT_NAME).is_file()
+        and (newest is None or final["round"] >= newest)
+    ):
         # The finished run's commit. A run resumed for more rounds has newer checkpoints: those come first.
         return _from_final(path, final)
-    legacy = final is None and (not checkpoints or "pairs" not in json.loads((checkpoints[-1] / TRAINER_STATE).read_text()))
+    legacy = final is None and (
+        not checkpoints or "pairs" not in json.loads((checkpoints[-1] / TRAINER_STATE).read_text())
+    )
     if checkpoints and not (legacy and (path / LORA_WEIGHT_NAME).is_file()):
         return _from_checkpoint(checkpoints[-1], run_dir=path)
     if (path / LORA_WEIGHT_NAME).is_file():  # a run finished before final_state.json existed
@@ -71,7 +79,9 @@ def find_adapter(path: str | Path) -> AdapterSource:
             # A guard stopped the run: its final LoRA is the last good round's, and its card says so.
             stop = json.loads(report.read_text())
             label = f"final: round {stop['final_lora_round']}'s, kept when a guard stopped the run at round {stop['stopped_at_round']}"
-            return AdapterSource(path / LORA_WEIGHT_NAME, path, label, stop["final_lora_round"], _config(path))
+            return AdapterSource(
+                path / LORA_WEIGHT_NAME, path, label, stop["final_lora_round"], _config(path)
+            )
         return AdapterSource(path / LORA_WEIGHT_NAME, path, "final", last, _config(path))
     raise FileNotFoundError(
         f"no adapter in {str(path)!r}: expected {LORA_WEIGHT_NAME} (a finished run) or a complete checkpoint "
@@ -84,8 +94,15 @@ def _from_final(run_dir: Path, final: dict) -> AdapterSource:
     if (run_dir / "guard" / "report.json").is_file():
         # A guard stopped the run: its final LoRA is the last good round's, and its card says so.
         label = f"final: round {final['lora_round']}'s, kept when a guard stopped the run at round {final['round']}"
-    return AdapterSource(run_dir / LORA_WEIGHT_NAME, run_dir, label, final["lora_round"], _config(run_dir),
-                         pairs_round=final["round"], pairs=final.get("pairs"))
+    return AdapterSource(
+        run_dir / LORA_WEIGHT_NAME,
+        run_dir,
+        label,
+        final["lora_round"],
+        _config(run_dir),
+        pairs_round=final["round"],
+        pairs=final.get("pairs"),
+    )
 
 
 def _from_checkpoint(checkpoint: Path, run_dir: Path) -> AdapterSource:
@@ -98,14 +115,23 @@ def _from_checkpoint(checkpoint: Path, run_dir: Path) -> AdapterSource:
             "once it has finished, or a checkpoint of a DDP / single-GPU run."
         )
     state = json.loads((checkpoint / TRAINER_STATE).read_text())
-    return AdapterSource(lora, run_dir, checkpoint.name, int(state["round"]), _config(run_dir),
-                         pairs_round=int(state["round"]), pairs=state.get("pairs"))
+    return AdapterSource(
+        lora,
+        run_dir,
+        checkpoint.name,
+        int(state["round"]),
+        _config(run_dir),
+        pairs_round=int(state["round"]),
+        pairs=state.get("pairs"),
+    )
 
 
 def _config(run_dir: Path) -> dict:
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{str(run_dir)!r} has no config.yaml: is it the --output_dir of a tscale training run?")
+        raise FileNotFoundError(
+            f"{str(run_dir)!r} has no config.yaml: is it the --output_dir of a tscale training run?"
+        )
     return yaml.safe_load(path.read_text()) or {}
 
 
@@ -125,7 +151,9 @@ def check_adapter_matches_model(lora_file: Path, model: str) -> int:
     from ..plan.components import meta_transformer, resolve_pipeline_spec
 
     transformer = meta_transformer(resolve_pipeline_spec(model), torch.bfloat16, None)
-    linears = {name: module for name, module in transformer.named_modules() if isinstance(module, torch.nn.Linear)}
+    linears = {
+        name: module for name, module in transformer.named_modules() if isinstance(module, torch.nn.Linear)
+    }
     adapted = set()
     with safe_open(str(lora_file), framework="pt") as handle:
         for key in handle.keys():
@@ -133,12 +161,16 @@ def check_adapter_matches_model(lora_file: Path, model: str) -> int:
             shape = tuple(handle.get_slice(key).get_shape())
             module = linears.get(module_name)
             if module is None:
-                raise ValueError(f"the adapter has weights for {module_name!r}, which {model!r} does not have: "
-                                 "it was trained for another base model.")
+                raise ValueError(
+                    f"the adapter has weights for {module_name!r}, which {model!r} does not have: "
+                    "it was trained for another base model."
+                )
             expected = module.in_features if kind.startswith("A") else module.out_features
             if expected not in shape:
-                raise ValueError(f"the adapter's {key} has shape {shape}, but {module_name!r} of {model!r} is "
-                                 f"{module.in_features} -> {module.out_features}: it was trained for another base model.")
+                raise ValueError(
+                    f"the adapter's {key} has shape {shape}, but {module_name!r} of {model!r} is "
+                    f"{module.in_features} -> {module.out_features}: it was trained for another base model."
+                )
             adapted.add(module_name)
     if not adapted:
         raise ValueError(f"{str(lora_file)!r} holds no LoRA weights.")
@@ -146,7 +178,13 @@ def check_adapter_matches_model(lora_file: Path, model: str) -> int:
 
 
 def build_adapter_folder(
-    source: AdapterSource, out_dir: str | Path, *, repo_id: str, examples: bool = True, comfyui: bool = False, pipe=None
+    source: AdapterSource,
+    out_dir: str | Path,
+    *,
+    repo_id: str,
+    examples: bool = True,
+    comfyui: bool = False,
+    pipe=None,
 ) -> Path:
     """Write the folder to upload (see the module docstring); returns `out_dir`.
 
@@ -192,10 +230,16 @@ def render_examples(source: AdapterSource, images_dir: Path, pipe=None) -> list[
     prompts = _example_prompts(source)
     if pipe is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipe = load_pipeline(config["model"], dtype="bfloat16" if device == "cuda" else "float32", device=device)
+        pipe = load_pipeline(
+            config["model"], dtype="bfloat16" if device == "cuda" else "float32", device=device
+        )
         load_lora(pipe, str(source.lora_file))
-    generator = generator_for_pipeline(pipe, height=config.get("height"), width=config.get("width"),
-                                       guidance_scale=config.get("guidance_scale"))
+    generator = generator_for_pipeline(
+        pipe,
+        height=config.get("height"),
+        width=config.get("width"),
+        guidance_scale=config.get("guidance_scale"),
+    )
     noises = torch.cat([generator.initial_noise(seed) for seed in range(len(prompts))])
     embeds = [generator.encode_prompt(prompt) for prompt in prompts]
     pipe.transformer.disable_adapters()
@@ -223,5 +267,7 @@ def _example_prompts(source: AdapterSource) -> list[str]:
     else:
         from ..trainer import BUNDLED_PROMPTS
 
-        prompts = load_prompts(config.get("prompts") or BUNDLED_PROMPTS, column=config.get("prompt_column", "prompt"))
+        prompts = load_prompts(
+            config.get("prompts") or BUNDLED_PROMPTS, column=config.get("prompt_column", "prompt")
+        )
     return prompts[:EXAMPLE_PROMPTS_COUNT]

@@ -8,8 +8,12 @@ from pathlib import Path
 CARD_TAGS = ["lora", "text-to-image", "diffusers", "dpo", "inference-time-scaling", "tscale-train"]
 # The Hub tag of each family (`FlowGenerator.family`), after the common ones.
 FAMILY_TAGS = {
-    "FLUX.2-klein": "flux2-klein", "FLUX.2": "flux2", "FLUX.1": "flux", "Qwen-Image": "qwen-image",
-    "Z-Image": "z-image", "Stable Diffusion 3": "sd3",
+    "FLUX.2-klein": "flux2-klein",
+    "FLUX.2": "flux2",
+    "FLUX.1": "flux",
+    "Qwen-Image": "qwen-image",
+    "Z-Image": "z-image",
+    "Stable Diffusion 3": "sd3",
 }
 # Placeholders of the usage snippet; tests swap them for the tiny model and a local folder and run it.
 SNIPPET_START, SNIPPET_END = "```python\n", "```\n"
@@ -17,7 +21,9 @@ SNIPPET_START, SNIPPET_END = "```python\n", "```\n"
 
 def plot_eval_curve(rows: list[dict], path: Path) -> bool:
     """Budget-0 eval reward per round (and SES where measured); False when the run has no eval."""
-    points = [(row["round"], row["eval/reward_budget0"]) for row in rows if _finite(row.get("eval/reward_budget0"))]
+    points = [
+        (row["round"], row["eval/reward_budget0"]) for row in rows if _finite(row.get("eval/reward_budget0"))
+    ]
     if not points:
         return False
     import matplotlib
@@ -54,13 +60,18 @@ def _finite(value) -> bool:
 
 
 def usage_snippet(
-    base_model: str, repo_id: str, prompt: str, steps: int, guidance_scale: float, pipeline_class: str = "Flux2KleinPipeline"
+    base_model: str,
+    repo_id: str,
+    prompt: str,
+    steps: int,
+    guidance_scale: float,
+    pipeline_class: str = "Flux2KleinPipeline",
 ) -> str:
     return (
         "import torch\n"
         f"from diffusers import {pipeline_class}\n\n"
         'device = "cuda" if torch.cuda.is_available() else "cpu"\n'
-        "dtype = torch.bfloat16 if device == \"cuda\" else torch.float32\n"
+        'dtype = torch.bfloat16 if device == "cuda" else torch.float32\n'
         f'pipe = {pipeline_class}.from_pretrained("{base_model}", dtype=dtype).to(device)\n'
         f'pipe.load_lora_weights("{repo_id}")\n'
         f'image = pipe(prompt="{prompt}", num_inference_steps={steps}, guidance_scale={guidance_scale}).images[0]\n'
@@ -68,7 +79,9 @@ def usage_snippet(
     )
 
 
-def write_model_card(folder: Path, source, rows: list[dict], *, repo_id: str, examples: list[dict], has_curve: bool) -> Path:
+def write_model_card(
+    folder: Path, source, rows: list[dict], *, repo_id: str, examples: list[dict], has_curve: bool
+) -> Path:
     """`folder/README.md`: metadata (base model, library, tags, widget) and the body users read."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -86,14 +99,17 @@ def write_model_card(folder: Path, source, rows: list[dict], *, repo_id: str, ex
     tags = [*CARD_TAGS[:3], FAMILY_TAGS.get(family, family.lower()), *CARD_TAGS[3:]]
     widget = [{"text": item["prompt"], "output": {"url": item["lora"]}} for item in examples]
     data = ModelCardData(
-        base_model=base_model, library_name="diffusers", tags=tags, pipeline_tag="text-to-image",
+        base_model=base_model,
+        library_name="diffusers",
+        tags=tags,
+        pipeline_tag="text-to-image",
         widget=widget or None,
     )
     evals = [row for row in rows if _finite(row.get("eval/reward_budget0"))]
     table = "\n".join(
-        f"| {row['round']} | {row['eval/reward_budget0']:.4f} | "
-        f"{row['eval/reward_ses']:.4f} |" if _finite(row.get("eval/reward_ses")) else
-        f"| {row['round']} | {row['eval/reward_budget0']:.4f} | |"
+        f"| {row['round']} | {row['eval/reward_budget0']:.4f} | {row['eval/reward_ses']:.4f} |"
+        if _finite(row.get("eval/reward_ses"))
+        else f"| {row['round']} | {row['eval/reward_budget0']:.4f} | |"
         for row in evals
     )
     trained_rounds = max((row["round"] for row in rows), default=-1) + 1
@@ -114,14 +130,18 @@ def write_model_card(folder: Path, source, rows: list[dict], *, repo_id: str, ex
         f"| LoRA rank / alpha | {config.get('lora_rank')} / {config.get('lora_alpha') or config.get('lora_rank')} |\n"
         f"| LoRA targets | `{config.get('lora_target_modules')}` |\n"
         f"| resolution | {config.get('height') or 'model default'} x {config.get('width') or 'model default'} |"
-        + (f"\n| held-out judges (guards) | `{config.get('guard_rewards')}` |" if config.get("guard_rewards") else "")
+        + (
+            f"\n| held-out judges (guards) | `{config.get('guard_rewards')}` |"
+            if config.get("guard_rewards")
+            else ""
+        )
         + (f"\n| LoRA EMA decay | {config.get('ema_decay')} |" if config.get("ema_decay") else ""),
     ]
     if evals:
         curve = "\n\n![eval curve](eval_curve.png)" if has_curve else ""
         sections.append(
             "## Eval: reward at budget 0 per round\n\n"
-            "Held-out prompts, fixed seeds; round -1 is the base model. \"with SES\" is the search's reward "
+            'Held-out prompts, fixed seeds; round -1 is the base model. "with SES" is the search\'s reward '
             f"at budget {config.get('eval_budget') or config.get('budget')}, scored at the same steps.\n\n"
             "| round | budget 0 | with SES |\n|---|---|---|\n" + table + curve
         )
@@ -130,14 +150,26 @@ def write_model_card(folder: Path, source, rows: list[dict], *, repo_id: str, ex
             f"| {item['prompt']} | ![base]({item['base']}) | ![lora]({item['lora']}) |" for item in examples
         )
         sections.append(
-            "## Examples (budget 0, same seeds)\n\n| prompt | without the LoRA | with the LoRA |\n|---|---|---|\n" + rows_md
+            "## Examples (budget 0, same seeds)\n\n| prompt | without the LoRA | with the LoRA |\n|---|---|---|\n"
+            + rows_md
         )
     prompt = examples[0]["prompt"] if examples else "a photo of a cat"
     sections.append(
-        "## Use it\n\n" + SNIPPET_START + usage_snippet(base_model, repo_id, prompt, steps, guidance, pipeline_class) + SNIPPET_END
-        + "\nOr search on top of it: `tscale ses --model " + base_model + " --lora " + repo_id + " --prompt \"...\"`."
-        + ("\n`pytorch_lora_weights_comfyui.safetensors`, when present, is the same adapter in the original FLUX.2 layout "
-           "for ComfyUI." if family.startswith("FLUX.2") else "")
+        "## Use it\n\n"
+        + SNIPPET_START
+        + usage_snippet(base_model, repo_id, prompt, steps, guidance, pipeline_class)
+        + SNIPPET_END
+        + "\nOr search on top of it: `tscale ses --model "
+        + base_model
+        + " --lora "
+        + repo_id
+        + ' --prompt "..."`.'
+        + (
+            "\n`pytorch_lora_weights_comfyui.safetensors`, when present, is the same adapter in the original FLUX.2 layout "
+            "for ComfyUI."
+            if family.startswith("FLUX.2")
+            else ""
+        )
     )
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
     path = folder / "README.md"

@@ -58,7 +58,12 @@ _COLUMN_DOCS = {
 
 
 def export_pair_dataset(
-    run_dir: Path, out_dir: Path, *, repo_id: str | None = None, rounds: range | None = None, manifest: dict | None = None
+    run_dir: Path,
+    out_dir: Path,
+    *,
+    repo_id: str | None = None,
+    rounds: range | None = None,
+    manifest: dict | None = None,
 ) -> Path:
     """Write ``run_dir``'s pairs as a dataset folder ready for ``upload_folder``; returns ``out_dir``.
 
@@ -85,9 +90,13 @@ def export_pair_dataset(
     _check_out_dir(run_dir, out_dir)
     store = PairStore(run_dir / "pairs")
     if manifest is not None:
-        store.verify(manifest, rounds if rounds is not None else store.rounds(), advice=(
-            "restore it, or export a checkpoint from before its round (tscale export RUN/checkpoints/checkpoint-NNNNN)"
-        ))
+        store.verify(
+            manifest,
+            rounds if rounds is not None else store.rounds(),
+            advice=(
+                "restore it, or export a checkpoint from before its round (tscale export RUN/checkpoints/checkpoint-NNNNN)"
+            ),
+        )
     stored = store.load(rounds)
     if stored.num_rows == 0:
         raise ValueError(
@@ -109,7 +118,12 @@ def export_pair_dataset(
             raise OSError(f"wrote {written} of {pairs.num_rows} pairs to {out_dir / 'data'}; export again")
         card = build_dataset_card(pairs, config, repo_id=repo_id, family=_run_family(run_dir))
         card.save(staging / "README.md")
-        marker = {"kind": _MARKER_KIND, "exporter": __name__, "num_pairs": pairs.num_rows, "files": len(files)}
+        marker = {
+            "kind": _MARKER_KIND,
+            "exporter": __name__,
+            "num_pairs": pairs.num_rows,
+            "files": len(files),
+        }
         (staging / EXPORT_MARKER).write_text(json.dumps(marker) + "\n")
     return out_dir
 
@@ -123,7 +137,11 @@ def _run_family(run_dir: Path) -> str:
 
 
 def build_dataset_card(
-    pairs: datasets.Dataset, config: dict[str, Any], *, repo_id: str | None = None, family: str = "FLUX.2-klein"
+    pairs: datasets.Dataset,
+    config: dict[str, Any],
+    *,
+    repo_id: str | None = None,
+    family: str = "FLUX.2-klein",
 ) -> DatasetCard:
     """The dataset card of ``pairs`` (Pick-a-Pic layout) from the run's settings ``config`` and model ``family``."""
     from .card import FAMILY_TAGS
@@ -256,12 +274,15 @@ def _card_body(pairs: datasets.Dataset, config: dict[str, Any], repo_id: str | N
     load_id = repo_id or "<user>/<dataset>"
     column_rows = "\n".join(f"| `{name}` | {text} |" for name, text in _COLUMN_DOCS.items())
     height, width = config.get("height"), config.get("width")
-    resolution = "the model's default" if height is None and width is None else (
-        f"{_setting(config, 'height', 'default')} x {_setting(config, 'width', 'default')} px"
+    resolution = (
+        "the model's default"
+        if height is None and width is None
+        else (f"{_setting(config, 'height', 'default')} x {_setting(config, 'width', 'default')} px")
     )
     test_note = (
         "\n> These pairs come from a random-weight test model: they are for testing pipelines only.\n"
-        if is_tiny(model) else ""
+        if is_tiny(model)
+        else ""
     )
     return f"""# {_model_name(model)} SES preference pairs
 

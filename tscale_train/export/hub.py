@@ -30,7 +30,9 @@ def check_repo_id(repo_id: str, what: str = "--repo-id") -> str:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise ValueError(f"{what} {repo_id!r} is not a valid repo id: {str(error).splitlines()[0]}") from error
+        raise ValueError(
+            f"{what} {repo_id!r} is not a valid repo id: {str(error).splitlines()[0]}"
+        ) from error
     return repo_id
 
 
@@ -89,11 +91,21 @@ def push_folder(
         if revision:
             api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
         commit = api.upload_folder(
-            repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision,
-            commit_message=commit_message, ignore_patterns=IGNORE_PATTERNS,
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type=repo_type,
+            revision=revision,
+            commit_message=commit_message,
+            ignore_patterns=IGNORE_PATTERNS,
         )
-    except Exception as error:  # HTTP errors, and the network errors of whichever HTTP client the hub library uses
+    except (
+        Exception
+    ) as error:  # HTTP errors, and the network errors of whichever HTTP client the hub library uses
         # upload_folder is one commit: when it fails, the repo holds none of these files.
         reason = (str(error).splitlines() or [type(error).__name__])[0]
-        raise OSError(f"upload to {repo_type} repo {repo_id!r} failed, nothing was published: {reason}") from error
-    return PushResult(repo_id, repo_type, revision, files, url=str(getattr(commit, "commit_url", "") or repo_id))
+        raise OSError(
+            f"upload to {repo_type} repo {repo_id!r} failed, nothing was published: {reason}"
+        ) from error
+    return PushResult(
+        repo_id, repo_type, revision, files, url=str(getattr(commit, "commit_url", "") or repo_id)
+    )

@@ -23,31 +23,47 @@ def _help(text: str) -> dict:
 class ExportArguments:
     """What `tscale export RUN --repo-id ID ...` takes."""
 
-    run: str | None = field(default=None, **_help("the run to export, also given as RUN: " + RUN_HELP.split(" (also")[0]))
+    run: str | None = field(
+        default=None, **_help("the run to export, also given as RUN: " + RUN_HELP.split(" (also")[0])
+    )
     repo_id: str | None = field(default=None, **_help("model repo to push the adapter to, namespace/name"))
     include_pairs: str | None = field(default=None, **_help("also push the run's pairs to this dataset repo"))
     private: bool = field(default=False, **_help("create the repos private"))
     revision: str | None = field(default=None, **_help("branch to push to (created if missing)"))
-    token: str | None = field(default=None, **_help("Hub token (default: HF_TOKEN or the login cache); never printed"))
-    format: str = field(default="diffusers", **_help(f"one of {', '.join(FORMATS)}; comfyui adds the original FLUX.2 layout"))
+    token: str | None = field(
+        default=None, **_help("Hub token (default: HF_TOKEN or the login cache); never printed")
+    )
+    format: str = field(
+        default="diffusers", **_help(f"one of {', '.join(FORMATS)}; comfyui adds the original FLUX.2 layout")
+    )
     out: str | None = field(default=None, **_help("where to write the folders (default: RUN/hub_export)"))
-    examples: bool = field(default=True, **_help("render example images, without and with the LoRA (--no_examples to skip)"))
-    dry_run: bool = field(default=False, **_help("write the folders and list what would be uploaded; send nothing"))
+    examples: bool = field(
+        default=True, **_help("render example images, without and with the LoRA (--no_examples to skip)")
+    )
+    dry_run: bool = field(
+        default=False, **_help("write the folders and list what would be uploaded; send nothing")
+    )
 
     def __post_init__(self) -> None:
         if not self.run:
             raise ValueError("name the run to export: tscale export RUN_DIR --repo-id namespace/name.")
         if not Path(self.run).is_dir():
-            raise FileNotFoundError(f"RUN {self.run!r} does not exist; pass a run's --output_dir or a checkpoint dir.")
+            raise FileNotFoundError(
+                f"RUN {self.run!r} does not exist; pass a run's --output_dir or a checkpoint dir."
+            )
         if not self.repo_id:
             raise ValueError("--repo-id is required: pass --repo-id namespace/name (e.g. me/klein-cat-dpo).")
         check_repo_id(self.repo_id)
         if self.include_pairs:
             check_repo_id(self.include_pairs, "--include-pairs")
         if self.format not in FORMATS:
-            raise ValueError(f"--format {self.format!r} is not one of {', '.join(FORMATS)}; pick one of those.")
+            raise ValueError(
+                f"--format {self.format!r} is not one of {', '.join(FORMATS)}; pick one of those."
+            )
         if self.out is not None and Path(self.out).exists() and not Path(self.out).is_dir():
-            raise ValueError(f"--out {self.out!r} is an existing file; pass a directory for the export folders.")
+            raise ValueError(
+                f"--out {self.out!r} is an existing file; pass a directory for the export folders."
+            )
         if not self.dry_run:
             resolve_token(self.token)  # no token: fail now, before any folder is built
 
@@ -65,20 +81,37 @@ def export_run(args: ExportArguments, *, api=None, pipe=None, log=print) -> list
     out = Path(args.out) if args.out else source.run_dir / "hub_export"
     check_exportable(source, args)
     folder = build_adapter_folder(
-        source, out / "model", repo_id=args.repo_id, examples=args.examples, comfyui=args.format == "comfyui", pipe=pipe
+        source,
+        out / "model",
+        repo_id=args.repo_id,
+        examples=args.examples,
+        comfyui=args.format == "comfyui",
+        pipe=pipe,
     )
     folders = [(folder, args.repo_id, "model")]
     if args.include_pairs:
         from .dataset import export_pair_dataset
 
-        dataset = export_pair_dataset(source.run_dir, out / "pairs", repo_id=args.include_pairs,
-                                      rounds=source.pair_rounds, manifest=source.pairs)
+        dataset = export_pair_dataset(
+            source.run_dir,
+            out / "pairs",
+            repo_id=args.include_pairs,
+            rounds=source.pair_rounds,
+            manifest=source.pairs,
+        )
         folders.append((dataset, args.include_pairs, "dataset"))
     results = []
     for path, repo_id, repo_type in folders:
         result = push_folder(
-            path, repo_id, repo_type=repo_type, private=args.private, revision=args.revision, token=args.token,
-            commit_message=f"tscale export of {source.run_dir.name} ({source.label})", dry_run=args.dry_run, api=api,
+            path,
+            repo_id,
+            repo_type=repo_type,
+            private=args.private,
+            revision=args.revision,
+            token=args.token,
+            commit_message=f"tscale export of {source.run_dir.name} ({source.label})",
+            dry_run=args.dry_run,
+            api=api,
         )
         results.append(result)
         if args.dry_run:
@@ -96,7 +129,8 @@ def check_exportable(source: AdapterSource, args: ExportArguments) -> None:
     from ..loading import check_safetensors_file
 
     check_safetensors_file(
-        source.lora_file, f"RUN {args.run!r}: the LoRA",
+        source.lora_file,
+        f"RUN {args.run!r}: the LoRA",
         fix="export one of its complete checkpoints instead (tscale export RUN/checkpoints/checkpoint-NNNNN), or copy the run again.",
     )
     if args.include_pairs:

@@ -57,7 +57,9 @@ class FluxGenerator(FlowGenerator):
     pipeline_class = "FluxPipeline"
     lora_targets = FLUX1_LORA_TARGETS
 
-    def __init__(self, pipe, *, max_sequence_length: int | None = FLUX1_MAX_SEQUENCE_LENGTH, **kwargs) -> None:
+    def __init__(
+        self, pipe, *, max_sequence_length: int | None = FLUX1_MAX_SEQUENCE_LENGTH, **kwargs
+    ) -> None:
         super().__init__(pipe, **kwargs)
         self.max_sequence_length = max_sequence_length or FLUX1_MAX_SEQUENCE_LENGTH
 

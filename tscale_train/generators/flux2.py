@@ -16,7 +16,9 @@ FLUX2_ATTENTION_TARGETS = (
     r".*transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
     r"|.*single_transformer_blocks\.\d+\.attn\.(to_qkv_mlp_proj|to_out)"
 )
-FLUX2_ATTENTION_AND_FF_TARGETS = FLUX2_ATTENTION_TARGETS + r"|.*transformer_blocks\.\d+\.(ff|ff_context)\.(linear_in|linear_out)"
+FLUX2_ATTENTION_AND_FF_TARGETS = (
+    FLUX2_ATTENTION_TARGETS + r"|.*transformer_blocks\.\d+\.(ff|ff_context)\.(linear_in|linear_out)"
+)
 # Every linear that shapes the output, including the input/output projections and the final
 # modulation: needed where attention alone is too weak a lever (the tiny random model).
 FLUX2_ALL_LINEAR_TARGETS = FLUX2_ATTENTION_AND_FF_TARGETS + r"|x_embedder|proj_out|.*norm_out\.linear"

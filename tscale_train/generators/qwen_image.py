@@ -53,7 +53,9 @@ QWEN_IMAGE_ATTENTION_AND_FF_TARGETS = (
 # projections, the final modulation and projection (as FLUX.2's preset, the timestep embedder is left alone).
 QWEN_IMAGE_ALL_LINEAR_TARGETS = (
     QWEN_IMAGE_ATTENTION_AND_FF_TARGETS
-    + "|" + _BLOCKS + r"\.(img_mod|txt_mod)\.1"
+    + "|"
+    + _BLOCKS
+    + r"\.(img_mod|txt_mod)\.1"
     + r"|img_in|txt_in|norm_out\.linear|proj_out"
 )
 QWEN_IMAGE_LORA_TARGETS = {
@@ -155,7 +157,9 @@ class QwenImageGenerator(FlowGenerator):
             kwargs.update(negative_prompt_embeds=negative_embeds, negative_prompt_embeds_mask=negative_mask)
         return kwargs
 
-    def pipeline_call(self, noises: torch.Tensor, embeds: list[PromptEmbeds], num_inference_steps: int) -> dict:
+    def pipeline_call(
+        self, noises: torch.Tensor, embeds: list[PromptEmbeds], num_inference_steps: int
+    ) -> dict:
         self._check_steps(num_inference_steps)
         return super().pipeline_call(noises, embeds, num_inference_steps)
 
@@ -176,7 +180,9 @@ class QwenImageGenerator(FlowGenerator):
         steps = num_inference_steps or self.num_inference_steps
         self._check_steps(steps)
         # As `QwenImagePipeline.__call__`: linear sigmas, shifted by `mu` of the packed sequence length.
-        return self.scheduler_sigmas(steps, sigmas=np.linspace(1.0, 1 / steps, steps), mu=self.resolution_shift_mu())
+        return self.scheduler_sigmas(
+            steps, sigmas=np.linspace(1.0, 1 / steps, steps), mu=self.resolution_shift_mu()
+        )
 
     def predict_velocity(self, transformer, noisy_latents, sigmas, embeds):
         batch, _, height, width = noisy_latents.shape

@@ -11,10 +11,10 @@ from ..generation import FlowGenerator, PromptEmbeds, negatives, stack_embeds
 # Regexes over full module names (peft `fullmatch`es a string `target_modules`). `attn2` is the
 # second, image-only attention of SD3.5-medium's dual-attention blocks. The last joint block is
 # context-pre-only and has no `to_add_out` or `ff_context`; the alternatives simply match nothing there.
-SD3_ATTENTION_TARGETS = (
-    r"(.*\.)?transformer_blocks\.\d+\.(attn|attn2)\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+SD3_ATTENTION_TARGETS = r"(.*\.)?transformer_blocks\.\d+\.(attn|attn2)\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+SD3_ATTENTION_AND_FF_TARGETS = (
+    SD3_ATTENTION_TARGETS + r"|(.*\.)?transformer_blocks\.\d+\.(ff|ff_context)\.net\.(0\.proj|2)"
 )
-SD3_ATTENTION_AND_FF_TARGETS = SD3_ATTENTION_TARGETS + r"|(.*\.)?transformer_blocks\.\d+\.(ff|ff_context)\.net\.(0\.proj|2)"
 # As FLUX.2's preset: plus the output projection and the final modulation. SD3's input projection
 # (`pos_embed.proj`) is a convolution, so it is not a target of a linear preset.
 SD3_ALL_LINEAR_TARGETS = SD3_ATTENTION_AND_FF_TARGETS + r"|proj_out|norm_out\.linear"
@@ -97,7 +97,9 @@ class StableDiffusion3Generator(FlowGenerator):
         if self.uses_cfg:
             negative = negatives(embeds)
             kwargs["negative_prompt_embeds"] = stack_embeds(negative, "prompt_embeds", self.device, dtype)
-            kwargs["negative_pooled_prompt_embeds"] = stack_embeds(negative, "pooled_prompt_embeds", self.device, dtype)
+            kwargs["negative_pooled_prompt_embeds"] = stack_embeds(
+                negative, "pooled_prompt_embeds", self.device, dtype
+            )
         return kwargs
 
     def sampler_sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:

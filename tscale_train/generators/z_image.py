@@ -60,7 +60,9 @@ class ZImageGenerator(FlowGenerator):
     pipeline_class = "ZImagePipeline"
     lora_targets = Z_IMAGE_LORA_TARGETS
 
-    def __init__(self, pipe, *, max_sequence_length: int | None = Z_IMAGE_MAX_SEQUENCE_LENGTH, **kwargs) -> None:
+    def __init__(
+        self, pipe, *, max_sequence_length: int | None = Z_IMAGE_MAX_SEQUENCE_LENGTH, **kwargs
+    ) -> None:
         super().__init__(pipe, **kwargs)
         self.max_sequence_length = max_sequence_length or Z_IMAGE_MAX_SEQUENCE_LENGTH
 
@@ -90,7 +92,11 @@ class ZImageGenerator(FlowGenerator):
     def noise_shape(self) -> tuple[int, int, int]:
         multiple = self.resolution_multiple(self.pipe)
         # As `ZImagePipeline.prepare_latents`: 2 latent pixels per transformer patch side.
-        return (self.pipe.transformer.config.in_channels, 2 * (self.height // multiple), 2 * (self.width // multiple))
+        return (
+            self.pipe.transformer.config.in_channels,
+            2 * (self.height // multiple),
+            2 * (self.width // multiple),
+        )
 
     def encode_text(self, text: str) -> PromptEmbeds:
         (features,), _ = self.pipe.encode_prompt(
@@ -102,7 +108,9 @@ class ZImageGenerator(FlowGenerator):
         # `[seq, dim]` with the padding dropped: its length is the prompt's own.
         return PromptEmbeds(text, features.unsqueeze(0))
 
-    def _caption_features(self, embeds: list[PromptEmbeds], device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+    def _caption_features(
+        self, embeds: list[PromptEmbeds], device: torch.device, dtype: torch.dtype
+    ) -> list[torch.Tensor]:
         """The per-sample `[seq_i, dim]` list the pipeline and the transformer take (lengths differ: no stacking)."""
         return [item.prompt_embeds[0].to(device, dtype) for item in embeds]
 
@@ -122,7 +130,9 @@ class ZImageGenerator(FlowGenerator):
 
         steps = num_inference_steps or self.num_inference_steps
         # As `ZImagePipeline.__call__` (`mu` only matters when the scheduler shifts dynamically).
-        return self.scheduler_sigmas(steps, sigmas=get_default_z_image_sigmas(steps), mu=self.resolution_shift_mu())
+        return self.scheduler_sigmas(
+            steps, sigmas=get_default_z_image_sigmas(steps), mu=self.resolution_shift_mu()
+        )
 
     def predict_velocity(self, transformer, noisy_latents, sigmas, embeds):
         dtype = noisy_latents.dtype

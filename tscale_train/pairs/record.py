@@ -47,7 +47,12 @@ class PairRecord:
 
     @classmethod
     def from_search(
-        cls, search_result: PromptSearch, pair: PairIndices, prompt_index: int, round_index: int, strategy: str
+        cls,
+        search_result: PromptSearch,
+        pair: PairIndices,
+        prompt_index: int,
+        round_index: int,
+        strategy: str,
     ) -> PairRecord:
         """The record of ``pair`` in a finished search (run with ``keep_latents=True``).
 
@@ -79,7 +84,12 @@ class PairRecord:
 
 
 def records_from_search(
-    result: PromptSearch, prompt_index: int, round_index: int, strategy: str, k: int = 1, min_margin: float = 0.0
+    result: PromptSearch,
+    prompt_index: int,
+    round_index: int,
+    strategy: str,
+    k: int = 1,
+    min_margin: float = 0.0,
 ) -> list[PairRecord]:
     """The :class:`PairRecord` s of one finished search, chosen by :func:`select_pairs`, best pair first."""
     return [

@@ -24,8 +24,14 @@ __all__ = ["PAIR_FEATURES", "record_latents"]
 _ListFeature = getattr(datasets, "List", None) or datasets.Sequence
 
 # The record's scalar fields, each one column of this type.
-_SCALAR_TYPES: dict[str, tuple[type, str]] = {"str": (str, "string"), "int": (int, "int64"), "float": (float, "float64")}
-_SCALAR_FIELDS = {field.name: _SCALAR_TYPES[field.type][0] for field in fields(PairRecord) if field.type in _SCALAR_TYPES}
+_SCALAR_TYPES: dict[str, tuple[type, str]] = {
+    "str": (str, "string"),
+    "int": (int, "int64"),
+    "float": (float, "float64"),
+}
+_SCALAR_FIELDS = {
+    field.name: _SCALAR_TYPES[field.type][0] for field in fields(PairRecord) if field.type in _SCALAR_TYPES
+}
 _LATENT_COLUMNS = ("chosen_latents", "rejected_latents")
 # Previews are stored as PNG images under these names (also the keys of dict records).
 _PREVIEW_COLUMNS = {"chosen_preview": "chosen_image", "rejected_preview": "rejected_image"}
@@ -64,8 +70,12 @@ def _record_from_dict(record: dict, position: int) -> PairRecord:
             f"{unknown}; a record holds exactly {', '.join(_REQUIRED_RECORD_KEYS)} (and optionally margin)"
         )
     columns = {value: key for key, value in _PREVIEW_COLUMNS.items()}
-    converted = PairRecord(**{columns.get(key, key): value for key, value in record.items() if key != "margin"})
-    if "margin" in record and not math.isclose(float(record["margin"]), converted.margin, rel_tol=1e-9, abs_tol=1e-12):
+    converted = PairRecord(
+        **{columns.get(key, key): value for key, value in record.items() if key != "margin"}
+    )
+    if "margin" in record and not math.isclose(
+        float(record["margin"]), converted.margin, rel_tol=1e-9, abs_tol=1e-12
+    ):
         raise ValueError(
             f"PairStore.write_shard: record {position} has margin {record['margin']} but its scores differ by "
             f"{converted.margin}; leave margin out (it is chosen_score - rejected_score)"
@@ -118,7 +128,9 @@ def _records_to_columns(records: Sequence[PairRecord | dict], round_index: int) 
                 f"round {round_index}; write each round's pairs into that round's shard"
             )
         chosen, chosen_shape = _flat_float32(record.chosen_latents, f"record {position} chosen_latents")
-        rejected, rejected_shape = _flat_float32(record.rejected_latents, f"record {position} rejected_latents")
+        rejected, rejected_shape = _flat_float32(
+            record.rejected_latents, f"record {position} rejected_latents"
+        )
         if chosen_shape != rejected_shape:
             raise ValueError(
                 f"PairStore.write_shard: record {position} has chosen_latents {chosen_shape} and "

@@ -31,6 +31,7 @@ _HASH_CHUNK = 1 << 20
 class PairStoreError(ValueError):
     """A shard a committed round recorded is missing, truncated or altered, or one it never recorded is there."""
 
+
 _ROUND_DIR = re.compile(r"^round_(\d{5,})$")
 _PROCESS_DIR = re.compile(r"^process_(\d{5,})$")
 
@@ -129,12 +130,21 @@ class PairStore:
         """Entries for the shards on disk now (of ``rounds``): for stores whose rounds were committed
         before manifests were recorded, taken as they are."""
         return {
-            self.shard_key(path): {"rows": datasets.load_from_disk(str(path)).num_rows, "sha256": _digest(path)}
+            self.shard_key(path): {
+                "rows": datasets.load_from_disk(str(path)).num_rows,
+                "sha256": _digest(path),
+            }
             for path in self.shard_paths(rounds)
         }
 
-    def verify(self, manifest: Mapping[str, Mapping], rounds: Iterable[int], process: int | None = None,
-               *, advice: str) -> None:
+    def verify(
+        self,
+        manifest: Mapping[str, Mapping],
+        rounds: Iterable[int],
+        process: int | None = None,
+        *,
+        advice: str,
+    ) -> None:
         """Check the shards of ``rounds`` (of ``process``) against ``manifest``; `PairStoreError` names the
         first shard that is missing, altered or unrecorded, followed by ``advice`` (what to do)."""
         wanted = {int(r) for r in rounds}
@@ -142,8 +152,10 @@ class PairStore:
         def in_scope(key: str) -> bool:
             round_name, _, process_name = key.partition("/")
             round_match, process_match = _ROUND_DIR.match(round_name), _PROCESS_DIR.match(process_name)
-            return bool(round_match and process_match) and int(round_match.group(1)) in wanted and (
-                process is None or int(process_match.group(1)) == process
+            return (
+                bool(round_match and process_match)
+                and int(round_match.group(1)) in wanted
+                and (process is None or int(process_match.group(1)) == process)
             )
 
         expected = {key: entry for key, entry in manifest.items() if in_scope(key)}
@@ -151,14 +163,18 @@ class PairStore:
         for key, entry in sorted(expected.items()):
             shard = self.root / key
             if key not in present:
-                raise PairStoreError(f"pair shard {shard} is missing (the run recorded {entry['rows']} pairs there); {advice}")
+                raise PairStoreError(
+                    f"pair shard {shard} is missing (the run recorded {entry['rows']} pairs there); {advice}"
+                )
             if _digest(shard) != entry["sha256"]:
                 raise PairStoreError(
                     f"pair shard {shard} is truncated or altered (its checksum is not the one recorded with its "
                     f"{entry['rows']} pairs); {advice}"
                 )
         for key in sorted(set(present) - set(expected)):
-            raise PairStoreError(f"pair shard {self.root / key} was not written by the run's committed rounds; {advice}")
+            raise PairStoreError(
+                f"pair shard {self.root / key} was not written by the run's committed rounds; {advice}"
+            )
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -189,7 +205,9 @@ class PairStore:
         shards = [datasets.load_from_disk(str(path)) for path in paths]
         return shards[0] if len(shards) == 1 else datasets.concatenate_datasets(shards)
 
-    def load_records(self, rounds: Iterable[int] | None = None, process: int | None = None) -> list[PairRecord]:
+    def load_records(
+        self, rounds: Iterable[int] | None = None, process: int | None = None
+    ) -> list[PairRecord]:
         """The stored pairs (of ``rounds``, of ``process``) as :class:`PairRecord` s, without previews.
 
         For replaying past rounds in training: only the scalar and latent columns are read, in numpy

@@ -29,17 +29,23 @@ def format_plan_table(plan: MemoryPlan) -> str:
     ]
     for phase, value in plan.phases.items():
         lines.append(f"{PHASE_LABELS.get(phase, phase):<16} {value:>8.1f}  {plan.dominant(phase)}")
-    lines.append(f"{'peak':<16} {plan.peak_gib:>8.1f}  ({PHASE_LABELS.get(plan.peak_phase, plan.peak_phase)})")
+    lines.append(
+        f"{'peak':<16} {plan.peak_gib:>8.1f}  ({PHASE_LABELS.get(plan.peak_phase, plan.peak_phase)})"
+    )
     lines.append("")
     cpu = sorted(plan.cpu_breakdown.items(), key=lambda item: -item[1])[:3]
-    lines.append(f"{'CPU per process':<16} {plan.cpu_gib:>8.1f}  {', '.join(f'{name} {_show(value)}' for name, value in cpu)}")
+    lines.append(
+        f"{'CPU per process':<16} {plan.cpu_gib:>8.1f}  {', '.join(f'{name} {_show(value)}' for name, value in cpu)}"
+    )
     lines.append("")
     card = f"{plan.gpu_memory_gib:g}"
     article = "an" if card.startswith("8") or card.split(".")[0] in ("11", "18") else "a"
     lines.append(f"fits {article} {card} GiB card: {'yes' if plan.fits else 'no'}")
     if not plan.fits:
         if plan.suggestions and plan.suggestion_fits:
-            lines.append(f"to fit, override: {' '.join(plan.suggestions)}   (peak {plan.suggested_peak_gib:.1f} GiB)")
+            lines.append(
+                f"to fit, override: {' '.join(plan.suggestions)}   (peak {plan.suggested_peak_gib:.1f} GiB)"
+            )
         elif plan.suggestions:
             lines.append(
                 f"no combination of the usual levers fits; the lowest: {' '.join(plan.suggestions)} "
@@ -82,8 +88,12 @@ def plan_option_parser() -> argparse.ArgumentParser:
             "family (FLUX.2-klein, FLUX.1, Z-Image) plans from a local pipeline dir or the local HF cache."
         ),
     )
-    parser.add_argument("--gpu-memory", type=float, default=DEFAULT_GPU_MEMORY_GIB, help="GiB of the card (default 80), > 0")
-    parser.add_argument("--num-processes", type=int, default=1, help=f"processes (GPUs) of the run, 1 to {MAX_PROCESSES}")
+    parser.add_argument(
+        "--gpu-memory", type=float, default=DEFAULT_GPU_MEMORY_GIB, help="GiB of the card (default 80), > 0"
+    )
+    parser.add_argument(
+        "--num-processes", type=int, default=1, help=f"processes (GPUs) of the run, 1 to {MAX_PROCESSES}"
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--no-suggest", action="store_true", help="do not search for settings that fit")
     parser.add_argument("--ses", action="store_true", help="plan `tscale ses` instead of a training run")
@@ -111,17 +121,29 @@ def run_plan(argv: list[str]) -> int:
         if options.ses:
             # A ses or training YAML plans too: their other settings do not change the memory of the search.
             model, search = parse_args(
-                [ModelConfig, SearchConfig], settings, prog="tscale plan --ses", also_known=[OnlineDPOConfig, SESArguments]
+                [ModelConfig, SearchConfig],
+                settings,
+                prog="tscale plan --ses",
+                also_known=[OnlineDPOConfig, SESArguments],
             )
             plan = plan_ses(
-                model.model, height=model.height, width=model.width, eval_batch_size=search.eval_batch_size,
-                guidance_scale=model.guidance_scale, reward=search.reward, reward_batch_size=search.reward_batch_size,
-                dtype=model.dtype, num_processes=options.num_processes, gpu_memory_gib=options.gpu_memory,
+                model.model,
+                height=model.height,
+                width=model.width,
+                eval_batch_size=search.eval_batch_size,
+                guidance_scale=model.guidance_scale,
+                reward=search.reward,
+                reward_batch_size=search.reward_batch_size,
+                dtype=model.dtype,
+                num_processes=options.num_processes,
+                gpu_memory_gib=options.gpu_memory,
                 suggest=not options.no_suggest,
             )
         else:
             config = parse_config(settings, prog="tscale plan")
-            plan = plan_training(config, options.num_processes, options.gpu_memory, suggest=not options.no_suggest)
+            plan = plan_training(
+                config, options.num_processes, options.gpu_memory, suggest=not options.no_suggest
+            )
     except (ValueError, FileNotFoundError, OSError) as error:
         message = " ".join(str(error).split())  # one line, as every tscale command's errors
         print(f"tscale plan: error: {message}", file=sys.stderr)

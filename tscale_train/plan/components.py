@@ -94,9 +94,13 @@ def _read_pipeline_dir(model: str, directory: Path, source: str) -> PipelineSpec
 
     index = json.loads((directory / "model_index.json").read_text())
     family = plan_family(index.get("_class_name"))
-    transformer = getattr(diffusers, family.transformer_class).load_config(str(directory), subfolder="transformer")
+    transformer = getattr(diffusers, family.transformer_class).load_config(
+        str(directory), subfolder="transformer"
+    )
     vae = getattr(diffusers, family.vae_class).load_config(str(directory), subfolder="vae")
-    text_encoders = [AutoConfig.from_pretrained(str(directory / name)).to_dict() for name, _ in family.text_encoders]
+    text_encoders = [
+        AutoConfig.from_pretrained(str(directory / name)).to_dict() for name, _ in family.text_encoders
+    ]
     extra = generator_settings(directory)  # a kit pipeline's recorded settings; {} for real ones
     vae_scale_factor = 2 ** (len(vae.get("block_out_channels", (128, 256, 512, 512))) - 1)
     reward_clip = None
@@ -160,11 +164,17 @@ def _hub_cache_dir(model: str) -> Path | None:
         from huggingface_hub import snapshot_download
 
         path = Path(
-            snapshot_download(model, allow_patterns=["model_index.json", "*/config.json"], local_files_only=True)
+            snapshot_download(
+                model, allow_patterns=["model_index.json", "*/config.json"], local_files_only=True
+            )
         )
     except Exception:  # noqa: BLE001 - any failure means "not cached"; the bundled configs follow
         return None
-    return path if (path / "model_index.json").is_file() and (path / "transformer" / "config.json").is_file() else None
+    return (
+        path
+        if (path / "model_index.json").is_file() and (path / "transformer" / "config.json").is_file()
+        else None
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -233,7 +243,9 @@ class LoraSpec:
     target_modules: str
 
 
-def meta_transformer(spec: PipelineSpec, dtype: torch.dtype, lora: LoraSpec | None, checkpointing: bool = False):
+def meta_transformer(
+    spec: PipelineSpec, dtype: torch.dtype, lora: LoraSpec | None, checkpointing: bool = False
+):
     """The family's transformer on the meta device (no weights), with the LoRA and checkpointing of a run.
 
     A LoRA preset name (`attention`, ...) is the family generator's (`FlowGenerator.lora_targets`).
@@ -247,7 +259,9 @@ def meta_transformer(spec: PipelineSpec, dtype: torch.dtype, lora: LoraSpec | No
         transformer = getattr(diffusers, family.transformer_class).from_config(spec.transformer).to(dtype)
     transformer.requires_grad_(False)
     if lora is not None:
-        add_lora(transformer, rank=lora.rank, target_modules=lora.target_modules, presets=family.lora_presets())
+        add_lora(
+            transformer, rank=lora.rank, target_modules=lora.target_modules, presets=family.lora_presets()
+        )
     if checkpointing:
         transformer.enable_gradient_checkpointing()
     return transformer

@@ -37,7 +37,9 @@ def _resolution(spec: PipelineSpec, height: int | None, width: int | None) -> tu
     multiple = spec.resolution_multiple
     for name, value in (("height", height), ("width", width)):
         if value <= 0 or value % multiple:
-            raise ValueError(f"{name} {value} is not a positive multiple of {multiple}; use e.g. {max(multiple, value // multiple * multiple)}.")
+            raise ValueError(
+                f"{name} {value} is not a positive multiple of {multiple}; use e.g. {max(multiple, value // multiple * multiple)}."
+            )
     return height, width
 
 
@@ -49,7 +51,9 @@ def _reward_models(reward: str, spec: PipelineSpec) -> tuple[str | None, int]:
     from rewards import parse_reward_spec
 
     configs = [reward_clip_config_json(name, spec) for name in parse_reward_spec(reward)]
-    sized = sorted(((reward_bytes(clip), clip) for clip in configs if clip is not None), key=lambda item: item[0])
+    sized = sorted(
+        ((reward_bytes(clip), clip) for clip in configs if clip is not None), key=lambda item: item[0]
+    )
     return (sized[-1][1] if sized else None), sum(size for size, _ in sized)
 
 
@@ -58,7 +62,9 @@ def _largest(parts: dict[str, int]) -> dict[str, int]:
     return {name: parts[name]}
 
 
-def plan_training(config, num_processes: int = 1, gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB, suggest: bool = True) -> MemoryPlan:
+def plan_training(
+    config, num_processes: int = 1, gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB, suggest: bool = True
+) -> MemoryPlan:
     """The memory plan of an online SES -> DPO run (`OnlineDPOConfig`), per process.
 
     Phases: encode prompts (the text encoder on the GPU next to the resident transformer and VAE:
@@ -119,7 +125,9 @@ def plan_training(config, num_processes: int = 1, gpu_memory_gib: float = DEFAUL
     )
     phases["search"], breakdown["search"] = _phase({**base, **rewards_on_gpu, **_largest(search)})
     pairs = config.train_batch_size
-    dpo_peak, grads = measure_dpo(spec, dtype, lora, pairs, height, width, config.gradient_checkpointing, autocast)
+    dpo_peak, grads = measure_dpo(
+        spec, dtype, lora, pairs, height, width, config.gradient_checkpointing, autocast
+    )
     dpo = {
         **base,
         f"activations + grads ({2 * pairs} samples{', checkpointed' if config.gradient_checkpointing else ''})": dpo_peak,
@@ -135,7 +143,10 @@ def plan_training(config, num_processes: int = 1, gpu_memory_gib: float = DEFAUL
     if eval_name == config.reward:
         eval_resident = {"reward model": reward_gpu}
     else:
-        eval_resident = {"eval reward model": eval_gpu, "reward model": 0 if config.offload_reward else reward_gpu}
+        eval_resident = {
+            "eval reward model": eval_gpu,
+            "reward model": 0 if config.offload_reward else reward_gpu,
+        }
     if guard_gpu:
         eval_resident["guard reward models"] = guard_gpu
     phases["eval"], breakdown["eval"] = _phase({**base, **eval_resident, **_largest(evaluation)})
@@ -159,8 +170,15 @@ def plan_training(config, num_processes: int = 1, gpu_memory_gib: float = DEFAUL
         settings={
             name: getattr(config, name)
             for name in (
-                "gradient_checkpointing", "train_batch_size", "eval_batch_size", "reward_batch_size",
-                "offload_text_encoder", "offload_reward", "lora_rank", "reward", "guidance_scale",
+                "gradient_checkpointing",
+                "train_batch_size",
+                "eval_batch_size",
+                "reward_batch_size",
+                "offload_text_encoder",
+                "offload_reward",
+                "lora_rank",
+                "reward",
+                "guidance_scale",
             )
         },
         notes=_notes(spec, autocast),
@@ -183,14 +201,23 @@ def _notes(spec: PipelineSpec, autocast: bool) -> list[str]:
         f"includes {CUDA_OVERHEAD_GIB:.1f} GiB for the CUDA context and allocator; leave headroom for fragmentation",
     ]
     if autocast:
-        notes.append("forwards measured under bf16 autocast (the GPU accelerate configs use mixed_precision bf16)")
+        notes.append(
+            "forwards measured under bf16 autocast (the GPU accelerate configs use mixed_precision bf16)"
+        )
     notes.extend(spec.family.notes)
     return notes
 
 
 def _training_cpu(
-    config, spec: PipelineSpec, dtype: torch.dtype, sizes: dict[str, int], rewards: int,
-    height: int, width: int, cfg: bool, num_processes: int,
+    config,
+    spec: PipelineSpec,
+    dtype: torch.dtype,
+    sizes: dict[str, int],
+    rewards: int,
+    height: int,
+    width: int,
+    cfg: bool,
+    num_processes: int,
 ) -> tuple[float, dict[str, float]]:
     """CPU memory per process: offloaded models, the prompt embeddings (the LRU cache and the round's),
     a round's latents and pairs."""
@@ -268,10 +295,22 @@ def plan_ses(
     phases: dict[str, float] = {}
     breakdown: dict[str, dict[str, float]] = {}
     phases["encode"], breakdown["encode"] = _phase(
-        {**resident, f"text encoder forward ({spec.max_sequence_length} tokens)": measure_encode(spec, torch_dtype)}
+        {
+            **resident,
+            f"text encoder forward ({spec.max_sequence_length} tokens)": measure_encode(spec, torch_dtype),
+        }
     )
     search = _search_transient(
-        spec, torch_dtype, None, clip_json, eval_batch_size, reward_batch_size or eval_batch_size, height, width, cfg, False
+        spec,
+        torch_dtype,
+        None,
+        clip_json,
+        eval_batch_size,
+        reward_batch_size or eval_batch_size,
+        height,
+        width,
+        cfg,
+        False,
     )
     phases["search"], breakdown["search"] = _phase({**resident, **_largest(search)})
     cpu_parts = {"Python + CUDA libraries": PROCESS_CPU_OVERHEAD_GIB * GIB}
@@ -293,9 +332,18 @@ def plan_ses(
     )
     if suggest and not plan.fits:
         arguments = dict(
-            model=model, height=height, width=width, eval_batch_size=eval_batch_size, guidance_scale=guidance_scale,
-            reward=reward, reward_batch_size=reward_batch_size, dtype=dtype, lora=lora, num_processes=num_processes,
-            gpu_memory_gib=gpu_memory_gib, suggest=False,
+            model=model,
+            height=height,
+            width=width,
+            eval_batch_size=eval_batch_size,
+            guidance_scale=guidance_scale,
+            reward=reward,
+            reward_batch_size=reward_batch_size,
+            dtype=dtype,
+            lora=lora,
+            num_processes=num_processes,
+            gpu_memory_gib=gpu_memory_gib,
+            suggest=False,
         )
         _suggest_ses(plan, lambda overrides: plan_ses(**{**arguments, **overrides}))
     plan.seconds = round(time.perf_counter() - started, 2)

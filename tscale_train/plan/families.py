@@ -102,7 +102,10 @@ def _flux2_encode(spec: PipelineSpec, encoders: dict[str, torch.nn.Module]) -> N
     length = spec.max_sequence_length
     input_ids = torch.zeros(1, length, dtype=torch.long, device=_FAKE_DEVICE)
     output = encoders["text_encoder"](
-        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), output_hidden_states=True, use_cache=False
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        output_hidden_states=True,
+        use_cache=False,
     )
     stacked = torch.stack([output.hidden_states[k] for k in spec.text_encoder_out_layers], dim=1)
     embeds = stacked.permute(0, 2, 1, 3).reshape(1, length, -1).clone()
@@ -176,7 +179,8 @@ FLUX1 = PlanFamily(
     prediction=_first,
     encode=_flux1_encode,
     prompt_embedding_numel=lambda spec: (
-        spec.max_sequence_length * spec.transformer["joint_attention_dim"] + spec.transformer["pooled_projection_dim"]
+        spec.max_sequence_length * spec.transformer["joint_attention_dim"]
+        + spec.transformer["pooled_projection_dim"]
     ),
     # `FluxPipeline.__call__`'s guidance_scale for dev; schnell has no guidance embedding to take one.
     default_guidance=lambda spec: 3.5 if spec.transformer.get("guidance_embeds", False) else 0.0,
@@ -198,11 +202,16 @@ def _z_image_inputs(spec: PipelineSpec, batch: int, height: int, width: int, dty
     batch of prompts of different lengths would add one (and the memory-efficient kernel, not flash).
     """
     factor = spec.vae_scale_factor
-    latents = _randn(batch, spec.transformer["in_channels"], height // factor, width // factor, dtype=torch.float32)
+    latents = _randn(
+        batch, spec.transformer["in_channels"], height // factor, width // factor, dtype=torch.float32
+    )
     inputs = dict(
         x=list(latents.to(dtype).unsqueeze(2).unbind(0)),
         t=torch.rand(batch, device=_FAKE_DEVICE, dtype=torch.float32),
-        cap_feats=[_randn(spec.max_sequence_length, spec.transformer["cap_feat_dim"], dtype=dtype) for _ in range(batch)],
+        cap_feats=[
+            _randn(spec.max_sequence_length, spec.transformer["cap_feat_dim"], dtype=dtype)
+            for _ in range(batch)
+        ],
         return_dict=False,
     )
     return inputs, latents
@@ -220,7 +229,9 @@ def _z_image_encode(spec: PipelineSpec, encoders: dict[str, torch.nn.Module]) ->
     length = spec.max_sequence_length
     input_ids = torch.zeros(1, length, dtype=torch.long, device=_FAKE_DEVICE)
     output = encoders["text_encoder"](
-        input_ids=input_ids, attention_mask=torch.ones_like(input_ids, dtype=torch.bool), output_hidden_states=True,
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids, dtype=torch.bool),
+        output_hidden_states=True,
         use_cache=False,
     )
     embeds = output.hidden_states[-2][0].clone()
@@ -243,10 +254,14 @@ Z_IMAGE = PlanFamily(
     prompt_embedding_numel=lambda spec: spec.max_sequence_length * spec.transformer["cap_feat_dim"],
     default_guidance=lambda spec: 5.0,  # `ZImagePipeline.__call__`'s guidance_scale (the base model's)
     uses_cfg=lambda spec, guidance: guidance > 0.0,  # `ZImagePipeline.do_classifier_free_guidance`
-    notes=("text tokens counted at the padded prompt length, an upper bound: Z-Image drops a prompt's padding",),
+    notes=(
+        "text tokens counted at the padded prompt length, an upper bound: Z-Image drops a prompt's padding",
+    ),
 )
 
-PLAN_FAMILIES: dict[str, PlanFamily] = {family.pipeline_class: family for family in (FLUX2_KLEIN, FLUX1, Z_IMAGE)}
+PLAN_FAMILIES: dict[str, PlanFamily] = {
+    family.pipeline_class: family for family in (FLUX2_KLEIN, FLUX1, Z_IMAGE)
+}
 
 
 def plan_family(pipeline_class: str) -> PlanFamily:

@@ -46,8 +46,14 @@ def _clone(value):
 
 
 def measure_sampling(
-    spec: PipelineSpec, dtype: torch.dtype, lora: LoraSpec | None, batch: int, height: int, width: int,
-    cfg: bool, autocast: bool,
+    spec: PipelineSpec,
+    dtype: torch.dtype,
+    lora: LoraSpec | None,
+    batch: int,
+    height: int,
+    width: int,
+    cfg: bool,
+    autocast: bool,
 ) -> int:
     """Peak bytes of one no-grad denoising step; see `_measure_sampling`.
 
@@ -60,8 +66,15 @@ def measure_sampling(
 
 
 def measure_dpo(
-    spec: PipelineSpec, dtype: torch.dtype, lora: LoraSpec, pairs: int, height: int, width: int,
-    checkpointing: bool, autocast: bool, extrapolate: bool = True,
+    spec: PipelineSpec,
+    dtype: torch.dtype,
+    lora: LoraSpec,
+    pairs: int,
+    height: int,
+    width: int,
+    checkpointing: bool,
+    autocast: bool,
+    extrapolate: bool = True,
 ) -> tuple[int, int]:
     """(peak bytes of one DPO micro-step, bytes of the LoRA gradients); see `_measure_dpo`.
 
@@ -87,8 +100,14 @@ def measure_dpo(
 
 @functools.lru_cache(maxsize=128)
 def _measure_sampling(
-    spec: PipelineSpec, dtype: torch.dtype, lora: LoraSpec | None, batch: int, height: int, width: int,
-    cfg: bool, autocast: bool,
+    spec: PipelineSpec,
+    dtype: torch.dtype,
+    lora: LoraSpec | None,
+    batch: int,
+    height: int,
+    width: int,
+    cfg: bool,
+    autocast: bool,
 ) -> int:
     """Peak bytes of one no-grad denoising step at `batch`, with CFG as the family's pipeline runs it.
 
@@ -123,7 +142,9 @@ def _measure_sampling(
 
 
 @functools.lru_cache(maxsize=64)
-def measure_decode(spec: PipelineSpec, dtype: torch.dtype, batch: int, height: int, width: int) -> tuple[int, int]:
+def measure_decode(
+    spec: PipelineSpec, dtype: torch.dtype, batch: int, height: int, width: int
+) -> tuple[int, int]:
     """(peak bytes of the VAE decode of `batch` latents, bytes of the float32 images it leaves)."""
     vae = _meta_vae(spec, dtype)
     channels = spec.vae.get("latent_channels", 32)
@@ -132,7 +153,9 @@ def measure_decode(spec: PipelineSpec, dtype: torch.dtype, batch: int, height: i
         vae = vae.to_empty(device=_FAKE_DEVICE)
         tracker = LiveMemoryTracker()
         with tracker, torch.no_grad():
-            latents = torch.randn(batch, channels, height // factor, width // factor, device=_FAKE_DEVICE, dtype=dtype)
+            latents = torch.randn(
+                batch, channels, height // factor, width // factor, device=_FAKE_DEVICE, dtype=dtype
+            )
             decoded = vae.decode(latents, return_dict=False)[0]
             del latents
             images = (decoded / 2 + 0.5).clamp(0, 1).float()
@@ -156,7 +179,10 @@ def measure_reward(clip_json: str | None, batch: int, height: int, width: int) -
         with tracker, torch.no_grad():
             short = min(height, width)
             resized = torch.nn.functional.interpolate(
-                images, size=(round(height * size / short), round(width * size / short)), mode="bicubic", antialias=True
+                images,
+                size=(round(height * size / short), round(width * size / short)),
+                mode="bicubic",
+                antialias=True,
             ).clamp_(0, 1)
             top, left = (resized.shape[-2] - size) // 2, (resized.shape[-1] - size) // 2
             pixels = (resized[..., top : top + size, left : left + size] - 0.5) / 0.25
@@ -164,7 +190,9 @@ def measure_reward(clip_json: str | None, batch: int, height: int, width: int) -
             image_embeds = model.get_image_features(pixel_values=pixels).pooler_output
             del pixels
             tokens = torch.zeros(batch, text_length, dtype=torch.long, device=_FAKE_DEVICE)
-            text_embeds = model.get_text_features(input_ids=tokens, attention_mask=torch.ones_like(tokens)).pooler_output
+            text_embeds = model.get_text_features(
+                input_ids=tokens, attention_mask=torch.ones_like(tokens)
+            ).pooler_output
             scores = (image_embeds * text_embeds).sum(-1)
             del scores, image_embeds, text_embeds, tokens
         return tracker.peak
@@ -186,8 +214,14 @@ def measure_encode(spec: PipelineSpec, dtype: torch.dtype) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _measure_dpo(
-    spec: PipelineSpec, dtype: torch.dtype, lora: LoraSpec, pairs: int, height: int, width: int,
-    checkpointing: bool, autocast: bool,
+    spec: PipelineSpec,
+    dtype: torch.dtype,
+    lora: LoraSpec,
+    pairs: int,
+    height: int,
+    width: int,
+    checkpointing: bool,
+    autocast: bool,
 ) -> tuple[int, int]:
     """(peak bytes of one DPO micro-step, bytes of the LoRA gradients it leaves).
 
@@ -218,8 +252,13 @@ def _measure_dpo(
             with _autocast(autocast):
                 prediction = family.prediction(transformer(**inputs)).float()  # accelerate's convert_to_fp32
                 loss, _ = flow_dpo_loss(
-                    prediction[:pairs], prediction[pairs:], reference[:pairs], reference[pairs:],
-                    target[:pairs], target[pairs:], beta=100.0,
+                    prediction[:pairs],
+                    prediction[pairs:],
+                    reference[:pairs],
+                    reference[pairs:],
+                    target[:pairs],
+                    target[pairs:],
+                    beta=100.0,
                 )
                 _backward(loss)
             del loss, prediction, reference, inputs, latents, target
@@ -230,8 +269,16 @@ def _measure_dpo(
 
 
 def _search_transient(
-    spec: PipelineSpec, dtype: torch.dtype, lora: LoraSpec | None, clip_json: str | None,
-    eval_batch: int, reward_batch: int, height: int, width: int, cfg: bool, autocast: bool,
+    spec: PipelineSpec,
+    dtype: torch.dtype,
+    lora: LoraSpec | None,
+    clip_json: str | None,
+    eval_batch: int,
+    reward_batch: int,
+    height: int,
+    width: int,
+    cfg: bool,
+    autocast: bool,
 ) -> dict[str, int]:
     """The transient of one eval batch: sampling steps, then the VAE decode, then scoring its images
     `reward_batch` at a time (the batch's float32 images stay on the GPU until scored). One batch is

@@ -78,7 +78,11 @@ def _suggest_training(plan: MemoryPlan, config, replan: Callable[[dict[str, Any]
             current = candidate
     if current.fits:
         for name in [key for key in overrides if key != "width"]:
-            trial = {key: value for key, value in overrides.items() if key != name and not (name == "height" and key == "width")}
+            trial = {
+                key: value
+                for key, value in overrides.items()
+                if key != name and not (name == "height" and key == "width")
+            }
             candidate = replan(trial)
             if candidate.fits:
                 overrides, current = trial, candidate

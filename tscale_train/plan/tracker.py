@@ -51,7 +51,11 @@ class LiveMemoryTracker(torch.utils._python_dispatch.TorchDispatchMode):
         from torch.utils._pytree import tree_leaves
 
         kwargs = kwargs or {}
-        inputs = {leaf.untyped_storage()._cdata for leaf in tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)}
+        inputs = {
+            leaf.untyped_storage()._cdata
+            for leaf in tree_leaves((args, kwargs))
+            if isinstance(leaf, torch.Tensor)
+        }
         out = func(*args, **kwargs)
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
@@ -77,7 +81,12 @@ def _fused_sdpa(
         value = value.repeat_interleave(repeats, dim=-3)
     head_dim = query.shape[-1]
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-    if attn_mask is None and query.dtype in (torch.float16, torch.bfloat16) and head_dim <= 256 and head_dim % 8 == 0:
+    if (
+        attn_mask is None
+        and query.dtype in (torch.float16, torch.bfloat16)
+        and head_dim <= 256
+        and head_dim % 8 == 0
+    ):
         return torch.ops.aten._scaled_dot_product_flash_attention(
             query, key, value, dropout_p, is_causal, False, scale=scale
         )[0]
@@ -114,17 +123,43 @@ _FAKE_DEVICE = "cpu"
 # the low-precision dtype, these in float32. CPU autocast has other lists (its layer_norm stays
 # bf16), so it is emulated here rather than borrowed.
 _LOWER_PRECISION_FUNCS = {
-    torch.nn.functional.linear, torch.nn.functional.conv1d, torch.nn.functional.conv2d,
-    torch.nn.functional.conv3d, torch.nn.functional.conv_transpose1d, torch.nn.functional.conv_transpose2d,
-    torch.nn.functional.conv_transpose3d, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
-    torch.mm, torch.Tensor.mm, torch.bmm, torch.Tensor.bmm, torch.baddbmm, torch.addmm, torch.einsum,
+    torch.nn.functional.linear,
+    torch.nn.functional.conv1d,
+    torch.nn.functional.conv2d,
+    torch.nn.functional.conv3d,
+    torch.nn.functional.conv_transpose1d,
+    torch.nn.functional.conv_transpose2d,
+    torch.nn.functional.conv_transpose3d,
+    torch.matmul,
+    torch.Tensor.matmul,
+    torch.Tensor.__matmul__,
+    torch.mm,
+    torch.Tensor.mm,
+    torch.bmm,
+    torch.Tensor.bmm,
+    torch.baddbmm,
+    torch.addmm,
+    torch.einsum,
     torch.nn.functional.scaled_dot_product_attention,
 }
 _FLOAT32_FUNCS = {
-    torch.nn.functional.layer_norm, torch.nn.functional.group_norm, torch.softmax, torch.Tensor.softmax,
-    torch.nn.functional.softmax, torch.log_softmax, torch.nn.functional.log_softmax, torch.exp, torch.Tensor.exp,
-    torch.pow, torch.Tensor.pow, torch.rsqrt, torch.Tensor.rsqrt, torch.nn.functional.mse_loss,
-    torch.nn.functional.interpolate, torch.nn.functional.cosine_similarity, torch.nn.functional.logsigmoid,
+    torch.nn.functional.layer_norm,
+    torch.nn.functional.group_norm,
+    torch.softmax,
+    torch.Tensor.softmax,
+    torch.nn.functional.softmax,
+    torch.log_softmax,
+    torch.nn.functional.log_softmax,
+    torch.exp,
+    torch.Tensor.exp,
+    torch.pow,
+    torch.Tensor.pow,
+    torch.rsqrt,
+    torch.Tensor.rsqrt,
+    torch.nn.functional.mse_loss,
+    torch.nn.functional.interpolate,
+    torch.nn.functional.cosine_similarity,
+    torch.nn.functional.logsigmoid,
 }
 
 
@@ -140,7 +175,13 @@ class _CudaAutocast(torch.overrides.TorchFunctionMode):
         from torch.utils._pytree import tree_map
 
         kwargs = kwargs or {}
-        target = self.dtype if func in _LOWER_PRECISION_FUNCS else torch.float32 if func in _FLOAT32_FUNCS else None
+        target = (
+            self.dtype
+            if func in _LOWER_PRECISION_FUNCS
+            else torch.float32
+            if func in _FLOAT32_FUNCS
+            else None
+        )
         if target is not None:
 
             def cast(value):
@@ -157,7 +198,9 @@ def _backward(loss: torch.Tensor) -> None:
     while it handles a call, so `loss.backward()` would recompute checkpointed blocks without them."""
     from torch.autograd.graph import _engine_run_backward
 
-    _engine_run_backward((loss,), (torch.ones_like(loss),), False, False, (), allow_unreachable=True, accumulate_grad=True)
+    _engine_run_backward(
+        (loss,), (torch.ones_like(loss),), False, False, (), allow_unreachable=True, accumulate_grad=True
+    )
 
 
 @contextmanager
@@ -173,7 +216,9 @@ def module_bytes(module: torch.nn.Module, predicate: Callable[[str], bool] | Non
     """Bytes of a module's parameters and buffers (meta or fake tensors are fine), each storage once."""
     seen: set[int] = set()
     total = 0
-    named = list(module.named_parameters(remove_duplicate=False)) + list(module.named_buffers(remove_duplicate=False))
+    named = list(module.named_parameters(remove_duplicate=False)) + list(
+        module.named_buffers(remove_duplicate=False)
+    )
     for name, tensor in named:
         if predicate is not None and not predicate(name):
             continue

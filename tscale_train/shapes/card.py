@@ -26,7 +26,9 @@ from .evaluation import evaluate_shapes, mean_and_se
 def git_commit() -> str:
     """The checkout's short commit id ("unknown" outside a git checkout)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -34,7 +36,9 @@ def git_commit() -> str:
 def _parameters(directory: Path) -> int:
     from safetensors.torch import load_file
 
-    return sum(tensor.numel() for path in directory.glob("*.safetensors") for tensor in load_file(path).values())
+    return sum(
+        tensor.numel() for path in directory.glob("*.safetensors") for tensor in load_file(path).values()
+    )
 
 
 def _shown_path(pipeline_dir: Path) -> str:
@@ -53,7 +57,12 @@ def measure(pipeline_dir: Path, images_per_family: int) -> dict:
         mask = scores.mask(family)
         accuracy, se = mean_and_se(correct[mask])
         mean_score, _ = mean_and_se(torch.tensor(scores.verifier)[mask])
-        families[family] = {"accuracy": accuracy, "se": se, "n": int(mask.sum()), "mean_clause_fraction": mean_score}
+        families[family] = {
+            "accuracy": accuracy,
+            "se": se,
+            "n": int(mask.sum()),
+            "mean_clause_fraction": mean_score,
+        }
     overall, overall_se = mean_and_se(correct)
     return {"model": str(pipeline_dir), "images_per_family": images_per_family, "families": families,
             "overall": {"accuracy": overall, "se": overall_se, "n": len(correct)}}  # fmt: skip
@@ -64,10 +73,13 @@ def card_text(pipeline_dir: Path, scores: dict) -> str:
     training = marker.get("training", {})
     sizes = {name: _parameters(pipeline_dir / name) for name in ("transformer", "vae", "text_encoder")}
     rows = "\n".join(
-        f"| {family} | {row['accuracy']:.3f} | {row['se']:.3f} | {row['n']} |" for family, row in scores["families"].items()
+        f"| {family} | {row['accuracy']:.3f} | {row['se']:.3f} | {row['n']} |"
+        for family, row in scores["families"].items()
     )
     generator = marker["generator_kwargs"]
-    history = f"How the shipped weights were trained: {training['history']}\n" if training.get("history") else ""
+    history = (
+        f"How the shipped weights were trained: {training['history']}\n" if training.get("history") else ""
+    )
     return f"""---
 library_name: diffusers
 pipeline_tag: text-to-image
@@ -85,54 +97,54 @@ model on which tscale-train measures quality claims against a ground-truth judge
 from diffusers import Flux2KleinPipeline
 
 pipe = Flux2KleinPipeline.from_pretrained("{_shown_path(pipeline_dir)}")
-image = pipe(prompt="a red circle to the left of a blue square", height={marker['resolution']}, width={marker['resolution']},
-             num_inference_steps={generator['num_inference_steps']}, guidance_scale={generator['guidance_scale']},
-             max_sequence_length={marker['max_sequence_length']}, text_encoder_out_layers={tuple(marker['text_encoder_out_layers'])}).images[0]
+image = pipe(prompt="a red circle to the left of a blue square", height={marker["resolution"]}, width={marker["resolution"]},
+             num_inference_steps={generator["num_inference_steps"]}, guidance_scale={generator["guidance_scale"]},
+             max_sequence_length={marker["max_sequence_length"]}, text_encoder_out_layers={tuple(marker["text_encoder_out_layers"])}).images[0]
 ```
 
 ![budget-0 samples on held-out prompts](samples.png)
 
 ## The world
-{marker['resolution']}x{marker['resolution']} images of one to four flat objects ({', '.join(SHAPES)}) in eight exact colours
-({', '.join(COLOURS)}) on white, with captions in GenEval's task families: {', '.join(FAMILIES)}.
+{marker["resolution"]}x{marker["resolution"]} images of one to four flat objects ({", ".join(SHAPES)}) in eight exact colours
+({", ".join(COLOURS)}) on white, with captions in GenEval's task families: {", ".join(FAMILIES)}.
 Held out of training altogether (no training image or caption has them): the colour-shape pairs
-{', '.join(' '.join(pair) for pair in HELD_OUT_PAIRS)}, and the relations {', '.join(f'"{shape} {relation}"' for relation, shape in HELD_OUT_RELATIONS)}.
+{", ".join(" ".join(pair) for pair in HELD_OUT_PAIRS)}, and the relations {", ".join(f'"{shape} {relation}"' for relation, shape in HELD_OUT_RELATIONS)}.
 Generator: `rewards/shapes/world.py`.
 
 ## The model
 | component | class | parameters |
 |---|---|---|
-| transformer | `Flux2Transformer2DModel` (2 double + 4 single blocks, 4 heads x 32) | {sizes['transformer']:,} |
-| VAE | `AutoencoderKLFlux2` (4x downsampling, 8 latent channels) | {sizes['vae']:,} |
-| text encoder | `Qwen3ForCausalLM` (2 layers, width 64), frozen at random weights | {sizes['text_encoder']:,} |
+| transformer | `Flux2Transformer2DModel` (2 double + 4 single blocks, 4 heads x 32) | {sizes["transformer"]:,} |
+| VAE | `AutoencoderKLFlux2` (4x downsampling, 8 latent channels) | {sizes["vae"]:,} |
+| text encoder | `Qwen3ForCausalLM` (2 layers, width 64), frozen at random weights | {sizes["text_encoder"]:,} |
 | tokenizer | byte-level BPE `Qwen2TokenizerFast`, one token per word of the grammar | |
 
-An undistilled (klein-base-like) model: sampled with classifier-free guidance {generator['guidance_scale']}, {generator['num_inference_steps']} steps
-({generator['preview_steps']}-step previews while searching); these settings are recorded in `tscale_tiny.json` and every
+An undistilled (klein-base-like) model: sampled with classifier-free guidance {generator["guidance_scale"]}, {generator["num_inference_steps"]} steps
+({generator["preview_steps"]}-step previews while searching); these settings are recorded in `tscale_tiny.json` and every
 `tscale` command picks them up. The transformer sees an 8x8 grid of 32-channel latent tokens; SES's
 automatic wavelet level (1) searches a 4x4 low band per channel.
 
 ## Training
-`python scripts/train_shapes_model.py` rebuilds these weights from seed {training.get('seed', 0)} on the CPU, resumably
+`python scripts/train_shapes_model.py` rebuilds these weights from seed {training.get("seed", 0)} on the CPU, resumably
 (rerun the same command after an interruption). Settings: {json.dumps(training)}.
-1. VAE: {training.get('vae_steps')} steps of L1 + MSE reconstruction (KL weight {training.get('kl_weight')}), batch {training.get('vae_batch_size')}; then its
+1. VAE: {training.get("vae_steps")} steps of L1 + MSE reconstruction (KL weight {training.get("kl_weight")}), batch {training.get("vae_batch_size")}; then its
    batch-norm statistics are set to the patchified training latents'.
-2. Transformer: {training.get('transformer_steps')} steps of rectified flow matching, batch {training.get('batch_size')}, AdamW {training.get('learning_rate')}
-   with warmup and cosine decay, logit-normal sigmas, {training.get('caption_dropout')} empty captions (for CFG); the EMA
-   ({training.get('ema_decay')}) of the weights is stored.
-3. Decoder: {training.get('decoder_steps')} more steps of the VAE's decoder alone, the encoder frozen (so the
+2. Transformer: {training.get("transformer_steps")} steps of rectified flow matching, batch {training.get("batch_size")}, AdamW {training.get("learning_rate")}
+   with warmup and cosine decay, logit-normal sigmas, {training.get("caption_dropout")} empty captions (for CFG); the EMA
+   ({training.get("ema_decay")}) of the weights is stored.
+3. Decoder: {training.get("decoder_steps")} more steps of the VAE's decoder alone, the encoder frozen (so the
    latent space the transformer learnt stays), for sharper edges and exact colours.
 {history}Trained on a 2-core CPU shared with other work (no GPU was used).
 
 ## Scores: budget 0, held-out prompts, judged by the verifier
 The verifier (`--reward verifier`, `rewards/shapes/verifier.py`) parses the prompt, segments the image by
 the palette and checks every clause; an image is right when all clauses hold. One image per
-(prompt, seed), about {scores['images_per_family']} per family, seeds from `tscale_train.shapes.evaluation.EVAL_SEED`.
+(prompt, seed), about {scores["images_per_family"]} per family, seeds from `tscale_train.shapes.evaluation.EVAL_SEED`.
 
 | family | accuracy | standard error | images |
 |---|---|---|---|
 {rows}
-| overall | {scores['overall']['accuracy']:.3f} | {scores['overall']['se']:.3f} | {scores['overall']['n']} |
+| overall | {scores["overall"]["accuracy"]:.3f} | {scores["overall"]["se"]:.3f} | {scores["overall"]["n"]} |
 
 Measured at commit {git_commit()} on {platform.machine()} with {os.cpu_count()} CPUs; `tests/test_shapes_model.py`
 regenerates them from these weights.
@@ -155,7 +167,9 @@ def sample_grid(pipeline_dir: Path, per_family: int = 2, seed: int = 0):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pipeline", default=str(SHIPPED_PIPELINE_DIR))
     parser.add_argument("--images_per_family", type=int, default=80)
     args = parser.parse_args(argv)

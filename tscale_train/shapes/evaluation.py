@@ -83,7 +83,9 @@ def evaluation_set(images_per_family: int = 80, per_family: int = 20) -> list[tu
 
 
 @torch.no_grad()
-def score_generator(generator, items: list[tuple[str, str, int]], judge, proxy=None, progress: bool = True) -> ShapesScores:
+def score_generator(
+    generator, items: list[tuple[str, str, int]], judge, proxy=None, progress: bool = True
+) -> ShapesScores:
     """Generate one budget-0 image per item with `generator` and score it with `judge` (and `proxy`)."""
     from tqdm.auto import tqdm
 
@@ -129,7 +131,9 @@ def report_lines(scores: ShapesScores) -> list[str]:
     for family in (*FAMILIES, None):
         mask = scores.mask(family)
         mean, se = mean_and_se(correct[mask])
-        lines.append(f"verifier accuracy {family or 'overall':<19} {mean:.3f} +- {se:.3f}  (n={int(mask.sum())})")
+        lines.append(
+            f"verifier accuracy {family or 'overall':<19} {mean:.3f} +- {se:.3f}  (n={int(mask.sum())})"
+        )
     if scores.proxy:
         mean, se = mean_and_se(torch.tensor(scores.proxy))
         lines.append(f"shapes-clip reward {'':<18} {mean:.4f} +- {se:.4f}")
@@ -145,11 +149,15 @@ def comparison_lines(before: ShapesScores, after: ShapesScores) -> list[str]:
         old, _ = mean_and_se(correct_before[mask])
         new, _ = mean_and_se(correct_after[mask])
         gain, se = mean_and_se(correct_after[mask] - correct_before[mask])
-        lines.append(f"verifier accuracy {family or 'overall':<19} {old:.3f} -> {new:.3f}  ({gain:+.3f} +- {se:.3f}, n={int(mask.sum())})")
+        lines.append(
+            f"verifier accuracy {family or 'overall':<19} {old:.3f} -> {new:.3f}  ({gain:+.3f} +- {se:.3f}, n={int(mask.sum())})"
+        )
     if before.proxy and after.proxy:
         old_proxy, new_proxy = torch.tensor(before.proxy), torch.tensor(after.proxy)
         gain, se = mean_and_se(new_proxy - old_proxy)
-        lines.append(f"shapes-clip reward {'':<18} {old_proxy.mean():.4f} -> {new_proxy.mean():.4f}  ({gain:+.4f} +- {se:.4f})")
+        lines.append(
+            f"shapes-clip reward {'':<18} {old_proxy.mean():.4f} -> {new_proxy.mean():.4f}  ({gain:+.4f} +- {se:.4f})"
+        )
     return lines
 
 
@@ -159,7 +167,9 @@ def ses_gain_lines(run_dir: str | Path) -> list[str]:
     independent (an upper bound: they share prompts and seeds)."""
     from ..run_dir import read_metrics
 
-    rows = [row for row in read_metrics(Path(run_dir) / "metrics.jsonl") if row.get("eval/reward_ses") is not None]
+    rows = [
+        row for row in read_metrics(Path(run_dir) / "metrics.jsonl") if row.get("eval/reward_ses") is not None
+    ]
     if len(rows) < 2 or rows[0].get("round") != -1:
         return []
 
@@ -169,16 +179,24 @@ def ses_gain_lines(run_dir: str | Path) -> list[str]:
         return row["eval/reward_ses"] - row["eval/reward_budget0"], spread / math.sqrt(count)
 
     (old, old_se), (new, new_se) = gain(rows[0]), gain(rows[-1])
-    return [f"SES gain over budget 0 (reward) {'':<6} {old:+.4f} +- {old_se:.4f} -> {new:+.4f} +- {new_se:.4f}  (round {rows[-1]['round']})"]
+    return [
+        f"SES gain over budget 0 (reward) {'':<6} {old:+.4f} +- {old_se:.4f} -> {new:+.4f} +- {new_se:.4f}  (round {rows[-1]['round']})"
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="shapes")
-    parser.add_argument("--lora", default=None, help="a LoRA (dir or .safetensors) to compare with the base model")
+    parser.add_argument(
+        "--lora", default=None, help="a LoRA (dir or .safetensors) to compare with the base model"
+    )
     parser.add_argument("--images_per_family", type=int, default=80, help="budget-0 images per task family")
     parser.add_argument("--json", default=None, help="also write every image's scores here")
-    parser.add_argument("--run", default=None, help="a training run's output dir: also print its SES gain before -> after")
+    parser.add_argument(
+        "--run", default=None, help="a training run's output dir: also print its SES gain before -> after"
+    )
     args = parser.parse_args(argv)
     if args.images_per_family < 1:
         parser.error("--images_per_family must be >= 1")

@@ -62,7 +62,11 @@ def shapes_tokenizer():
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
     tokenizer = Qwen2TokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None, bos_token=None
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        bos_token=None,
     )
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
     tokenizer.chat_template = _CHAT_TEMPLATE
@@ -75,7 +79,12 @@ def shapes_text_encoder(tokenizer, seed: int):
 
     torch.manual_seed(seed)
     config = tiny_qwen3_config(
-        tokenizer, vocab_size=512, hidden_size=TEXT_HIDDEN, intermediate_size=128, head_dim=32, tie_word_embeddings=True
+        tokenizer,
+        vocab_size=512,
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=128,
+        head_dim=32,
+        tie_word_embeddings=True,
     )
     return Qwen3ForCausalLM(config).eval().requires_grad_(False)
 

@@ -86,7 +86,9 @@ def _resume(state_path: Path, model, optimizer, stage: str) -> tuple[int, dict |
 
 
 def _checkpoint(state_path: Path, model, optimizer, step: int, **extra) -> None:
-    _save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, **extra})
+    _save_state(
+        state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, **extra}
+    )
 
 
 class _Clock:
@@ -131,7 +133,9 @@ def train_vae(work_dir: Path, config: ShapesTrainingConfig, clock: _Clock, log_e
         loss = F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images)
         loss = loss + config.kl_weight * posterior.kl().mean()
         for group in optimizer.param_groups:  # cosine decay to a tenth
-            group["lr"] = config.vae_learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / config.vae_steps)))
+            group["lr"] = config.vae_learning_rate * (
+                0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / config.vae_steps))
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -157,7 +161,9 @@ def _set_latent_statistics(vae, config: ShapesTrainingConfig, batches: int = 16)
 
     latents = torch.cat(
         [
-            Flux2KleinPipeline._patchify_latents(vae.encode(scene_pixels(training_batch(-1 - index, 64))).latent_dist.mode())
+            Flux2KleinPipeline._patchify_latents(
+                vae.encode(scene_pixels(training_batch(-1 - index, 64))).latent_dist.mode()
+            )
             for index in range(batches)
         ]
     )
@@ -242,14 +248,18 @@ def refine_decoder(work_dir: Path, config: ShapesTrainingConfig, vae, clock: _Cl
         reconstruction = vae.decode(latents).sample
         loss = F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images)
         for group in optimizer.param_groups:
-            group["lr"] = config.decoder_learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / config.decoder_steps)))
+            group["lr"] = config.decoder_learning_rate * (
+                0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / config.decoder_steps))
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         step += 1
         if step % log_every == 0 or step == config.decoder_steps:
-            _log(f"decoder: step {step}/{config.decoder_steps} loss {loss.item():.4f} ({clock.minutes():.1f} min)")
+            _log(
+                f"decoder: step {step}/{config.decoder_steps} loss {loss.item():.4f} ({clock.minutes():.1f} min)"
+            )
         if step % config.checkpoint_every == 0:
             save()
     vae.eval().requires_grad_(False)
@@ -291,7 +301,9 @@ def train_transformer(work_dir: Path, config: ShapesTrainingConfig, vae, clock: 
         scenes = training_batch(batch_seed, config.batch_size)
         generator.manual_seed(batch_seed)
         dropped = torch.rand(len(scenes), generator=generator) < config.caption_dropout
-        prompt_embeds, text_ids = captions(["" if drop else scene.prompt for scene, drop in zip(scenes, dropped, strict=True)])
+        prompt_embeds, text_ids = captions(
+            ["" if drop else scene.prompt for scene, drop in zip(scenes, dropped, strict=True)]
+        )
         clean, latent_ids = encode(scenes)
         noise = torch.randn(clean.shape, generator=generator)
         sigmas = torch.sigmoid(torch.randn(len(scenes), generator=generator)).view(-1, 1, 1)
@@ -317,7 +329,9 @@ def train_transformer(work_dir: Path, config: ShapesTrainingConfig, vae, clock: 
                     ema[name].lerp_(value, 1 - decay_now)
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         if step % log_every == 0 or step == config.transformer_steps:
-            _log(f"transformer: step {step}/{config.transformer_steps} loss {running:.4f} ({clock.minutes():.1f} min)")
+            _log(
+                f"transformer: step {step}/{config.transformer_steps} loss {running:.4f} ({clock.minutes():.1f} min)"
+            )
         if step % config.checkpoint_every == 0:
             save()
     transformer.load_state_dict(ema)
@@ -336,13 +350,17 @@ def assemble_from_state(out_dir: str | Path, work_dir: str | Path) -> Path:
     config = ShapesTrainingConfig(**json.loads((work_dir / "training_config.json").read_text()))
     state = _load_state(work_dir / "transformer_state.pt")
     if state is None or not (work_dir / "vae" / "config.json").is_file():
-        raise FileNotFoundError(f"{work_dir} has no trained VAE and transformer checkpoint to assemble; train first.")
+        raise FileNotFoundError(
+            f"{work_dir} has no trained VAE and transformer checkpoint to assemble; train first."
+        )
     transformer = shapes_model.shapes_transformer(config.seed)
     transformer.load_state_dict(state["ema"])
     tokenizer = shapes_model.shapes_tokenizer()
     training = {**asdict(config), "transformer_steps_done": int(state["step"])}
     # The refined decoder when stage 3 already ran (its encoder, and so the latent space, is stage 1's).
-    vae_dir = work_dir / "vae_refined" if (work_dir / "vae_refined" / "config.json").is_file() else work_dir / "vae"
+    vae_dir = (
+        work_dir / "vae_refined" if (work_dir / "vae_refined" / "config.json").is_file() else work_dir / "vae"
+    )
     with atomic_directory(Path(out_dir), remove_stale=True) as staging:
         shapes_model.save_shapes_pipeline(
             staging, vae=AutoencoderKLFlux2.from_pretrained(vae_dir), tokenizer=tokenizer,
@@ -353,7 +371,11 @@ def assemble_from_state(out_dir: str | Path, work_dir: str | Path) -> Path:
 
 
 def train_shapes_model(
-    out_dir: str | Path, work_dir: str | Path, config: ShapesTrainingConfig | None = None, *, max_minutes: float | None = None
+    out_dir: str | Path,
+    work_dir: str | Path,
+    config: ShapesTrainingConfig | None = None,
+    *,
+    max_minutes: float | None = None,
 ) -> Path | None:
     """Train (or resume) both stages in `work_dir` and save the pipeline to `out_dir`.
 

@@ -59,7 +59,9 @@ def ensure_tiny_kit(kit_dir: str | Path | None = None, seed: int = 0) -> Path:
     interrupted build never leaves a half kit behind.
     """
     kit_dir = Path(kit_dir) if kit_dir is not None else default_kit_dir()
-    return _build_once(kit_dir, lambda staging: build_tiny_kit(staging, seed=seed), f"seed={seed}\n", exact=False)
+    return _build_once(
+        kit_dir, lambda staging: build_tiny_kit(staging, seed=seed), f"seed={seed}\n", exact=False
+    )
 
 
 @contextmanager
@@ -130,7 +132,9 @@ def generator_settings(pipeline_dir: str | Path) -> dict:
     # Anything else a family's generator takes (steps, guidance, ...), passed through as recorded.
     settings: dict = dict(recorded.get("generator_kwargs", {}))
     if "text_encoder_out_layers" in recorded:
-        settings["text_encoder_out_layers"] = tuple(int(layer) for layer in recorded["text_encoder_out_layers"])
+        settings["text_encoder_out_layers"] = tuple(
+            int(layer) for layer in recorded["text_encoder_out_layers"]
+        )
     if "max_sequence_length" in recorded:
         settings["max_sequence_length"] = int(recorded["max_sequence_length"])
     if "resolution" in recorded:
@@ -203,4 +207,6 @@ def family_pipeline_dir(model: str, kit_dir: str | Path | None = None, seed: int
     module, _, name = FAMILY_KITS[model].partition(":")
     build = getattr(importlib.import_module(module), name)
     target = ensure_tiny_kit(kit_dir) / model
-    return _build_once(target, lambda staging: build(staging, seed=seed), f"version={FAMILY_KIT_VERSION} seed={seed}\n")
+    return _build_once(
+        target, lambda staging: build(staging, seed=seed), f"version={FAMILY_KIT_VERSION} seed={seed}\n"
+    )

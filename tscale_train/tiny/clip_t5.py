@@ -28,7 +28,9 @@ def tiny_clip_tokenizer():
     return CLIPTokenizer(vocab=byte_level_clip_vocab(), merges=[], model_max_length=CLIP_MAX_LENGTH)
 
 
-def tiny_clip_text_encoder(tokenizer, *, hidden_size: int, projection_dim: int | None = None, num_layers: int = 2):
+def tiny_clip_text_encoder(
+    tokenizer, *, hidden_size: int, projection_dim: int | None = None, num_layers: int = 2
+):
     """A random `CLIPTextModel` (or, with `projection_dim`, a `CLIPTextModelWithProjection`) for `tokenizer`.
 
     Draws from the global RNG: seed it before calling.

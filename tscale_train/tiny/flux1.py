@@ -42,7 +42,10 @@ FLUX1_VAE_SHIFT_FACTOR = 0.1159
 
 
 def tiny_autoencoder_kl(
-    *, scaling_factor: float, shift_factor: float, block_out_channels: tuple[int, ...] = (8, 8, 16, 16),
+    *,
+    scaling_factor: float,
+    shift_factor: float,
+    block_out_channels: tuple[int, ...] = (8, 8, 16, 16),
     norm_num_groups: int = 4,
 ):
     """A random 16-latent-channel `AutoencoderKL` with four blocks (8x downsampling), as FLUX.1's, SD3's

@@ -140,8 +140,13 @@ def build_tiny_flux2_klein(out_dir: str | Path, *, distilled: bool = True, seed:
         "resolution": TINY_RESOLUTION,
     }
     return save_klein_pipeline(
-        out_dir, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
-        distilled=distilled, marker=marker,
+        out_dir,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        distilled=distilled,
+        marker=marker,
     )
 
 

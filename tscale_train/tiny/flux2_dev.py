@@ -40,8 +40,17 @@ TINY_SPATIAL_MERGE_SIZE = 2
 # Mistral's control tokens that the chat template and the Pixtral processor use, at the front of the
 # vocabulary as in Mistral's tokenizers (`<unk>`, `<s>`, `</s>` first).
 _SPECIAL_TOKENS = [
-    "<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]",
-    "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]",
+    "<unk>",
+    "<s>",
+    "</s>",
+    "[INST]",
+    "[/INST]",
+    "[IMG]",
+    "<pad>",
+    "[IMG_BREAK]",
+    "[IMG_END]",
+    "[SYSTEM_PROMPT]",
+    "[/SYSTEM_PROMPT]",
 ]
 # Mistral-Small-3.1's chat template, reduced to what its messages can hold: a system prompt, then user
 # turns of text (or text and image blocks, which become `[IMG]` for the processor to expand) and

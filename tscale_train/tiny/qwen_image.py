@@ -120,7 +120,11 @@ def build_tiny_qwen_image(out_dir: str | Path, seed: int = 0) -> Path:
                 "num_key_value_heads": TINY_TEXT_HIDDEN // head_dim,
                 "max_position_embeddings": 2048,
                 # Multimodal rope sections sum to head_dim / 2, as (16, 24, 24) does to 128 / 2.
-                "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1000000.0},
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "mrope_section": [2, 3, 3],
+                    "rope_theta": 1000000.0,
+                },
                 "bos_token_id": None,
                 "eos_token_id": tokenizer.eos_token_id,
                 "pad_token_id": tokenizer.pad_token_id,
@@ -166,6 +170,9 @@ def build_tiny_qwen_image(out_dir: str | Path, seed: int = 0) -> Path:
         "kind": "qwen-image",
         "seed": seed,
         "resolution": TINY_RESOLUTION,
-        "generator_kwargs": {"num_inference_steps": TINY_NUM_INFERENCE_STEPS, "preview_steps": TINY_PREVIEW_STEPS},
+        "generator_kwargs": {
+            "num_inference_steps": TINY_NUM_INFERENCE_STEPS,
+            "preview_steps": TINY_PREVIEW_STEPS,
+        },
     }
     return save_kit_pipeline(pipe, out_dir, marker)

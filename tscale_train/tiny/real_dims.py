@@ -131,7 +131,12 @@ def build_dims_flux2_klein(out_dir: str | Path, *, seed: int = 0) -> Path:
         "resolution": SHAPES_RESOLUTION,
     }
     save_klein_pipeline(
-        out_dir, vae=vae, text_encoder=text_encoder.to(torch.bfloat16), tokenizer=tokenizer,
-        transformer=transformer, distilled=True, marker=marker,
+        out_dir,
+        vae=vae,
+        text_encoder=text_encoder.to(torch.bfloat16),
+        tokenizer=tokenizer,
+        transformer=transformer,
+        distilled=True,
+        marker=marker,
     )
     return out_dir

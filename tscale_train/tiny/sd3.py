@@ -41,9 +41,13 @@ def build_tiny_sd3(out_dir: str | Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tokenizer = tiny_clip_tokenizer()
-    text_encoder = tiny_clip_text_encoder(tokenizer, hidden_size=TINY_CLIP_L_HIDDEN, projection_dim=TINY_CLIP_L_HIDDEN)
+    text_encoder = tiny_clip_text_encoder(
+        tokenizer, hidden_size=TINY_CLIP_L_HIDDEN, projection_dim=TINY_CLIP_L_HIDDEN
+    )
     tokenizer_2 = tiny_clip_tokenizer()
-    text_encoder_2 = tiny_clip_text_encoder(tokenizer_2, hidden_size=TINY_CLIP_G_HIDDEN, projection_dim=TINY_CLIP_G_HIDDEN)
+    text_encoder_2 = tiny_clip_text_encoder(
+        tokenizer_2, hidden_size=TINY_CLIP_G_HIDDEN, projection_dim=TINY_CLIP_G_HIDDEN
+    )
     tokenizer_3 = tiny_t5_tokenizer()
     text_encoder_3 = tiny_t5_encoder(tokenizer_3, d_model=TINY_T5_D_MODEL)
     heads, head_dim = 2, 16

@@ -23,7 +23,11 @@ TINY_MAX_SEQUENCE_LENGTH = 64
 # 64 x 64 px: an 8 x 8 latent, 4 x 4 transformer tokens.
 TINY_RESOLUTION = 64
 # Turbo-like sampling (the real Turbo takes 9 steps, guidance 0).
-TINY_GENERATOR_KWARGS = {"num_inference_steps": 4, "guidance_scale": 0.0, "max_sequence_length": TINY_MAX_SEQUENCE_LENGTH}
+TINY_GENERATOR_KWARGS = {
+    "num_inference_steps": 4,
+    "guidance_scale": 0.0,
+    "max_sequence_length": TINY_MAX_SEQUENCE_LENGTH,
+}
 
 # `Tongyi-MAI/Z-Image-Turbo`'s scheduler_config.json: a fixed shift of 3, no resolution-dependent shifting.
 Z_IMAGE_TURBO_SCHEDULER = {"num_train_timesteps": 1000, "use_dynamic_shifting": False, "shift": 3.0}
@@ -57,8 +61,10 @@ def build_tiny_z_image(out_dir: str | Path, seed: int = 0) -> Path:
         transformer.cap_pad_token.normal_()
     # The FLUX.1 VAE's latent normalisation, which Z-Image uses.
     vae = tiny_autoencoder_kl(
-        scaling_factor=FLUX1_VAE_SCALING_FACTOR, shift_factor=FLUX1_VAE_SHIFT_FACTOR,
-        block_out_channels=(16, 16, 16, 16), norm_num_groups=8,
+        scaling_factor=FLUX1_VAE_SCALING_FACTOR,
+        shift_factor=FLUX1_VAE_SHIFT_FACTOR,
+        block_out_channels=(16, 16, 16, 16),
+        norm_num_groups=8,
     )
     pipe = ZImagePipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**Z_IMAGE_TURBO_SCHEDULER),
@@ -67,5 +73,10 @@ def build_tiny_z_image(out_dir: str | Path, seed: int = 0) -> Path:
         tokenizer=tokenizer,
         transformer=transformer,
     )
-    marker = {"kind": "z-image", "seed": seed, "resolution": TINY_RESOLUTION, "generator_kwargs": TINY_GENERATOR_KWARGS}
+    marker = {
+        "kind": "z-image",
+        "seed": seed,
+        "resolution": TINY_RESOLUTION,
+        "generator_kwargs": TINY_GENERATOR_KWARGS,
+    }
     return save_kit_pipeline(pipe, out_dir, marker)
