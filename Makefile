@@ -42,7 +42,7 @@ demo: install
 		--prompt "an orange circle to the left of a cyan square" --budget 20 --seed 1 \
 		--save-trace --out runs/demo/ses/orange_circle.png
 
-# The CPU benchmarks of the README's Performance section: the shapes world's (each 5-30 minutes on 2 cores),
+# The CPU benchmarks of docs/benchmarks.md: the shapes world's (each 5-30 minutes on 2 cores),
 # then the analytic and tiny-kit ones (each under 10 minutes).
 bench: install
 	$(BIN)/python bench/shapes_previews.py

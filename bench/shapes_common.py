@@ -98,7 +98,7 @@ def correct(verifier_scores: torch.Tensor | Sequence[float]) -> list[float]:
 
 
 def machine_line() -> str:
-    """Commit and machine, for the README's Performance section."""
+    """Commit and machine, for docs/benchmarks.md."""
     import platform
 
     from tscale_train.shapes.card import git_commit

@@ -16,8 +16,8 @@ each reward standardised per prompt, then weighted (see `rewards.weighted`). Thi
 """
 
 from .base import EmbeddingReward, RewardModel, images_to_pixels, normalize_prompts, resize_crop_normalize
+from .names import BUILTIN_REWARDS
 from .registry import (
-    BUILTIN_REWARDS,
     CallableReward,
     available_rewards,
     check_reward_arguments,

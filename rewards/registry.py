@@ -13,19 +13,9 @@ from typing import Any
 import torch
 
 from .base import RewardModel
+from .names import BUILTIN_CLASSES, BUILTIN_REWARDS, SHIPPED_REWARDS
+from .weighted import WeightedReward, is_weighted_spec, parse_reward_spec
 
-BUILTIN_REWARDS = ("pickscore", "hpsv2", "clip", "verifier", "shapes-clip")
-# Where each built-in reward's class lives, as (module under this package, class name); imported only when that
-# reward is asked for.
-_BUILTIN_CLASSES = {
-    "pickscore": ("pickscore", "PickScoreReward"),
-    "hpsv2": ("hpsv2", "HPSv2Reward"),
-    "clip": ("clip", "ClipScoreReward"),
-    "verifier": ("shapes.verifier", "ShapesVerifierReward"),
-    "shapes-clip": ("shapes.clip", "ShapesClipReward"),
-}
-# Rewards that need no downloaded weights: the shapes world's judge and its shipped learned proxy.
-SHIPPED_REWARDS = ("verifier", "shapes-clip")
 _CALLABLE_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
@@ -154,7 +144,7 @@ def reward_arguments(name: str) -> set[str] | None:
     check_reward_name(name)
     name = name.strip()
     if ":" not in name:
-        module, class_name = _BUILTIN_CLASSES[name.lower()]
+        module, class_name = BUILTIN_CLASSES[name.lower()]
         target = getattr(importlib.import_module(f"{__package__}.{module}"), class_name)
     else:
         target = _import_callable(name)
@@ -188,10 +178,12 @@ def _unknown_name_error(name: str) -> ValueError:
     )
 
 
-def check_reward_name(name: str) -> None:
+def check_reward_name(name: str, *, import_callable: bool = True) -> None:
     """Raise the same ValueError as `load_reward` for a bad name, without loading any model.
 
-    A "module:callable" name is imported (cheap) so a typo fails here, not after a pipeline loaded.
+    A "module:callable" name is imported (cheap) so a typo fails here, not after a pipeline loaded;
+    `import_callable=False` checks only its spelling (settings checks that must not run user code or read
+    files do that, and import it in a later step).
     """
     if not isinstance(name, str) or not name.strip():
         raise _unknown_name_error(str(name))
@@ -202,17 +194,17 @@ def check_reward_name(name: str) -> None:
         return
     if not _CALLABLE_PATTERN.match(name):
         raise _unknown_name_error(name)
-    _import_callable(name)
+    if import_callable:
+        _import_callable(name)
 
 
-def check_reward_spec(spec: str | Mapping[str, float]) -> dict[str, float]:
+def check_reward_spec(spec: str | Mapping[str, float], *, import_callables: bool = True) -> dict[str, float]:
     """Check a reward setting, single (`"pickscore"`) or weighted (`"pickscore:1.0,hpsv2:0.5"`, or a
-    mapping), without loading any model; returns its name -> weight mapping."""
-    from .weighted import parse_reward_spec
-
+    mapping), without loading any model; returns its name -> weight mapping. `import_callables`: as
+    `check_reward_name`'s `import_callable`."""
     weights = parse_reward_spec(spec)
     for name in weights:
-        check_reward_name(name)
+        check_reward_name(name, import_callable=import_callables)
     return weights
 
 
@@ -227,8 +219,6 @@ def load_reward_spec(
     `common` (device, dtype, batch_size) goes to every reward; `component_kwargs[name]` to that one.
     A single unweighted name loads the plain reward, so its scores keep their own scale.
     """
-    from .weighted import WeightedReward, is_weighted_spec
-
     weights = check_reward_spec(spec)
     component_kwargs = component_kwargs or {}
     if not is_weighted_spec(spec):
@@ -276,7 +266,7 @@ def load_reward(
             raise _unknown_name_error(name)
         check_reward_arguments(name, kwargs)
         # Imported lazily: the heavy model libraries load only for the reward actually used.
-        module, class_name = _BUILTIN_CLASSES[builtin]
+        module, class_name = BUILTIN_CLASSES[builtin]
         reward_class = getattr(importlib.import_module(f"{__package__}.{module}"), class_name)
         return reward_class(**kwargs, **common)
     if not _CALLABLE_PATTERN.match(name):
@@ -294,6 +284,7 @@ def load_reward(
 
 __all__ = [
     "BUILTIN_REWARDS",
+    "SHIPPED_REWARDS",  # re-exported from `names`, where it lives
     "CallableReward",
     "available_rewards",
     "check_reward_spec",

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from .base import ImagesInput, PromptsInput, RewardModel, images_to_pixels, normalize_prompts
-from .registry import BUILTIN_REWARDS
+from .names import BUILTIN_REWARDS
 
 # A weight is the last `:number` of an entry; "package.module:callable" names keep their own colon.
 _WEIGHT = re.compile(r"^(?P<name>.+):(?P<weight>[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?)$")

@@ -86,7 +86,7 @@ def test_search_random_is_the_best_of_n_of_compare(tmp_path, kit_dir):
 
 
 def test_search_ses_published_runs_the_published_variant(tmp_path, monkeypatch, kit_dir):
-    import tscale_train.ses as ses_module
+    import tscale_train.ses.driver as ses_module
 
     configs = []
     original = ses_module.SpectralEvolutionSearch
@@ -224,7 +224,7 @@ def test_only_the_main_process_renders_final_images(tmp_path, monkeypatch, kit_d
     renders = []
     monkeypatch.setattr(accelerate, "PartialState", NotMainProcess)
     monkeypatch.setattr(
-        "tscale_train.ses.render_result", lambda *a, **k: renders.append(a) or pytest.fail("rendered")
+        "tscale_train.ses.driver.render_result", lambda *a, **k: renders.append(a) or pytest.fail("rendered")
     )
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\na dog\n")

@@ -1,7 +1,9 @@
 """The real-dimension kit (`--model dims-klein-4b`): FLUX.2-klein-4B's real widths, one block of each kind.
 
 The kit is ~550 M parameters (1.1 GB in bf16) and is built once per kit directory (about 10 s) by the
-session fixture `dims_kit_dir`; `dims_pipe` loads it once in bf16 for the tests that only read it.
+session fixture `dims_kit_dir`; `dims_pipe` loads it once in bf16 for the tests that only read it. Tests
+of configs and shapes build its modules on the meta device instead (`meta_components`: no weights), so
+they run in the fast tier; everything that builds, saves or runs the kit is marked slow.
 """
 
 from __future__ import annotations
@@ -50,23 +52,33 @@ def _matched_linears(model: torch.nn.Module, pattern: str) -> tuple[list[str], l
 
 
 def test_model_name_is_registered_like_tiny():
-    from tscale_train.loading import check_model_source, is_tiny, reward_kwargs_for
+    from tscale_train.loading import check_model_source, is_offline_kit, reward_kwargs_for
 
     assert check_model_source("dims-klein-4b") == "dims-klein-4b"
-    assert is_tiny("dims-klein-4b") and is_tiny("tiny") and is_tiny("tiny-base")
+    assert is_offline_kit("dims-klein-4b") and is_offline_kit("tiny") and is_offline_kit("tiny-base")
     # The tiny kit's reward models serve it, so `--reward pickscore` works offline.
     assert reward_kwargs_for("pickscore", "dims-klein-4b") == reward_kwargs_for("pickscore", "tiny")
 
 
-def test_configs_are_the_real_ones_but_shallow(dims_pipe, dims_kit_dir):
-    transformer = dict(dims_pipe.transformer.config)
+@pytest.fixture(scope="module")
+def meta_components() -> dict:
+    """The kit's modules on the meta device: its exact configs and parameter shapes, nothing built."""
+    from tscale_train.tiny.real_dims import build_dims_components
+
+    return build_dims_components(device="meta")
+
+
+def test_configs_are_the_real_ones_but_shallow(meta_components):
+    from tscale_train.tiny.real_dims import dims_kit_marker
+
+    transformer = dict(meta_components["transformer"].config)
     for key, real in real_configs.FLUX2_KLEIN_4B_TRANSFORMER.items():
         if key in ("num_layers", "num_single_layers"):
             assert transformer[key] == 1, key
         else:
             assert _normalise(transformer[key]) == _normalise(real), key
 
-    text = dims_pipe.text_encoder.config
+    text = meta_components["text_encoder"].config
     real_text = real_configs.QWEN3_4B_TEXT_ENCODER
     assert text.hidden_size == real_text["hidden_size"] == 2560
     assert text.num_hidden_layers >= max(real_configs.FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS) == 27
@@ -82,21 +94,50 @@ def test_configs_are_the_real_ones_but_shallow(dims_pipe, dims_kit_dir):
     assert rope_theta == real_text["rope_theta"]
     assert 3 * text.hidden_size == transformer["joint_attention_dim"]
 
-    vae = dims_pipe.vae.config
+    vae = meta_components["vae"].config
     assert vae.latent_channels == real_configs.FLUX2_VAE["latent_channels"] == 32
     assert _normalise(vae.patch_size) == _normalise(real_configs.FLUX2_VAE["patch_size"])
     assert vae.latent_channels * 4 == transformer["in_channels"] == 128
-    assert dims_pipe.config.is_distilled
 
-    marker = json.loads((dims_kit_dir / "tscale_tiny.json").read_text())
+    marker = dims_kit_marker()
     assert marker["text_encoder_out_layers"] == [9, 18, 27]
     assert marker["resolution"] == 256 and marker["max_sequence_length"] <= 64
+    assert all(
+        parameter.dtype == torch.bfloat16
+        for module in ("text_encoder", "transformer", "vae")
+        for parameter in meta_components[module].parameters()
+    )
+    # Under 1.3 GB in all (bf16): the size the docstring promises.
+    parameters = sum(
+        parameter.numel()
+        for module in ("text_encoder", "transformer", "vae")
+        for parameter in meta_components[module].parameters()
+    )
+    assert 2 * parameters < 1.3e9
+
+
+@pytest.mark.slow
+def test_the_saved_kit_is_what_the_builder_describes(dims_pipe, dims_kit_dir, meta_components):
+    """Saved and loaded back through the real loading code: the same configs, bf16, distilled, the marker."""
+    from tscale_train.tiny.real_dims import dims_kit_marker
+
+    for module in ("transformer", "vae"):
+        described, saved = dict(meta_components[module].config), dict(getattr(dims_pipe, module).config)
+        for key, value in described.items():
+            if not key.startswith("_"):
+                assert _normalise(saved[key]) == _normalise(value), (module, key)
+    described, saved = meta_components["text_encoder"].config, dims_pipe.text_encoder.config
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
+        assert getattr(saved, key) == getattr(described, key), key
+    assert dims_pipe.config.is_distilled
+    marker = json.loads((dims_kit_dir / "tscale_tiny.json").read_text())
+    assert {key: marker[key] for key in dims_kit_marker()} == dims_kit_marker()
     assert dims_pipe.transformer.dtype == torch.bfloat16
     assert all(path.stat().st_size < 1.3e9 for path in dims_kit_dir.rglob("*.safetensors"))
 
 
-def test_default_lora_regex_hits_the_attention_linears(dims_pipe):
-    linears, hit = _matched_linears(dims_pipe.transformer, FLUX2_ATTENTION_TARGETS)
+def test_default_lora_regex_hits_the_attention_linears(meta_components):
+    linears, hit = _matched_linears(meta_components["transformer"], FLUX2_ATTENTION_TARGETS)
     expected = [f"transformer_blocks.0.attn.{name}" for name in DOUBLE_ATTENTION]
     expected += [f"single_transformer_blocks.0.attn.{name}" for name in SINGLE_ATTENTION]
     assert sorted(hit) == sorted(expected) and len(hit) == 10
@@ -114,6 +155,7 @@ def test_default_lora_regex_on_the_full_real_transformer():
     assert sum(parameter.numel() for parameter in transformer.parameters()) == 3_875_544_576
 
 
+@pytest.mark.slow
 def test_generation_is_finite_at_256px_bf16(dims_pipe):
     from tscale_train.generation import generator_for_pipeline
 

@@ -246,7 +246,7 @@ def test_no_token_fails_before_any_work(run_dir, monkeypatch):
         export_args(run_dir, token=None)
     export_args(run_dir, token=None, dry_run=True)  # a dry run sends nothing and needs none
     with pytest.raises(ValueError, match="no Hugging Face token"):
-        OnlineDPOTrainer(tiny_config(run_dir.parent / "fresh", push_to_hub=True, hub_model_id="me/x"))
+        cli.make_trainer(tiny_config(run_dir.parent / "fresh", push_to_hub=True, hub_model_id="me/x"))
 
 
 def test_no_adapter_and_a_mismatched_adapter_are_clear_errors(run_dir, tmp_path):
@@ -303,7 +303,7 @@ def test_push_to_hub_at_the_end_of_training(tmp_path, monkeypatch, kit_dir):
 
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     monkeypatch.setattr("huggingface_hub.HfApi", make_hub)
-    out = OnlineDPOTrainer(
+    out = cli.make_trainer(
         tiny_config(tmp_path / "run", rounds=1, push_to_hub=True, hub_model_id="me/pushed")
     ).train()
     (hub,) = hubs

@@ -10,8 +10,9 @@ import family_checks
 import pytest
 import torch
 
+from tscale_train.families.qwen_image import QWEN_IMAGE_LORA_TARGETS
 from tscale_train.generation import generator_for_pipeline
-from tscale_train.generators.qwen_image import QWEN_IMAGE_LORA_TARGETS, QwenImageGenerator
+from tscale_train.generators.qwen_image import QwenImageGenerator
 
 MODEL = "tiny-qwen-image"
 # Prompts of different token lengths, so a batch of them is padded and masked.

@@ -14,8 +14,9 @@ import family_checks
 import pytest
 import torch
 
+from tscale_train.families.z_image import Z_IMAGE_LORA_TARGETS
 from tscale_train.generation import generator_for_pipeline
-from tscale_train.generators.z_image import Z_IMAGE_LORA_TARGETS, ZImageGenerator
+from tscale_train.generators.z_image import ZImageGenerator
 from tscale_train.loading import generator_defaults, load_lora, load_pipeline
 
 MODEL = "tiny-z-image"

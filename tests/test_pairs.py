@@ -413,6 +413,17 @@ def _search(prompt: str = "a cat", seed: int = 7, budget: int = 6, shape=(4, 3, 
     )
 
 
+def test_a_prompt_search_has_every_field_pairs_are_cut_from():
+    """`PairRecord.from_search` names the fields it reads (`SearchedPrompt`) instead of importing the search
+    driver's class (a layer above); the driver's `PromptSearch` must keep providing all of them."""
+    import dataclasses
+
+    from tscale_train.pairs.record import SearchedPrompt
+    from tscale_train.ses import PromptSearch
+
+    assert set(SearchedPrompt.__annotations__) <= {item.name for item in dataclasses.fields(PromptSearch)}
+
+
 def test_pair_record_from_search():
     result = _search()
     records = records_from_search(result, prompt_index=4, round_index=2, strategy="top_k_vs_bottom_k", k=2)

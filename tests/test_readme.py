@@ -1,11 +1,13 @@
-"""The README is true: its commands run as written, in its order, in a fresh copy of the repository,
-and what a run writes respects the umask.
+"""The README and the docs are true: their commands run as written, in their order, in a fresh copy of
+the repository, and what a run writes respects the umask.
 
-The commands are every line of the README's ```bash blocks (backslash continuations joined, comment
-lines dropped) and every `$ ` line of its other blocks (transcripts, whose shown output is checked).
-A command that cannot run on a CPU-only, offline machine is skipped only by one of `SKIP_RULES`, and
-`EXPECTED_SKIPS` lists exactly what they skip: a new command that a rule would skip fails the test
-until it is listed here, so nothing runnable is skipped unnoticed.
+The documents are README.md, then every docs/*.md page in name order; they run in that order in one
+copy, so a page may use what the README's commands made (`runs/demo`). The commands are every line of a
+document's ```bash blocks (backslash continuations joined, comment lines dropped) and every `$ ` line
+of its other blocks (transcripts, whose shown output is checked). A command that cannot run on a
+CPU-only, offline machine is skipped only by one of `SKIP_RULES`, and `EXPECTED_SKIPS` lists exactly
+what they skip, per document: a new command that a rule would skip fails the test until it is listed
+here, so nothing runnable is skipped unnoticed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,17 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+DOCS = REPO / "docs"
+
+
+def documents() -> list[Path]:
+    """README.md, then the docs pages in name order: the order their commands run in."""
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+def _name(document: Path) -> str:
+    return document.relative_to(REPO).as_posix()
+
 
 # Fenced-block languages the README may use; a block in another one (```sh, ```console) fails the
 # test rather than being ignored.
@@ -38,7 +51,7 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 @dataclass
 class Command:
     text: str  # as written, continuation lines joined
-    line: int  # where it starts in the README (1-based)
+    line: int  # where it starts in its document (1-based)
     transcript: bool = False
     shown_output: list[str] = field(default_factory=list)  # the lines a transcript shows after it
 
@@ -63,7 +76,7 @@ def readme_blocks(text: str) -> list[tuple[str, int, list[str]]]:
                 current = None
         elif current is not None:
             current[2].append(line)
-    assert current is None, "the README has an unclosed ``` block"
+    assert current is None, "a document has an unclosed ``` block"
     return blocks
 
 
@@ -84,7 +97,7 @@ def readme_commands(text: str) -> list[Command]:
                 else:
                     commands.append(pending)
                     pending = None
-            assert pending is None, f"README line {first}: a bash block ends on a continuation"
+            assert pending is None, f"line {first}: a bash block ends on a continuation"
         elif language in TRANSCRIPT_LANGUAGES:
             for offset, line in enumerate(lines):
                 if line.startswith("$ "):
@@ -98,7 +111,7 @@ def readme_commands(text: str) -> list[Command]:
                     commands[-1].shown_output.append(line)
         else:
             assert language in OTHER_LANGUAGES, (
-                f"README line {first - 1}: a ```{language} block; make it ```bash (run by this test) or teach "
+                f"line {first - 1}: a ```{language} block; make it ```bash (run by this test) or teach "
                 "tests/test_readme.py what it is"
             )
     return commands
@@ -148,39 +161,63 @@ def skip_rule(command: Command, root: Path) -> str | None:
     return next((name for name, applies in SKIP_RULES.items() if applies(argv, root)), None)
 
 
-# What the rules skip, in README order: (the command's start, the rule).
-EXPECTED_SKIPS = [
-    ("make test", "whole suite"),
-    ("python scripts/train_shapes_model.py [--max-minutes M]", "synopsis"),
-    ("python -m tscale_train.shapes.card [--pipeline DIR]", "synopsis"),
-    ("pip install -e .", "install"),
-    ("tscale ses --model black-forest-labs/FLUX.2-klein-4B --prompt", "Hub model"),
-    ("accelerate launch --num_processes 4 -m tscale_train.cli ses --model ...", "synopsis"),
-    ("accelerate launch --num_processes 8 -m tscale_train.cli ses --model ...", "synopsis"),
-    ("accelerate launch --config_file accelerate_configs/multi_gpu.yaml", "GPU"),
-    (
-        "accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml recipes/flux2_klein_dpo.py ...",
-        "synopsis",
-    ),
-    ('tscale ses --model black-forest-labs/FLUX.2-klein-4B --lora runs/cat --prompt "..."', "synopsis"),
-    ("accelerate launch --config_file accelerate_configs/multi_node.yaml", "synopsis"),
-    ("tscale export runs/cat --repo-id me/klein-cat-dpo [--private]", "synopsis"),
-    ("python bench/gpu_klein.py # on a GPU machine", "GPU"),
-]
+# What the rules skip, per document in its order: (the command's start, the rule).
+EXPECTED_SKIPS: dict[str, list[tuple[str, str]]] = {
+    "README.md": [
+        ("pip install -e .", "install"),
+        ("make test", "whole suite"),
+        ("tscale ses --model black-forest-labs/FLUX.2-klein-4B --prompt", "Hub model"),
+        ("accelerate launch --config_file accelerate_configs/multi_gpu.yaml", "GPU"),
+    ],
+    "docs/benchmarks.md": [
+        ("python bench/gpu_klein.py # on a GPU machine", "GPU"),
+    ],
+    "docs/export.md": [
+        ("tscale export runs/cat --repo-id me/klein-cat-dpo [--private]", "synopsis"),
+    ],
+    "docs/multi-node.md": [
+        ("accelerate launch --config_file accelerate_configs/multi_node.yaml", "synopsis"),
+    ],
+    "docs/search.md": [
+        ("pip install -e .", "install"),
+        ("tscale ses --model black-forest-labs/FLUX.2-klein-4B --prompt", "Hub model"),
+        ("accelerate launch --num_processes 4 -m tscale_train.cli ses --model ...", "synopsis"),
+        ("accelerate launch --num_processes 8 -m tscale_train.cli ses --model ...", "synopsis"),
+    ],
+    "docs/shapes.md": [
+        ("python scripts/train_shapes_model.py [--max-minutes M]", "synopsis"),
+        ("python -m tscale_train.shapes.card [--pipeline DIR]", "synopsis"),
+    ],
+    "docs/training.md": [
+        ("accelerate launch --config_file accelerate_configs/multi_gpu.yaml", "GPU"),
+        (
+            "accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml recipes/flux2_klein_dpo.py ...",
+            "synopsis",
+        ),
+        ('tscale ses --model black-forest-labs/FLUX.2-klein-4B --lora runs/cat --prompt "..."', "synopsis"),
+    ],
+}
 
 
-def test_the_readme_skips_exactly_what_its_rules_name():
+@pytest.mark.parametrize("document", documents(), ids=_name)
+def test_the_readme_skips_exactly_what_its_rules_name(document):
+    expected = EXPECTED_SKIPS.get(_name(document), [])
     skipped = [
         (command, rule)
-        for command in readme_commands(README.read_text())
+        for command in readme_commands(document.read_text())
         if (rule := skip_rule(command, REPO))
     ]
-    assert len(skipped) == len(EXPECTED_SKIPS) and all(
-        command.short.startswith(start) and rule == expected
-        for (command, rule), (start, expected) in zip(skipped, EXPECTED_SKIPS, strict=True)
-    ), "README commands skipped (line, rule, command):\n" + "\n".join(
+    assert len(skipped) == len(expected) and all(
+        command.short.startswith(start) and rule == wanted
+        for (command, rule), (start, wanted) in zip(skipped, expected, strict=True)
+    ), f"{_name(document)} commands skipped (line, rule, command):\n" + "\n".join(
         f"  {command.line}: {rule}: {command.short}" for command, rule in skipped
     )
+
+
+def test_expected_skips_name_existing_documents():
+    names = {_name(document) for document in documents()}
+    assert set(EXPECTED_SKIPS) <= names, sorted(set(EXPECTED_SKIPS) - names)
 
 
 def test_the_readme_yaml_keys_are_training_fields():
@@ -189,10 +226,13 @@ def test_the_readme_yaml_keys_are_training_fields():
     from tscale_train.config import OnlineDPOConfig
 
     fields = {item.name for item in dataclasses.fields(OnlineDPOConfig)}
-    for language, first, lines in readme_blocks(README.read_text()):
-        if language == "yaml":
-            unknown = set(yaml.safe_load("\n".join(lines))) - fields
-            assert not unknown, f"README line {first}: {sorted(unknown)} are not OnlineDPOConfig fields"
+    for document in documents():
+        for language, first, lines in readme_blocks(document.read_text()):
+            if language == "yaml":
+                unknown = set(yaml.safe_load("\n".join(lines))) - fields
+                assert not unknown, (
+                    f"{_name(document)} line {first}: {sorted(unknown)} are not OnlineDPOConfig fields"
+                )
 
 
 def _help(*argv: str) -> str:
@@ -212,18 +252,23 @@ def _flag_names(text: str) -> set[str]:
 
 
 def test_the_readme_ses_options_and_export_synopsis_are_the_clis():
-    text = README.read_text()
-    table = text.split("| option | meaning |", 1)[1].split("\n\n", 1)[0]
+    table = (DOCS / "search.md").read_text().split("| option | meaning |", 1)[1].split("\n\n", 1)[0]
     documented = _flag_names("\n".join(row.split("|")[1] for row in table.splitlines()[2:]))
     assert documented >= {"model", "lora", "prompt", "budget", "out", "compare"}
     missing = documented - _flag_names(_help("ses"))
-    assert not missing, f"the README's `tscale ses` options that `tscale ses --help` lacks: {sorted(missing)}"
+    assert not missing, (
+        f"docs/search.md's `tscale ses` options that `tscale ses --help` lacks: {sorted(missing)}"
+    )
 
-    synopsis = next(c for c in readme_commands(text) if c.short.startswith("tscale export runs/cat"))
+    synopsis = next(
+        c
+        for c in readme_commands((DOCS / "export.md").read_text())
+        if c.short.startswith("tscale export runs/cat")
+    )
     export_help = _help("export")
     missing = _flag_names(synopsis.text) - _flag_names(export_help)
     assert not missing, (
-        f"the README's `tscale export` options that `tscale export --help` lacks: {sorted(missing)}"
+        f"docs/export.md's `tscale export` options that `tscale export --help` lacks: {sorted(missing)}"
     )
     # `tscale export runs/cat ...`: the run is a positional argument, and --help must show it.
     assert re.search(r"^positional arguments:\n +\S", export_help, re.MULTILINE), (
@@ -335,48 +380,57 @@ def _tree(root: Path) -> dict[Path, os.stat_result]:
     return tree
 
 
+def _run_command(command: Command, checkout: Path, env: dict[str, str]) -> str | None:
+    """Run one command in the copy; None when it did what its document says, else what went wrong."""
+    try:
+        done = subprocess.run(
+            ["bash", "-c", command.text],
+            cwd=checkout,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            umask=0o022,
+        )
+    except subprocess.TimeoutExpired:
+        return " ran past 30 minutes"
+    output = done.stdout + done.stderr
+    problems = []
+    if done.returncode != _expected_status(command):
+        problems.append(f"exit status {done.returncode}, expected {_expected_status(command)}")
+    output_lines = re.split(r"[\r\n]+", output)
+    for shown in command.shown_output:
+        if "%|" in shown:
+            continue  # a progress bar: its timings are the machine's
+        if not _shown_line_matches(shown, output_lines):
+            problems.append(f"the document shows {shown.strip()!r}; the command did not print it")
+    if not problems:
+        return None
+    return (
+        ": "
+        + "; ".join(problems)
+        + "\n    output ends with:\n"
+        + "\n".join("      " + line for line in output[-3000:].splitlines())
+    )
+
+
 @pytest.mark.slow
 def test_the_readme_commands_run_as_written(checkout):
-    """Every command the rules leave, in README order; one failure does not stop the ones after it, and the
-    test reports them all. Under umask 022, everything they write is 0644 (directories 0755)."""
+    """Every command the rules leave, the README's then each docs page's, in order; one failure does not stop
+    the ones after it, and the test reports them all. Under umask 022, everything they write is 0644
+    (directories 0755)."""
     env = _environment(checkout)
     before = _tree(checkout)
     failures: list[str] = []
     ran = 0
-    for command in readme_commands(README.read_text()):
-        if skip_rule(command, checkout):
-            continue
-        ran += 1
-        try:
-            done = subprocess.run(
-                ["bash", "-c", command.text],
-                cwd=checkout,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=1800,
-                umask=0o022,
-            )
-        except subprocess.TimeoutExpired:
-            failures.append(f"README line {command.line}: `{command.short}` ran past 30 minutes")
-            continue
-        output = done.stdout + done.stderr
-        problems = []
-        if done.returncode != _expected_status(command):
-            problems.append(f"exit status {done.returncode}, expected {_expected_status(command)}")
-        output_lines = re.split(r"[\r\n]+", output)
-        for shown in command.shown_output:
-            if "%|" in shown:
-                continue  # a progress bar: its timings are the machine's
-            if not _shown_line_matches(shown, output_lines):
-                problems.append(f"the README shows {shown.strip()!r}; the command did not print it")
-        if problems:
-            failures.append(
-                f"README line {command.line}: `{command.short}`: "
-                + "; ".join(problems)
-                + "\n    output ends with:\n"
-                + "\n".join("      " + line for line in output[-3000:].splitlines())
-            )
+    for document in documents():
+        for command in readme_commands(document.read_text()):
+            if skip_rule(command, checkout):
+                continue
+            ran += 1
+            failure = _run_command(command, checkout, env)
+            if failure:
+                failures.append(f"{_name(document)} line {command.line}: `{command.short}`{failure}")
     assert ran >= 10
 
     written = {

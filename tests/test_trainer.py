@@ -323,7 +323,7 @@ def test_search_random_makes_pairs_and_evals_with_best_of_n(tmp_path, monkeypatc
         return Recorded
 
     for cls in (RandomSearch, SpectralEvolutionSearch):
-        monkeypatch.setattr(f"tscale_train.ses.{cls.__name__}", recording(cls))
+        monkeypatch.setattr(f"tscale_train.ses.driver.{cls.__name__}", recording(cls))
     out = OnlineDPOTrainer(tiny_config(tmp_path, search="random", rounds=1)).train()
     assert made == ["random", "random", "random"]  # eval before training, the round's pairs, the final eval
     assert set(classes) == {"RandomSearch"}

@@ -125,8 +125,9 @@ class CheckpointManager:
         self.total_limit = total_limit
         self.pipeline_class: type | None = None
         self.model = None
-        # The LoRA's moving average (`ema.LoraEMA`), saved beside the state when the run keeps one.
-        self.ema = None
+        # More state saved beside accelerate's in every checkpoint and loaded back from it, each with
+        # `save(directory)` and `load(directory)`: the LoRA's moving average (`ema.LoraEMA`) when a run keeps one.
+        self.extra_state: list = []
 
     @property
     def uses_deepspeed(self) -> bool:
@@ -230,9 +231,9 @@ class CheckpointManager:
                 # The engine's files are DeepSpeed's; the LoRA in diffusers format is what export reads.
                 with disk_full_error(path):
                     save_lora(self.pipeline_class, self.accelerator.unwrap_model(self.model), path)
-            if self.ema is not None:
+            for extra in self.extra_state:
                 with disk_full_error(path):
-                    self.ema.save(path)
+                    extra.save(path)
             # Written last: a checkpoint without it is incomplete and never resumed from.
             state = {
                 "round": round_index,
@@ -347,5 +348,5 @@ class CheckpointManager:
             # A truncated optimizer/scheduler/RNG file (torch.load; a pickle it refuses is an UnsafeCheckpointError
             # already naming the file); the LoRA is checked in the load hook.
             raise ValueError(self._unloadable(path, str(path), error)) from error
-        if self.ema is not None:
-            self.ema.load(path)
+        for extra in self.extra_state:
+            extra.load(path)

@@ -20,8 +20,13 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import SEARCH_METHODS, ModelConfig, SearchConfig, SESArguments, parse_args
+
+if TYPE_CHECKING:
+    from .config import OnlineDPOConfig
+    from .trainer import OnlineDPOTrainer
 
 COMMANDS = {
     "ses": "search the initial noise for a prompt (or a prompts file) and save the best image",
@@ -104,7 +109,8 @@ def _load_for_ses(model_config: ModelConfig, search_config: SearchConfig, ses_ar
 
 def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SESArguments) -> list[dict]:
     from .io_utils import atomic_write_json
-    from .ses import search_prompts
+    from .ses.driver import search_prompts
+    from .ses.scoring import component_summary, describe_nonfinite
 
     prompts = ses_args.load_prompts()  # a bad prompts file fails before anything loads
     state, generator, reward = _load_for_ses(model_config, search_config, ses_args)
@@ -133,8 +139,6 @@ def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SE
     )
     for result in results:
         if not math.isfinite(result.search.best_score):
-            from .ses import describe_nonfinite
-
             raise ValueError(
                 f"the reward {search_config.reward!r} gave no finite score for {result.prompt!r}: "
                 f"{describe_nonfinite(result.nonfinite or {})} of {search_config.budget} candidates; a reward must return "
@@ -156,13 +160,10 @@ def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SE
             "method": SEARCH_METHODS[search_config.search],
             "process_index": state.process_index if shard_prompts else 0,
         }
-        if result.component_scores is not None:
+        components = component_summary(reward, result)
+        if components is not None:
             # A weighted reward: its scores are standardised by the search; each reward's raw score too.
-            names = list(reward.names)
-            summary["rewards"] = {
-                name: {"base": float(result.component_scores[0, k]), "best": float(result.best_components[k])}
-                for k, name in enumerate(names)
-            }
+            summary["rewards"] = components
         summaries.append(summary)
         if writes_images:
             _write_result(generator, result, summary, ses_args, out)
@@ -178,7 +179,9 @@ def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SE
 def _write_result(generator, result, summary: dict, ses_args: SESArguments, out: Path) -> None:
     """The searched image (and with --save-trace its trace, reward plot and base-vs-SES image)."""
     from .io_utils import atomic_save_image, atomic_write_json
-    from .ses import plot_trace, render_result, side_by_side
+    from .ses.driver import render_result
+    from .ses.images import side_by_side
+    from .ses.plots import plot_trace
 
     rendered = render_result(generator, result, ses_args.steps)
     image_path = out if ses_args.prompt is not None else out / f"{summary['index']:04d}.png"
@@ -284,9 +287,18 @@ def run_train(argv: list[str]) -> None:
     from .config import parse_config
 
     config = parse_config(argv, prog="tscale train")
+    make_trainer(config).train()
+
+
+def make_trainer(config: OnlineDPOConfig, accelerator=None) -> OnlineDPOTrainer:
+    """The `OnlineDPOTrainer` of `tscale train` and the recipes: the loop's callbacks for `config`, and the
+    Hub push with `--push_to_hub` (which checks for a token now, before the run starts)."""
+    from .callbacks import default_callbacks
+    from .export.callback import PushToHubCallback
     from .trainer import OnlineDPOTrainer
 
-    OnlineDPOTrainer(config).train()
+    callbacks = default_callbacks(config) + PushToHubCallback.from_config(config)
+    return OnlineDPOTrainer(config, accelerator=accelerator, callbacks=callbacks)
 
 
 def run_export(argv: list[str]) -> None:

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from rewards.weighted import WeightedReward
-
 from .config import SEARCH_METHODS
 from .generation import FlowGenerator
 from .io_utils import atomic_write
-from .ses import PromptSearch, Reward, search_prompts, to_pil
+from .ses.driver import search_prompts
+from .ses.images import to_pil
+from .ses.results import PromptSearch
+from .ses.scoring import Reward, final_scores, weighted_reward
 
 
 @dataclass
@@ -58,7 +59,7 @@ def compare_searches(
     # table's rewards and gains compare. SES and best-of-N draw the same first generation anyway.
     shared = (
         [result.reward_statistics for result in by_method[methods[0]]]
-        if isinstance(reward, WeightedReward)
+        if weighted_reward(reward) is not None
         else None
     )
     for method in methods[1:]:
@@ -84,12 +85,9 @@ def render_comparison(
     )
     images = generator.generate(noises, embeds, steps).images
     prompts = [comparison.prompt] * len(images)
+    # On the scale of the searches' scores: the statistics every method of the comparison shares.
     first = next(iter(comparison.searches.values()))
-    if isinstance(reward, WeightedReward) and first.reward_statistics is not None:
-        # On the scale of the searches' scores: the statistics every method of the comparison shares.
-        scores = reward.combine(reward.component_scores(images, prompts), *first.reward_statistics).tolist()
-    else:
-        scores = reward(images, prompts).float().cpu().tolist()
+    scores = final_scores(reward, images, prompts, first.reward_statistics)
     comparison.final_scores = dict(zip(["base", *comparison.searches], scores, strict=True))
     return to_pil(images)
 

@@ -10,6 +10,12 @@ TRL's split: small dataclasses, each validated once in `__post_init__`, before a
 `make_parser(*types)` builds the one `HfArgumentParser` for any of them, with a YAML file
 (`--config file.yaml`) supplying values that flags then override (TRL's TrlParser pattern);
 `parse_args(types, args)` does both, `parse_config(args)` for the training config alone.
+
+`__post_init__` looks at the settings alone: it reads no file, probes no path or device and imports no
+user code, so making a config has no side effects and gives the same answer on every machine. What looks
+outside the settings (a local `--model` or `--lora`, `--out`, `--device`, importing a `module:callable`
+reward) is `check_environment()`, which `parse_args` runs once on each parsed config, before any model
+loads. A config made in code skips it; its model, LoRA and rewards are checked the same way as they load.
 """
 
 from __future__ import annotations
@@ -47,6 +53,17 @@ LORA_INITS = ("default", "gaussian", "orthogonal", "pissa", "olora")
 RESOLUTION_MULTIPLE = 16
 DEFAULT_POPSIZE = 10
 GUARD_POLICIES = ("stop", "warn")
+# The image statistics the guards watch, and the guards' own `guard/<name>` metrics, which a judge of
+# `guard_rewards` may not be named like. Settings vocabulary (the judge names are checked here), so they live
+# with the settings; `tscale_train.guards`, a layer above, reads them from here.
+IMAGE_STATISTICS = ("brightness", "saturation", "high_frequency")
+RESERVED_GUARD_NAMES = (
+    "held",
+    "diversity",
+    "diversity_distance",
+    *(f"{name}_drift" for name in IMAGE_STATISTICS),
+    *(f"image_{name}" for name in IMAGE_STATISTICS),
+)
 # Upper bounds, far above any real run and low enough that a typo (an extra digit, `1e12` written out) is
 # refused when parsed, not met as an allocation failure or a loop of years after the model has loaded.
 MAX_RESOLUTION = 4096  # px per side; the supported families make up to about 4 MP (2048 x 2048)
@@ -160,9 +177,6 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
-        from .loading import check_model_source
-
-        check_model_source(self.model)
         _check_choice(self, "dtype", DTYPES)
         for name in ("height", "width"):
             value = getattr(self, name)
@@ -185,6 +199,13 @@ class ModelConfig:
             "e.g. --guidance_scale 4.0, or leave it unset for the model's default.",
             at_least=0,
         )
+
+    def check_environment(self) -> None:
+        """The `--model` checks that read the disk (a local directory's `model_index.json`); see the module
+        docstring. `load_pipeline` runs the same check, so a config made in code fails as clearly."""
+        from .loading import check_model_source
+
+        check_model_source(self.model)
 
     def torch_dtype(self, device):
         """The weights' dtype on `device`: `auto` is bfloat16 on a GPU and float32 on a CPU."""
@@ -242,7 +263,7 @@ class SearchConfig:
     )
 
     def __post_init__(self) -> None:
-        check_reward_setting("reward", self.reward)
+        check_reward_setting("reward", self.reward, import_callables=False)
         _check_choice(self, "search", tuple(SEARCH_METHODS))
         _check_at_least(
             self,
@@ -268,6 +289,11 @@ class SearchConfig:
         except ValueError as error:
             raise ValueError(f"--wavelet {self.wavelet!r}: {error}") from error
 
+    def check_environment(self) -> None:
+        """Import a `module:callable` `--reward`, so a typo fails before any model loads (see the module
+        docstring); `__post_init__` checked only its spelling."""
+        check_reward_setting("reward", self.reward)
+
     def ses_config(self):
         """The `search.SESConfig` of these settings."""
         from search import SESConfig
@@ -282,12 +308,13 @@ class SearchConfig:
         )
 
 
-def check_reward_setting(name: str, spec: str) -> dict[str, float]:
-    """`rewards.check_reward_spec` of a reward setting, its error naming the flag (`--reward`, `--eval_reward`)."""
+def check_reward_setting(name: str, spec: str, *, import_callables: bool = True) -> dict[str, float]:
+    """`rewards.check_reward_spec` of a reward setting, its error naming the flag (`--reward`, `--eval_reward`).
+    `import_callables=False` checks a `module:callable` reward's spelling without importing it."""
     from rewards import check_reward_spec
 
     try:
-        return check_reward_spec(spec)
+        return check_reward_spec(spec, import_callables=import_callables)
     except ValueError as error:
         raise ValueError(f"--{name}: {error}") from error
 
@@ -377,7 +404,6 @@ class SESArguments:
             raise ValueError(
                 f"--out {self.out!r} is not an image path; with --prompt, pass a path ending in one of {', '.join(IMAGE_SUFFIXES)}."
             )
-        check_writable_output(Path(self.out), directory=self.prompts_file is not None)
         _check_at_least(self, 1, "steps")
         _check_at_most(self, MAX_STEPS, "sampler steps", "steps")
         check_seed(self.seed)
@@ -399,9 +425,14 @@ class SESArguments:
                     "--save_trace has no effect with --compare, which writes its own curves and scores (OUT_curves.png, "
                     "OUT_compare.json); drop --save_trace."
                 )
+        self.reward_overrides()
+
+    def check_environment(self) -> None:
+        """What `__post_init__` cannot see in the settings alone: `--out` is writable (a search's results must never
+        be lost at its end), `--device` exists on this machine, `--lora` is a complete local LoRA or a hub id."""
+        check_writable_output(Path(self.out), directory=self.prompts_file is not None)
         if self.device is not None:
             check_device(self.device)
-        self.reward_overrides()
         if self.lora:
             from .loading import check_lora_source
 
@@ -477,6 +508,24 @@ def check_device(device: str) -> None:
             f"--device {device!r} asks for GPU {index}, but torch sees {torch.cuda.device_count()} "
             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); pick one of those or drop --device."
         )
+
+
+def check_repo_id(repo_id: str, what: str = "--repo-id") -> str:
+    """`namespace/name` as the Hub accepts it, or a one-line error (no network: the Hub's own name rule).
+
+    A settings check (`--hub_model_id` here, `tscale export --repo-id`), so it lives with the settings;
+    `tscale_train.export.hub` re-exports it."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not repo_id or repo_id.count("/") != 1:
+        raise ValueError(f"{what} {repo_id!r} is not of the form namespace/name (e.g. me/klein-cat-dpo).")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(
+            f"{what} {repo_id!r} is not a valid repo id: {str(error).splitlines()[0]}"
+        ) from error
+    return repo_id
 
 
 def check_seed(seed: int, flag: str = "--seed") -> None:
@@ -642,7 +691,7 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
         SearchConfig.__post_init__(self)
         from diffusers.optimization import SchedulerType
 
-        from .pairs import PAIRING_STRATEGIES
+        from .pairs.selection import PAIRING_STRATEGIES
 
         _check_number(self, "beta", "e.g. --beta 100 for FLUX.2-klein-4B, 1-10 for the tiny model.", above=0)
         choices = {
@@ -702,7 +751,7 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
         ):  # the final round always searches at it: fail now, not after the last round
             check_search_budget(self.eval_budget, self.popsize, flag="--eval_budget")
         if self.eval_reward:
-            check_reward_setting("eval_reward", self.eval_reward)
+            check_reward_setting("eval_reward", self.eval_reward, import_callables=False)
         # Every float setting: argparse and YAML read `nan` and `inf` as numbers, and most ranges are open.
         _check_number(self, "learning_rate", "e.g. --learning_rate 5e-4.", above=0)
         _check_number(self, "adam_weight_decay", "e.g. --adam_weight_decay 0.01; 0 turns it off.", at_least=0)
@@ -739,8 +788,6 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
     def _check_combinations(self) -> None:
         """Settings that are valid alone but do nothing, or contradict each other, together."""
         if self.push_to_hub:
-            from .export.hub import check_repo_id
-
             if not self.hub_model_id:
                 raise ValueError(
                     "--push_to_hub needs --hub_model_id; pass --hub_model_id namespace/name as well, or drop --push_to_hub."
@@ -784,14 +831,23 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
                 "pass one of them."
             )
 
-    def guard_reward_names(self) -> list[str]:
-        """`guard_rewards` as a list of reward names, each checked (one reward each, no weights)."""
+    def check_environment(self) -> None:
+        """`ModelConfig`'s and `SearchConfig`'s, and the import of `module:callable` eval and guard rewards (see
+        the module docstring)."""
+        ModelConfig.check_environment(self)
+        SearchConfig.check_environment(self)
+        if self.eval_reward:
+            check_reward_setting("eval_reward", self.eval_reward)
+        self.guard_reward_names(import_callables=True)
+
+    def guard_reward_names(self, *, import_callables: bool = False) -> list[str]:
+        """`guard_rewards` as a list of reward names, each checked (one reward each, no weights).
+
+        `import_callables`: also import `module:callable` names (`check_environment` does, once)."""
         if not self.guard_rewards:
             return []
         from rewards import check_reward_name
         from rewards.weighted import is_weighted_spec, short_reward_names
-
-        from .guards import RESERVED_GUARD_NAMES
 
         names = [name.strip() for name in self.guard_rewards.split(",")]
         for name in names:
@@ -804,7 +860,7 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
                     f"--guard_rewards entry {name!r} has a weight; each judge is one reward, logged on its own: drop ':{name.rsplit(':', 1)[-1]}'."
                 )
             try:
-                check_reward_name(name)
+                check_reward_name(name, import_callable=import_callables)
             except ValueError as error:
                 raise ValueError(f"--guard_rewards: {error}") from error
         if len(set(names)) != len(names):

@@ -23,7 +23,9 @@ from .io_utils import atomic_save_image
 from .prompt_cache import PromptEmbeddingCache
 from .prompts import load_prompts
 from .run_dir import read_metrics
-from .ses import labelled_grid, search_prompts, to_pil
+from .ses.driver import search_prompts
+from .ses.images import labelled_grid, to_pil
+from .ses.scoring import raw_scorer, weighted_reward, weighted_scores
 
 
 def split_eval_prompts(prompts: list[str], config: OnlineDPOConfig) -> tuple[list[str], list[str]]:
@@ -101,7 +103,7 @@ class Evaluator:
 
     @property
     def weighted(self) -> WeightedReward | None:
-        return self.reward if isinstance(self.reward, WeightedReward) else None
+        return weighted_reward(self.reward)
 
     @torch.no_grad()
     def __call__(self, round_index: int, with_search: bool) -> dict[str, float]:
@@ -199,7 +201,7 @@ class Evaluator:
         )
         row_embeds = [embed for embed in embeds for _ in range(count)]
         row_prompts = [prompt for prompt in prompts for _ in range(count)]
-        score = self.weighted.component_scores if self.weighted else self.reward
+        score = raw_scorer(self.reward)
         # Every reward waits on the device while the images are made once: a 1024px image is 12.6 MB,
         # and 16 prompts x 4 seeds of them held for a second pass would be 0.8 GB per process.
         rewards = [self.reward, *self.guard_rewards.values()]
@@ -274,7 +276,7 @@ class Evaluator:
             ],
             dtype=torch.float64,
         )
-        combined = self.weighted.combine(components, mean, spread, dtype=torch.float64)
+        combined, _ = weighted_scores(self.weighted, components, (mean, spread), dtype=torch.float64)
         metrics[key] = float(combined.mean())
         metrics[f"{key}_std"] = float(combined.std()) if len(combined) > 1 else 0.0
         return metrics

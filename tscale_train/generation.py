@@ -13,18 +13,20 @@ tokens, so the wavelet transform runs over real image axes. Each family converts
 pipeline's `latents=` takes (`to_pipeline_latents`) and back (`from_pipeline_latents`).
 
 One subclass per pipeline family, one file per family in `tscale_train/generators/`;
-`generator_for_pipeline(pipe)` picks it by the pipeline's class name (`GENERATOR_CLASSES`).
+`generator_for_pipeline(pipe)` picks it by the pipeline's class name, through the family registry
+(`tscale_train.families`).
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+
+from .families import get_family
 
 # Where `loading.load_pipeline` leaves the generator settings a kit pipeline records next to itself
 # (`loading.generator_defaults`); `generator_for_pipeline` uses them unless the caller passes its own.
@@ -354,25 +356,17 @@ class FlowGenerator(ABC):
         )
 
 
-# Pipeline class name -> "module:FlowGenerator subclass", imported on first use.
-GENERATOR_CLASSES: dict[str, str] = {
-    "Flux2KleinPipeline": "tscale_train.generators.flux2:Flux2KleinGenerator",
-    "Flux2Pipeline": "tscale_train.generators.flux2_dev:Flux2Generator",
-    "FluxPipeline": "tscale_train.generators.flux1:FluxGenerator",
-    "QwenImagePipeline": "tscale_train.generators.qwen_image:QwenImageGenerator",
-    "StableDiffusion3Pipeline": "tscale_train.generators.sd3:StableDiffusion3Generator",
-    "ZImagePipeline": "tscale_train.generators.z_image:ZImageGenerator",
-}
+def __getattr__(name: str):
+    # `from tscale_train.generation import Flux2KleinGenerator` keeps working after the move.
+    if name == "Flux2KleinGenerator":
+        return generator_class("Flux2KleinPipeline")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def generator_class(pipeline_class_name: str) -> type[FlowGenerator]:
-    """The `FlowGenerator` subclass for a diffusers pipeline class name (as in `model_index.json`)."""
-    if pipeline_class_name not in GENERATOR_CLASSES:
-        raise ValueError(
-            f"pipelines of class {pipeline_class_name} are not supported; supported: {', '.join(sorted(GENERATOR_CLASSES))}."
-        )
-    module, _, name = GENERATOR_CLASSES[pipeline_class_name].partition(":")
-    return getattr(importlib.import_module(module), name)
+    """The `FlowGenerator` subclass for a diffusers pipeline class name (as in `model_index.json`),
+    from its family's registration (`tscale_train.families`)."""
+    return get_family(pipeline_class_name).generator_class()
 
 
 def generator_for_pipeline(pipe, **kwargs) -> FlowGenerator:
@@ -386,10 +380,3 @@ def generator_for_pipeline(pipe, **kwargs) -> FlowGenerator:
     settings = dict(getattr(pipe, GENERATOR_DEFAULTS_ATTRIBUTE, None) or {})
     settings.update({key: value for key, value in kwargs.items() if value is not None or key not in settings})
     return cls(pipe, **settings)
-
-
-def __getattr__(name: str):
-    # `from tscale_train.generation import Flux2KleinGenerator` keeps working after the move.
-    if name == "Flux2KleinGenerator":
-        return generator_class("Flux2KleinPipeline")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,15 +26,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-IMAGE_STATISTICS = ("brightness", "saturation", "high_frequency")
-# `guard/<name>` metrics of the guards themselves: a judge may not be named like one of them.
-RESERVED_GUARD_NAMES = (
-    "held",
-    "diversity",
-    "diversity_distance",
-    *(f"{name}_drift" for name in IMAGE_STATISTICS),
-    *(f"image_{name}" for name in IMAGE_STATISTICS),
-)
+# Settings vocabulary, with the guards' reserved metric names that the settings check judge names against.
+from .config import IMAGE_STATISTICS
+
 # The side of the pooled-pixel "embedding" of a reward without an image encoder.
 PIXEL_EMBEDDING_SIZE = 16
 # Below this a round -1 value is taken as zero: a relative drift from it is not defined.

@@ -1,7 +1,9 @@
-"""Loading pipelines, LoRAs and rewards from hub ids, local paths, or the tiny offline kit.
+"""Loading pipelines, LoRAs and rewards from hub ids, local paths, or the offline kits' names.
 
-The same functions load the real models and the tiny ones (`tiny`), so the tests exercise the code
-that users run. Every check that can fail on bad input runs before any weights are loaded.
+The same functions load the real models and the random-weight kits (`tiny`, ...), so the tests exercise
+the code that users run: a kit name is an alias of a local pipeline folder (`kit_pipeline_dir`), and the
+folder's own `tscale_tiny.json` says what else it needs (generator settings, reward models). Every check
+that can fail on bad input runs before any weights are loaded.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import torch
 
 from rewards.paths import looks_like_local_path
 
-from .generation import GENERATOR_CLASSES, GENERATOR_DEFAULTS_ATTRIBUTE
+from .families import checkpoint_settings, family_kits, iter_families, pipeline_classes
+from .generation import GENERATOR_DEFAULTS_ATTRIBUTE
 from .lora import LORA_WEIGHT_NAME
 
-# The diffusers pipeline classes that have a `FlowGenerator` (the class name in model_index.json).
-SUPPORTED_PIPELINES = tuple(GENERATOR_CLASSES)
+# The diffusers pipeline classes that have a registered family (the class name in model_index.json).
+SUPPORTED_PIPELINES = pipeline_classes()
 DEFAULT_MODEL = "black-forest-labs/FLUX.2-klein-4B"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _DTYPES = {
@@ -40,47 +43,58 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-# The offline kit's model names (`tscale_train.tiny` is imported only when one is used).
-# `tiny` is the distilled tiny klein, `tiny-base` the undistilled (CFG) flavour.
-TINY_MODELS = {"tiny": True, "tiny-base": False}
-# Kits beyond `tiny`, built on first use: `dims-klein-4b` has FLUX.2-klein-4B's real widths with
-# one block of each kind; `tiny-<family>` is a tiny pipeline of each further family
-# (`tscale_train.tiny.FAMILY_KITS`).
-FAMILY_KIT_MODELS = ("tiny-flux1", "tiny-flux2-dev", "tiny-qwen-image", "tiny-sd3", "tiny-z-image")
-# `shapes` is the trained miniature FLUX.2-klein of the shapes world, shipped with the package.
+# The offline kits' `--model` names: `tiny` is the distilled tiny klein, `tiny-base` the undistilled (CFG)
+# flavour, `dims-klein-4b` has FLUX.2-klein-4B's real widths with one block of each kind, `shapes` is the
+# trained miniature klein of the shapes world shipped with the package, and each family registers its own
+# `tiny-<family>` (`ModelFamily.kits`). A name is only an alias of a local pipeline folder
+# (`kit_pipeline_dir`); everything after that treats the folder as any other.
 SHAPES_MODEL = "shapes"
-KIT_MODELS = (SHAPES_MODEL, "dims-klein-4b", *FAMILY_KIT_MODELS)
+DIMS_MODEL = "dims-klein-4b"
+_KLEIN_KITS = {"tiny": True, "tiny-base": False}  # name -> distilled
 
-# Settings that a known checkpoint needs and its pipeline class cannot say: a distilled model shares
-# its class with the undistilled one (Z-Image-Turbo is a `ZImagePipeline`, whose defaults are the base
-# model's 50 steps with CFG). From the model cards; an explicit setting still wins.
+
+def kit_names() -> tuple[str, ...]:
+    """Every offline kit name `--model` accepts."""
+    return (*_KLEIN_KITS, SHAPES_MODEL, DIMS_MODEL, *family_kits())
+
+
+def kit_pipeline_dir(model: str) -> Path:
+    """The folder of the offline kit named `model` (see `kit_names`), built on first use.
+
+    The one place a kit name means something: the kits' folders carry their own settings and choice of
+    reward models (`tscale_tiny.json`), so loading goes on as for any local pipeline folder.
+    """
+    from . import tiny
+
+    if model in _KLEIN_KITS:
+        return tiny.tiny_pipeline_dir(distilled=_KLEIN_KITS[model])
+    if model == SHAPES_MODEL:
+        return shapes_model_dir()
+    if model == DIMS_MODEL:
+        return tiny.dims_pipeline_dir()
+    if model in family_kits():
+        return tiny.family_pipeline_dir(model)
+    raise ValueError(f"{model!r} is not an offline kit; the kits are {', '.join(kit_names())}.")
+
+
+# Settings that a known checkpoint needs and its pipeline class cannot say, by hub id: each family's
+# `Checkpoint.settings` (from the model cards; an explicit setting still wins).
 KNOWN_MODEL_SETTINGS: dict[str, dict] = {
-    "Tongyi-MAI/Z-Image-Turbo": {"num_inference_steps": 9, "guidance_scale": 0.0},
-    "black-forest-labs/FLUX.1-schnell": {
-        "num_inference_steps": 4,
-        "guidance_scale": 0.0,
-        "max_sequence_length": 256,
-    },
-    "stabilityai/stable-diffusion-3.5-large-turbo": {"num_inference_steps": 4, "guidance_scale": 0.0},
-    "stabilityai/stable-diffusion-3.5-medium": {"num_inference_steps": 40, "guidance_scale": 4.5},
+    model: dict(checkpoint.settings)
+    for family in iter_families()
+    for model, checkpoint in family.checkpoints.items()
+    if checkpoint.settings
 }
 
 
-def is_tiny(model: str) -> bool:
-    """A model of the offline kit (`tiny`, `tiny-base`, `shapes`, `dims-klein-4b`, `tiny-<family>`): uses the kit's reward models."""
-    return model in TINY_MODELS or model in KIT_MODELS
+def is_offline_kit(model: str) -> bool:
+    """Whether `model` is an offline kit: a kit name, or a local pipeline folder carrying a kit's
+    `tscale_tiny.json` (random weights: what it makes is test data). Nothing is built or loaded."""
+    from .tiny.kit import KIT_MARKER
 
-
-def _kit_pipeline_dir(model: str) -> Path:
-    from .tiny import dims_pipeline_dir, family_pipeline_dir, tiny_pipeline_dir
-
-    if model in TINY_MODELS:
-        return tiny_pipeline_dir(distilled=TINY_MODELS[model])
-    if model in FAMILY_KIT_MODELS:
-        return family_pipeline_dir(model)
-    if model == SHAPES_MODEL:
-        return shapes_model_dir()
-    return dims_pipeline_dir()
+    if model in kit_names():
+        return True
+    return looks_like_local_path(model) and (Path(model).expanduser() / KIT_MARKER).is_file()
 
 
 def shapes_model_dir() -> Path:
@@ -96,23 +110,23 @@ def shapes_model_dir() -> Path:
 
 
 def _local_pipeline_dir(model: str) -> Path | None:
-    """The directory a `--model` value loads from, when it is local (a kit model or a path)."""
-    if is_tiny(model):
-        return _kit_pipeline_dir(model)
+    """The directory a `--model` value loads from, when it is local (a kit name or a path)."""
+    if model in kit_names():
+        return kit_pipeline_dir(model)
     return Path(model).expanduser() if looks_like_local_path(model) else None
 
 
 def generator_defaults(model: str) -> dict:
     """`generator_for_pipeline` keyword arguments that `model` itself needs: {} for real models.
 
-    A kit model (or a local copy of one) records its text-encoder layers, text length and default
-    size next to its pipeline, and a known hub checkpoint has its model card's steps and guidance
-    (`KNOWN_MODEL_SETTINGS`); pass them on: `generator_for_pipeline(pipe, **generator_defaults(model))`.
+    A local pipeline folder may record its text-encoder layers, text length and default size next to
+    itself (a kit's `tscale_tiny.json`), and a known hub checkpoint has its model card's steps and guidance
+    (its family's `Checkpoint.settings`); pass them on: `generator_for_pipeline(pipe, **generator_defaults(model))`.
     """
     directory = _local_pipeline_dir(model)
     if directory is None:
-        return dict(KNOWN_MODEL_SETTINGS.get(model, {}))
-    from .tiny import generator_settings
+        return checkpoint_settings(model)
+    from .tiny.kit import generator_settings
 
     return generator_settings(directory)
 
@@ -127,7 +141,7 @@ def check_model_source(model: str) -> str:
         raise ValueError(
             "--model is empty; pass a hub id (e.g. black-forest-labs/FLUX.2-klein-4B), a local dir, or 'tiny'."
         )
-    if is_tiny(model):
+    if model in kit_names():
         return model
     if looks_like_local_path(model):
         path = Path(model).expanduser()
@@ -358,15 +372,32 @@ def load_lora(pipe, lora: str, adapter_name: str = "default", scale: float = 1.0
 
 
 def reward_kwargs_for(reward: str, model: str, overrides: dict | None = None) -> dict:
-    """Keyword arguments for `rewards.load_reward`: the tiny kit's reward models when `model` is tiny."""
+    """Keyword arguments for `rewards.load_reward`: those of the reward models a kit folder names (a kit's
+    random-weight PickScore / open_clip); none for any other model."""
     kwargs: dict = {}
-    if is_tiny(model):
-        from .tiny import default_kit_dir, ensure_tiny_kit
+    reward_models = _reward_models_for(model)
+    if reward_models is not None:
         from .tiny.rewards import tiny_reward_kwargs
 
-        kwargs.update(tiny_reward_kwargs(reward, ensure_tiny_kit(default_kit_dir())))
+        kwargs.update(tiny_reward_kwargs(reward, reward_models))
     kwargs.update(overrides or {})
     return kwargs
+
+
+def _reward_models_for(model: str) -> Path | None:
+    """The folder of the reward models a local pipeline folder names in its `tscale_tiny.json` (a kit's
+    random-weight PickScore / open_clip: `tiny.kit_reward_models`); None for a model without one.
+
+    A kit name is not built for this: every kit folder the package builds names the tiny kit's reward
+    models (the marker's default), so `--reward pickscore` of `dims-klein-4b` (1.1 GB) costs no kit build.
+    """
+    from . import tiny
+
+    if model in kit_names():
+        return tiny.ensure_tiny_kit(tiny.default_kit_dir())
+    if not looks_like_local_path(model):
+        return None
+    return tiny.kit_reward_models(Path(model).expanduser())
 
 
 def check_reward_overrides(reward: str, overrides: dict) -> list[str]:
@@ -397,7 +428,7 @@ def load_reward_for(
     batch_size: int | None = None,
     **overrides,
 ):
-    """`rewards.load_reward_spec(reward, ...)`, with the tiny reward models when `model` is `tiny`.
+    """`rewards.load_reward_spec(reward, ...)`, with the reward models `model`'s folder names (`reward_kwargs_for`).
 
     `reward` is one name or weighted names ("pickscore:1.0,hpsv2:0.5", see `rewards.weighted`);
     `overrides` (`--reward-arg`) go to a single reward only (`check_reward_overrides`).

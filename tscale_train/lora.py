@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .generators.flux2 import (
+from .families.flux2_klein import (
     FLUX2_ALL_LINEAR_TARGETS,
     FLUX2_ATTENTION_AND_FF_TARGETS,
     FLUX2_ATTENTION_TARGETS,
@@ -21,8 +21,8 @@ from .io_utils import respect_umask
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
-# The FLUX.2 regexes, kept importable from here; every family's presets live with its generator
-# (`FlowGenerator.lora_targets`), under the same names.
+# The FLUX.2 regexes, kept importable from here; every family declares its presets in its module of
+# `tscale_train.families` (`ModelFamily.lora_targets`, also `FlowGenerator.lora_targets`), under the same names.
 
 # Names accepted wherever a target regex is (`--lora_target_modules all_linear`).
 LORA_TARGET_PRESETS = tuple(FLUX2_LORA_TARGETS)
@@ -40,7 +40,7 @@ __all__ = [
 
 
 def resolve_lora_targets(target_modules: str, presets: dict[str, str] | None = None) -> str:
-    """A preset name -> its regex in `presets` (a family's `lora_targets`, FLUX.2's by default);
+    """A preset name -> its regex in `presets` (a family's `ModelFamily.lora_targets`, FLUX.2's by default);
     anything else is taken as a regex."""
     return (presets or FLUX2_LORA_TARGETS).get(target_modules, target_modules)
 
@@ -60,7 +60,7 @@ def add_lora(
 
     Returns the trainable LoRA parameters, upcast to float32 so a bf16 model trains fp32 adapters.
     `target_modules` is a regex over full module names or a preset name of `presets` (the family's
-    `FlowGenerator.lora_targets`; FLUX.2's when not given).
+    `ModelFamily.lora_targets`; FLUX.2's when not given).
     `init=True` is peft's default (B = 0: the adapted model starts equal to the base), "gaussian"
     and the other peft init names are passed through.
     """

@@ -2,7 +2,9 @@
 
 `make_parser(*types)` is one `HfArgumentParser` plus `--config file.yaml`; `parse_args(types, argv)`
 reads the YAML (a mapping of known settings, each value of its field's type), makes its values the
-defaults, lets flags override them, and returns one validated instance of each type.
+defaults, lets flags override them, and returns one validated instance of each type: checked by its
+`__post_init__`, then by its `check_environment()` where it has one (the checks that read files or
+probe the machine, which `__post_init__` leaves out; see `tscale_train.config`).
 
 Every mistake is a one-line `ValueError` that names the flag and the fix (the CLI prints it and exits
 with code 2): argparse's own errors (a bad number, a missing value) included, which it would otherwise
@@ -158,9 +160,15 @@ def parse_args(
         names = {item.name for item in dataclasses.fields(kind) if item.init}
         inputs = {name: value for name, value in vars(namespace).items() if name in names}
         try:
-            parsed.append(kind(**inputs))
+            settings = kind(**inputs)
+            # `__post_init__` checks the settings alone; what looks outside them (files, devices, importable
+            # reward code) is a separate step, run once here, before the command loads any model.
+            check_environment = getattr(settings, "check_environment", None)
+            if check_environment is not None:
+                check_environment()
         except ValueError as error:
             raise type(error)(_as_typed(str(error), args)) from error
+        parsed.append(settings)
     if ignored:
         print(
             f"{parser.prog}: note: ignoring {len(ignored)} setting(s) of {str(path)!r} that this command does not use: "

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 PROMPT_FILE_SUFFIXES = (".txt", ".jsonl", ".csv")
+# The prompts a run trains on when `--prompts` is unset (the trainer's, and the export's example prompts).
+BUNDLED_PROMPTS = Path(__file__).parent / "data" / "prompts.txt"
 
 
 def load_prompts(

@@ -3,7 +3,9 @@
 `tscale plan` estimates memory from these on the meta device, and the real-dimension kit
 (`--model dims-klein-4b`) builds random-weight models with the same dimensions. Where the real
 config can be read (a local pipeline dir, or a hub id already in the local HF cache), it is read;
-these copies are the fall-back for the hub ids below when nothing can be fetched.
+these copies are the fall-back for the hub ids below when nothing can be fetched. Which checkpoint uses
+which of them is said by its family (`tscale_train.families`: `Checkpoint.configs`,
+`families.known_pipeline_config`).
 
 Checked against the meta-device model: the FLUX.2-klein-4B transformer has 3,875,544,576
 parameters and 109 linear layers, 80 of which the default attention LoRA regex targets.
@@ -18,7 +20,6 @@ the plan; every field listed is the Hub file's value.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 FLUX2_KLEIN_4B = "black-forest-labs/FLUX.2-klein-4B"
@@ -226,59 +227,3 @@ Z_IMAGE_TURBO_TRANSFORMER: dict[str, Any] = {
 # docs/z-image-turbo.md) whose config.json is Qwen3-4B's (hidden 2560, 36 layers, 32 heads, 8 KV heads),
 # the same file as klein's: QWEN3_4B_TEXT_ENCODER.
 Z_IMAGE_MAX_SEQUENCE_LENGTH = 512  # `ZImagePipeline`'s default (prompts are padded to it, then unpadded)
-
-_KNOWN_PIPELINES: dict[str, dict[str, Any]] = {
-    FLUX2_KLEIN_4B: {
-        "pipeline_class": "Flux2KleinPipeline",
-        "transformer": FLUX2_KLEIN_4B_TRANSFORMER,
-        "text_encoder": QWEN3_4B_TEXT_ENCODER,
-        "vae": FLUX2_VAE,
-        "is_distilled": True,
-    },
-    FLUX2_KLEIN_BASE_4B: {
-        "pipeline_class": "Flux2KleinPipeline",
-        "transformer": FLUX2_KLEIN_4B_TRANSFORMER,
-        "text_encoder": QWEN3_4B_TEXT_ENCODER,
-        "vae": FLUX2_VAE,
-        "is_distilled": False,
-    },
-    FLUX1_DEV: {
-        "pipeline_class": "FluxPipeline",
-        "transformer": FLUX1_DEV_TRANSFORMER,
-        "text_encoder": CLIP_L_TEXT_ENCODER,
-        "text_encoder_2": T5_XXL_TEXT_ENCODER,
-        "vae": FLUX1_VAE,
-        "max_sequence_length": FLUX1_MAX_SEQUENCE_LENGTH,
-    },
-    FLUX1_SCHNELL: {
-        "pipeline_class": "FluxPipeline",
-        "transformer": FLUX1_SCHNELL_TRANSFORMER,
-        "text_encoder": CLIP_L_TEXT_ENCODER,
-        "text_encoder_2": T5_XXL_TEXT_ENCODER,
-        "vae": FLUX1_VAE,
-        "max_sequence_length": 256,  # its model card's T5 length (loading.KNOWN_MODEL_SETTINGS)
-    },
-    Z_IMAGE_TURBO: {
-        "pipeline_class": "ZImagePipeline",
-        "transformer": Z_IMAGE_TURBO_TRANSFORMER,
-        "text_encoder": QWEN3_4B_TEXT_ENCODER,
-        "vae": FLUX1_VAE,
-        "max_sequence_length": Z_IMAGE_MAX_SEQUENCE_LENGTH,
-    },
-}
-
-
-def known_models() -> tuple[str, ...]:
-    """The hub ids whose component configs are bundled."""
-    return tuple(_KNOWN_PIPELINES)
-
-
-def known_pipeline_config(model: str) -> dict[str, Any] | None:
-    """A deep copy of the bundled component configs of `model`, or None for a model not listed here.
-
-    Keys: `pipeline_class` (the diffusers class in its model_index.json), `transformer`, `text_encoder`,
-    `text_encoder_2` (FLUX.1's T5), `vae`, `is_distilled` (klein), and `max_sequence_length` where it is not
-    the family's default.
-    """
-    found = _KNOWN_PIPELINES.get(model)
-    return copy.deepcopy(found) if found is not None else None

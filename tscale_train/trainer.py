@@ -8,7 +8,8 @@ Each round:
   4. a few DPO epochs over this round's pairs (plus an optional replay window) update the LoRA
      (DDP or DeepSpeed over the LoRA parameters; the reference is the same transformer with its
      adapters disabled),
-  5. eval and checkpoints when due.
+  5. the round's metrics are logged, and the callbacks (`callbacks.py`) do the rest at their events:
+     the LoRA's moving average, eval and the guards when due, checkpoints, the Hub push at the end.
 
 Everything random is derived from (seed, round, index), so a run resumed from a checkpoint ends with
 the same LoRA as an uninterrupted one.
@@ -16,12 +17,12 @@ the same LoRA as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
 import warnings
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 
 from rewards import short_reward_names
 
+from .callbacks import CallbackHandler, TrainerCallback, TrainerControl, default_callbacks
 from .checkpointing import CheckpointManager, ResumePoint, run_settings
 from .config import OnlineDPOConfig
 from .distributed import (
@@ -42,43 +44,57 @@ from .distributed import (
     stop_with_launcher,
 )
 from .dpo import FlowDPOStep
-from .ema import LoraEMA
-from .evaluation import Evaluator, learning_summary, split_eval_prompts
+from .evaluation import learning_summary, split_eval_prompts
 from .generation import FlowGenerator, PromptEmbeds, generator_for_pipeline
-from .guards import GuardMonitor, GuardVerdict, embedding_function
-from .io_utils import atomic_directory, atomic_write, atomic_write_json, disk_full_error, remove_tree
+from .io_utils import atomic_write, atomic_write_json, disk_full_error
 from .loading import load_pipeline, load_reward_for
 from .lora import LORA_WEIGHT_NAME, add_lora, save_lora
 from .optimization import make_optimizer
 from .pairs import PairRecord, PairStore, records_from_search
 from .prompt_cache import PromptEmbeddingCache
-from .prompts import load_prompts
+from .prompts import BUNDLED_PROMPTS, load_prompts
 from .run_dir import FINAL_STATE_NAME, METRICS_NAME, RunDirectory, read_metrics
-from .ses import score_counts, search_prompts, unusable_scores_reason
+from .ses.driver import search_prompts
+from .ses.scoring import score_counts, unusable_scores_reason
 
 # Re-exported: callers import these from here.
 __all__ = ["OnlineDPOTrainer", "derive_seed", "learning_summary", "shard_evenly", "split_eval_prompts"]
 
-BUNDLED_PROMPTS = Path(__file__).parent / "data" / "prompts.txt"
 RAW_GUARD_METRICS = ("guard/image_", "guard/diversity_distance")
 
 
 class OnlineDPOTrainer:
-    """Owns the loop; `train()` runs it. Use from `accelerate launch` or a plain Python process."""
+    """Owns the loop; `train()` runs it. Use from `accelerate launch` or a plain Python process.
 
-    def __init__(self, config: OnlineDPOConfig, accelerator=None) -> None:
+    `callbacks`: what the run does besides the algorithm (`callbacks.TrainerCallback`), called in order
+    at every event; default `default_callbacks(config)`, the run the settings describe. A list replaces
+    them: extend `default_callbacks(config)` to add one.
+    """
+
+    def __init__(
+        self,
+        config: OnlineDPOConfig,
+        accelerator=None,
+        callbacks: list[TrainerCallback] | None = None,
+    ) -> None:
         self.config = config
         self.output_dir = Path(config.output_dir)
-        # The settings were validated when `config` was made; the prompts are read before any model loads.
+        # The settings were validated when `config` was made; what they name outside themselves (a local model
+        # dir, a `module:callable` reward) is checked here too, for a config made in code, before any model loads.
+        config.check_environment()
+        # The prompts are read before any model loads.
         train_prompts = load_prompts(config.prompts or BUNDLED_PROMPTS, column=config.prompt_column)
         self.train_prompts, self.eval_prompts = split_eval_prompts(train_prompts, config)
         self.accelerator = accelerator or self._make_accelerator()
         check_shardable(len(self.train_prompts), config.prompts_per_round, self.accelerator.num_processes)
-        if config.push_to_hub:
-            from .export.hub import resolve_token
-
-            # On every rank (it only reads the environment), so all fail together, before the claim's broadcast.
-            resolve_token()  # no token: fail now, not after the last round
+        self.callbacks = CallbackHandler(default_callbacks(config) if callbacks is None else callbacks)
+        if config.push_to_hub and not any(callback.pushes_to_hub for callback in self.callbacks):
+            # The loop knows nothing of the Hub: the push is a callback of the export layer.
+            raise ValueError(
+                "--push_to_hub is set but no callback pushes the run; build the trainer as `tscale train` does "
+                "(tscale_train.cli.make_trainer), or add tscale_train.export.callback.PushToHubCallback to callbacks."
+            )
+        self.control = TrainerControl()
         # Before anything is loaded or written: this run owns the dir, which is fresh, resumed or overwritten.
         # A worker whose launcher (or main process) is killed stops instead of writing on alone.
         stop_with_launcher(self.accelerator)
@@ -91,7 +107,6 @@ class OnlineDPOTrainer:
             self.pair_manifest: dict[str, dict] = {}
             self.start_round = 0
             self.global_step = 0
-            self.verdict: GuardVerdict | None = None  # the guards' judgement of the latest eval
             self._round_embeds: dict[str, PromptEmbeds] = {}
             self.checkpoints = CheckpointManager(
                 self.accelerator,
@@ -106,6 +121,7 @@ class OnlineDPOTrainer:
                 else None
             )
             self._setup_models()
+            self.callbacks.call("on_init_end", self, self.control)
 
     # ---- set-up ------------------------------------------------------------------------------
     def _make_accelerator(self):
@@ -216,33 +232,6 @@ class OnlineDPOTrainer:
             device=accelerator.device,
             autocast=accelerator.autocast,
         )
-        self.ema = LoraEMA(self.lora_parameters, config.ema_decay) if config.ema_decay is not None else None
-        self.checkpoints.ema = self.ema
-        # Diversity is seen through the training reward's image encoder: what that reward could collapse.
-        embed = embedding_function(self.reward) if config.guard_diversity_seeds > 1 else None
-        # This module's `search_prompts`, so pairs and eval search alike (and one patch reaches both).
-        self.evaluator = Evaluator(
-            config,
-            accelerator,
-            self.generator,
-            self.model,
-            self.eval_reward,
-            self.prompt_cache,
-            self.eval_prompts,
-            self.output_dir,
-            config.ses_config,
-            search=search_prompts,
-            guard_rewards=self.guard_rewards,
-            embed=embed,
-        )
-        self.guards = GuardMonitor(
-            reward_keys=[f"guard/{name}" for name in self.guard_rewards],
-            diversity=embed is not None and bool(self.eval_prompts),
-            tolerance=config.guard_tolerance,
-            patience=config.guard_patience,
-            policy=config.guard_policy,
-            max_drift=config.guard_max_drift,
-        )
 
     @property
     def _show_progress(self) -> bool:
@@ -251,6 +240,11 @@ class OnlineDPOTrainer:
     @property
     def unwrapped_transformer(self):
         return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def search(self) -> Callable:
+        """The search that makes pairs and that eval runs: this module's `search_prompts` (one patch reaches both)."""
+        return search_prompts
 
     # ---- checkpoints (see checkpointing.py) ----------------------------------------------------
     def save_checkpoint(self, round_index: int) -> Path:
@@ -279,38 +273,7 @@ class OnlineDPOTrainer:
 
             rows = broadcast_object_list([rows], from_process=0)[0]  # every rank judges the guards alike
         self.accelerator.wait_for_everyone()
-        self.evaluator.before = next((row for row in rows if row["round"] == -1), None)
-        # The guards' streak and last good round follow from the logged rows.
-        self.guards.replay(rows)
-        self._check_last_good(resumed_round)
-
-    def _check_last_good(self, resumed_round: int | None) -> None:
-        """After a resume: the saved last-good LoRA must be the replayed last good round's.
-
-        A snapshot written after the checkpoint (in rounds this resume drops) is stale: when the last
-        good round is the checkpoint's own, its LoRA is the one just loaded and is saved again; else it
-        is removed, with a warning. Files are the main process's; every process meets at the barrier.
-        """
-        good = self.guards.last_good_round
-        if (
-            self.guards.active
-            and self.config.guard_policy == "stop"
-            and good is not None
-            and self.accelerator.is_main_process
-        ):
-            marker = self.last_good_dir / "round.json"
-            saved = json.loads(marker.read_text())["round"] if marker.is_file() else None
-            if saved != good and good == resumed_round:
-                with self._evaluated_lora():
-                    self._save_last_good(good)
-            elif saved != good:
-                remove_tree(self.last_good_dir)  # another round's LoRA: never to be passed off as this one
-                warnings.warn(
-                    f"the LoRA of round {good}, the last eval where every guard held, is no longer saved (guard/last_good "
-                    f"held round {saved}); if a guard stops this run, its final LoRA will be the one at the stop.",
-                    stacklevel=2,
-                )
-        self.accelerator.wait_for_everyone()
+        self.callbacks.call("on_resume", self, self.control, rows, resumed_round)
 
     # ---- one round ---------------------------------------------------------------------------
     def round_prompts(self, round_index: int) -> tuple[list[str], list[int], list[int]]:
@@ -330,7 +293,7 @@ class OnlineDPOTrainer:
         # Encode first: the text encoder visits the GPU while the reward model is still off it.
         embeds = self._encode_round(prompts)
         self.reward.to(self.accelerator.device)
-        results = search_prompts(
+        results = self.search(
             self.generator,
             self.reward,
             prompts,
@@ -490,8 +453,7 @@ class OnlineDPOTrainer:
                     self.optimizer.zero_grad(set_to_none=True)
                 if accelerator.sync_gradients:
                     self.global_step += 1
-                    if self.ema is not None:
-                        self.ema.update()
+                    self.callbacks.call("on_step_end", self, self.control, round_index)
                 loss = loss.detach()
                 for name, value in {"loss": loss, **stats}.items():
                     totals[name] = totals.get(name, 0.0) + float(value)
@@ -507,75 +469,46 @@ class OnlineDPOTrainer:
         return means
 
     def evaluate(self, round_index: int, with_search: bool) -> dict[str, float]:
-        """Eval metrics (see `Evaluator`), of the LoRA's moving average when `ema_decay` is set; {} without
-        held-out prompts. The guards judge them (see `guards.py`): `guard/held` is 1.0 when every guard held."""
-        with self._evaluated_lora():
-            metrics = self.evaluator(round_index, with_search)
-            if not metrics:
-                return metrics
-            self.verdict = self.guards.observe(round_index, self.evaluator.before, metrics)
-            metrics["guard/held"] = float(self.verdict.held)
-            if self.verdict.held and self.guards.active and self.config.guard_policy == "stop":
-                self._save_last_good(round_index)
+        """Eval metrics of round `round_index` (-1: before training), measured and judged by the callbacks
+        (`EvaluationCallback`, then `GuardCallback`: `guard/held` is 1.0 when every guard held) with the
+        evaluated weights in the model (the LoRA's moving average, with `ema_decay`); {} without eval."""
+        metrics: dict[str, float] = {}
+        with self.evaluated_lora():
+            self.callbacks.call("on_evaluate", self, self.control, round_index, metrics, with_search)
         return metrics
 
     # ---- the LoRA a run ends with ---------------------------------------------------------------
-    def _evaluated_lora(self):
-        """The weights that are evaluated, kept and exported in the model meanwhile: the LoRA's moving
-        average with `ema_decay`, else the trained LoRA as it is."""
-        return self.ema.applied() if self.ema is not None else nullcontext()
+    def evaluated_lora(self) -> AbstractContextManager:
+        """The weights that are evaluated, kept and exported in the model meanwhile: what the callbacks
+        put there (the LoRA's moving average, with `ema_decay`), else the trained LoRA as it is."""
+        return self.callbacks.evaluated_weights(self)
 
-    @property
-    def last_good_dir(self) -> Path:
-        """The LoRA of the last eval where every guard held (with `guard_policy: stop`)."""
-        return self.output_dir / "guard" / "last_good"
-
-    def _save_last_good(self, round_index: int) -> None:
-        """The evaluated LoRA (the average, with EMA) as it stands, swapped in whole for the previous one."""
-        if not self.accelerator.is_main_process:
-            return
-        with (
-            disk_full_error(self.last_good_dir),
-            atomic_directory(self.last_good_dir, remove_stale=True) as staging,
-        ):
-            save_lora(type(self.pipe), self.unwrapped_transformer, staging)
-            atomic_write_json(staging / "round.json", {"round": round_index})
-
-    def _save_final_lora(self, stopped: GuardVerdict | None) -> None:
+    def _save_final_lora(self) -> None:
         """`output_dir/pytorch_lora_weights.safetensors`: the trained LoRA (its average with EMA), or after a
-        guard stop the last good one, with `guard/report.json` saying why. `final_state.json`, written last,
-        commits it with the rounds it was trained on and what the pair store held then (what export reads)."""
+        stop the LoRA the stopping callback kept (`control.final_lora`: the guards' last good one).
+        `final_state.json`, written last, commits it with the rounds it was trained on and what the pair
+        store held then (what export reads)."""
+        control = self.control
         target = self.output_dir / LORA_WEIGHT_NAME
-        kept = self.last_good_dir / LORA_WEIGHT_NAME
         # Until the new commit is written, the last committed round is the newest checkpoint's.
         (self.output_dir / FINAL_STATE_NAME).unlink(missing_ok=True)
-        trained_round = self.config.rounds - 1 if stopped is None else stopped.round
+        trained_round = self.config.rounds - 1 if control.stop_round is None else control.stop_round
         lora_round = trained_round
-        if stopped is not None and kept.is_file():
+        kept = control.final_lora
+        if kept is not None and kept.is_file():
             atomic_write(target, lambda temporary: shutil.copyfile(kept, temporary))
-            lora_round = self.guards.last_good_round
-        else:  # no stop, or the last good LoRA was lost to a resume from an older checkpoint (warned then)
-            with disk_full_error(target), self._evaluated_lora():
+            lora_round = control.final_lora_round
+        else:  # no stop, or the kept LoRA was lost to a resume from an older checkpoint (warned then)
+            with disk_full_error(target), self.evaluated_lora():
                 save_lora(type(self.pipe), self.unwrapped_transformer, self.output_dir)
+        self.callbacks.call("on_final_save", self, control, lora_round)
         final = {
             "round": trained_round,
             "lora_round": lora_round,
             "global_step": self.global_step,
             "pairs": self.pair_manifest,
         }
-        if stopped is not None:
-            self._write_guard_report(stopped, lora_round)
         atomic_write_json(self.output_dir / FINAL_STATE_NAME, final)
-
-    def _write_guard_report(self, stopped: GuardVerdict, lora_round: int) -> None:
-        report = {
-            "stopped_at_round": stopped.round,
-            "final_lora_round": lora_round,
-            "failures": stopped.failures,
-            "guard_patience": self.guards.patience,
-            "guard_tolerance": self.guards.tolerance,
-        }
-        atomic_write_json(self.output_dir / "guard" / "report.json", report)
 
     # ---- the loop ------------------------------------------------------------------------------
     def log(self, metrics: dict[str, float], round_index: int) -> None:
@@ -586,9 +519,6 @@ class OnlineDPOTrainer:
         if self.accelerator.is_main_process:
             self.run_dir.append_metrics(metrics)
 
-    def _due(self, every: int, round_index: int) -> bool:
-        return every > 0 and (round_index + 1) % every == 0
-
     def train(self, stop_after_rounds: int | None = None) -> Path:
         """Run the rounds (from the checkpoint if resuming); returns the output dir with the final LoRA.
 
@@ -598,17 +528,8 @@ class OnlineDPOTrainer:
         with self.run_dir.held_for(self.accelerator):
             return self._train(stop_after_rounds)
 
-    def push_to_hub(self) -> None:
-        """The final LoRA with its model card (examples rendered with this pipeline) to `hub_model_id`."""
-        from .export.run import ExportArguments, export_run
-
-        arguments = ExportArguments(
-            run=str(self.output_dir), repo_id=self.config.hub_model_id, private=self.config.hub_private_repo
-        )
-        export_run(arguments, pipe=self.pipe, log=tqdm.write)
-
     def _train(self, stop_after_rounds: int | None) -> Path:
-        config, accelerator = self.config, self.accelerator
+        config, accelerator, control = self.config, self.accelerator, self.control
         if config.resume_from_checkpoint:
             self.resume()
         if accelerator.is_main_process:
@@ -622,71 +543,69 @@ class OnlineDPOTrainer:
             accelerator.init_trackers(
                 config.tracker_project, config={k: v for k, v in config.to_dict().items() if v is not None}
             )
-        if self.start_round == 0 and config.eval_every > 0:
-            # Always with search: what the search gains on the untrained model is the yardstick of
-            # `eval/amortisation_ratio` at every later eval.
-            self.log(self.evaluate(-1, with_search=True), -1)
+        # Evaluates the untrained model (round -1); a resumed run that a callback had stopped stays stopped.
+        self.callbacks.call("on_train_begin", self, control)
         last_round = (
             config.rounds
             if stop_after_rounds is None
             else min(config.rounds, self.start_round + stop_after_rounds)
         )
-        # A run a guard stopped stays stopped: resuming it (a scheduler relaunching the job) only finishes it.
-        stopped: GuardVerdict | None = (
-            self.guards.history[-1]
-            if self.guards.history and self.guards.history[-1].action == "stop"
-            else None
-        )
-        if stopped is not None:
+        if control.should_stop:
             last_round = self.start_round
         for round_index in tqdm(
             range(self.start_round, last_round), desc="rounds", disable=not self._show_progress
         ):
             started = time.perf_counter()
+            control.new_round()
+            self.callbacks.call("on_round_begin", self, control, round_index)
+            # 1-2. search this process's prompts with the current LoRA; the best and worst make pairs
             records, metrics = self.make_pairs(round_index)
-            if metrics["train/num_pairs"] == 0:  # a global count, the same on every rank: all raise
-                counts = {key: global_sum(accelerator, value) for key, value in self.score_counts.items()}
-                raise ValueError(
-                    f"round {round_index}: the reward {config.reward!r} gave no usable pair on any process: "
-                    f"{unusable_scores_reason(counts, config.min_margin)}; check the reward"
-                )
+            self._check_pairs(round_index, metrics)
+            # 3. how many of them the LoRA already ranks right, before training on them
             metrics["train/implicit_acc_new"] = self.implicit_accuracy(records, round_index)
+            # 4. DPO steps on them (and on replayed rounds' pairs)
             metrics.update(self.train_on_pairs(self._training_records(records, round_index), round_index))
-            final_round = round_index == config.rounds - 1
-            self.verdict = None
-            if self._due(config.eval_every, round_index) or final_round:
-                with_search = self._due(config.eval_ses_every, round_index) or final_round
-                metrics.update(self.evaluate(round_index, with_search=with_search))
+            # 5. eval (and the guards' verdict) when due, the log line, a checkpoint when due
+            if control.should_evaluate:
+                metrics.update(self.evaluate(round_index, with_search=control.should_search))
             metrics["time/round_seconds"] = time.perf_counter() - started
             self.log(metrics, round_index)
-            if accelerator.is_main_process:
-                # The guards' raw image statistics stay in metrics.jsonl; their drifts are on the line.
-                shown = {
-                    k: v
-                    for k, v in metrics.items()
-                    if isinstance(v, float) and not k.startswith(RAW_GUARD_METRICS)
-                }
-                summary = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in shown.items())
-                tqdm.write(f"round {round_index}: {summary}")
-            if self._due(config.checkpoint_every, round_index) or final_round:
+            self._print_round(round_index, metrics)
+            if control.should_save:
                 self.save_checkpoint(round_index)
-            if self.verdict is not None and self.verdict.action == "warn" and accelerator.is_main_process:
-                tqdm.write(f"guard warning at round {round_index}: " + "; ".join(self.verdict.failures))
-            if self.verdict is not None and self.verdict.action == "stop":
-                stopped = self.verdict  # the same verdict on every rank: all stop together
+            self.callbacks.call("on_round_end", self, control, round_index, metrics)
+            if control.should_stop:  # decided from gathered metrics: every rank stops together
                 break
+        control.run_finished = last_round == config.rounds or control.should_stop
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process and (last_round == config.rounds or stopped is not None):
-            self._save_final_lora(stopped)
-            if stopped is not None:
-                tqdm.write(self.guards.stop_message(stopped))
+        if accelerator.is_main_process and control.run_finished:
+            self._save_final_lora()
             summary = learning_summary(
-                self.output_dir / METRICS_NAME, final_round=self.guards.last_good_round if stopped else None
+                self.output_dir / METRICS_NAME,
+                final_round=control.final_lora_round if control.should_stop else None,
             )
             if summary:
                 tqdm.write(summary)
-            if config.push_to_hub:
-                self.push_to_hub()
+        self.callbacks.call("on_train_end", self, control)
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return self.output_dir
+
+    def _check_pairs(self, round_index: int, metrics: dict[str, float]) -> None:
+        """A round without a single pair on any process cannot train: say why, with the reward's scores."""
+        if metrics["train/num_pairs"] == 0:  # a global count, the same on every rank: all raise
+            counts = {key: global_sum(self.accelerator, value) for key, value in self.score_counts.items()}
+            raise ValueError(
+                f"round {round_index}: the reward {self.config.reward!r} gave no usable pair on any process: "
+                f"{unusable_scores_reason(counts, self.config.min_margin)}; check the reward"
+            )
+
+    def _print_round(self, round_index: int, metrics: dict[str, float]) -> None:
+        """One line per round on the main process; the guards' raw image statistics stay in metrics.jsonl."""
+        if not self.accelerator.is_main_process:
+            return
+        shown = {
+            k: v for k, v in metrics.items() if isinstance(v, float) and not k.startswith(RAW_GUARD_METRICS)
+        }
+        summary = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in shown.items())
+        tqdm.write(f"round {round_index}: {summary}")

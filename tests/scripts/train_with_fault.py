@@ -31,7 +31,7 @@ import datasets
 
 import tscale_train.checkpointing as checkpointing
 import tscale_train.io_utils as io_utils
-import tscale_train.ses as ses
+import tscale_train.ses.driver as ses
 from tscale_train.config import parse_config
 from tscale_train.dpo import FlowDPOStep
 from tscale_train.lora import LORA_WEIGHT_NAME

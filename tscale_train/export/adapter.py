@@ -259,14 +259,12 @@ def render_examples(source: AdapterSource, images_dir: Path, pipe=None) -> list[
 
 
 def _example_prompts(source: AdapterSource) -> list[str]:
-    from ..prompts import load_prompts
+    from ..prompts import BUNDLED_PROMPTS, load_prompts
 
     config = source.config
     if config.get("eval_prompts"):
         prompts = load_prompts(config["eval_prompts"], column=config.get("prompt_column", "prompt"))
     else:
-        from ..trainer import BUNDLED_PROMPTS
-
         prompts = load_prompts(
             config.get("prompts") or BUNDLED_PROMPTS, column=config.get("prompt_column", "prompt")
         )

@@ -7,7 +7,8 @@ inverse of diffusers' own reader of that layout, `_convert_non_diffusers_flux2_l
 (`diffusers/loaders/lora_conversion_utils.py`), so `pipe.load_lora_weights(dir, weight_name=COMFYUI_WEIGHT_NAME)`
 reads the file back, and ComfyUI applies it to the same weights.
 
-Key mapping (diffusers module -> original module, both without their prefix):
+Key mapping (diffusers module -> original module, both without their prefix), as the FLUX.2 families declare it
+(`families.flux2_klein.FLUX2_COMFYUI_KEYS`, `ModelFamily.comfyui`):
 
     transformer_blocks.N.attn.{to_q,to_k,to_v}                 -> double_blocks.N.img_attn.qkv  (fused)
     transformer_blocks.N.attn.{add_q_proj,add_k_proj,add_v_proj} -> double_blocks.N.txt_attn.qkv  (fused)
@@ -40,6 +41,7 @@ from typing import Any
 
 import torch
 
+from ..families import ComfyUIKeys, get_family, iter_families
 from ..io_utils import respect_umask
 from ..lora import LORA_WEIGHT_NAME
 
@@ -50,64 +52,41 @@ DIFFUSERS_PREFIX = "transformer."
 # Where `save_lora_weights` keeps the LoraConfig (its keys prefixed "transformer.").
 LORA_METADATA_KEY = "lora_adapter_metadata"
 
-# The original model computes q, k and v with one matrix; diffusers splits it in this order (torch.chunk(3)).
-_FUSED_QKV = {
-    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-}
-_DOUBLE_BLOCK_MODULES = {
-    "attn.to_out.0": "img_attn.proj",
-    "attn.to_add_out": "txt_attn.proj",
-    "ff.linear_in": "img_mlp.0",
-    "ff.linear_out": "img_mlp.2",
-    "ff_context.linear_in": "txt_mlp.0",
-    "ff_context.linear_out": "txt_mlp.2",
-}
-_SINGLE_BLOCK_MODULES = {
-    "attn.to_qkv_mlp_proj": "linear1",
-    "attn.to_out": "linear2",
-}
-_TOP_LEVEL_MODULES = {
-    "x_embedder": "img_in",
-    "context_embedder": "txt_in",
-    "time_guidance_embed.timestep_embedder.linear_1": "time_in.in_layer",
-    "time_guidance_embed.timestep_embedder.linear_2": "time_in.out_layer",
-    "time_guidance_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
-    "time_guidance_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
-    "proj_out": "final_layer.linear",
-    "norm_out.linear": "final_layer.adaLN_modulation.1",
-    "single_stream_modulation.linear": "single_stream_modulation.lin",
-    "double_stream_modulation_img.linear": "double_stream_modulation_img.lin",
-    "double_stream_modulation_txt.linear": "double_stream_modulation_txt.lin",
-}
-# The original final layer splits its modulation as (shift, scale), diffusers' AdaLayerNormContinuous as
-# (scale, shift): diffusers' base-model converter swaps the halves of this weight, so the LoRA delta on it
-# (rows of lora_B) must be swapped too to hit the same outputs in ComfyUI.
-_SWAPPED_HALVES = {"norm_out.linear"}
-
-_BLOCK_KEY = re.compile(r"(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)")
 _LORA_KEY = re.compile(r"(.+)\.(lora_A|lora_B)\.weight")
 
 
-def _original_module(module: str) -> tuple[str, int | None]:
+def _original_module(module: str, keys: ComfyUIKeys) -> tuple[str, int | None]:
     """diffusers module name -> (original module name, index of q/k/v inside a fused projection or None)."""
-    if module in _TOP_LEVEL_MODULES:
-        return _TOP_LEVEL_MODULES[module], None
-    match = _BLOCK_KEY.fullmatch(module)
+    if module in keys.top_level:
+        return keys.top_level[module], None
+    (double, original_double), (single, original_single) = keys.double_block_name, keys.single_block_name
+    match = re.fullmatch(rf"({re.escape(double)}|{re.escape(single)})\.(\d+)\.(.+)", module)
     if match is not None:
         kind, index, inner = match.groups()
-        if kind == "transformer_blocks":
-            if inner in _DOUBLE_BLOCK_MODULES:
-                return f"double_blocks.{index}.{_DOUBLE_BLOCK_MODULES[inner]}", None
-            for fused, parts in _FUSED_QKV.items():
+        if kind == double:
+            if inner in keys.double_blocks:
+                return f"{original_double}.{index}.{keys.double_blocks[inner]}", None
+            for fused, parts in keys.fused_qkv.items():
                 if inner in parts:
-                    return f"double_blocks.{index}.{fused}", parts.index(inner)
-        elif inner in _SINGLE_BLOCK_MODULES:
-            return f"single_blocks.{index}.{_SINGLE_BLOCK_MODULES[inner]}", None
+                    return f"{original_double}.{index}.{fused}", parts.index(inner)
+        elif inner in keys.single_blocks:
+            return f"{original_single}.{index}.{keys.single_blocks[inner]}", None
     raise ValueError(
         f"the LoRA module {module!r} has no counterpart that diffusers' FLUX.2 original-layout converter maps "
         "back (`_convert_non_diffusers_flux2_lora_to_diffusers`); it cannot be exported in the ComfyUI layout."
     )
+
+
+def comfyui_keys(pipeline_class: str = "Flux2KleinPipeline") -> ComfyUIKeys:
+    """The original-layout key map of a pipeline class's family (`ModelFamily.comfyui`)."""
+    family = get_family(pipeline_class)
+    if family.comfyui is None:
+        exportable = [other.name for other in iter_families() if other.comfyui is not None]
+        raise ValueError(
+            f"{family.name} LoRAs have no ComfyUI (original-layout) export; it exists for {', '.join(exportable)}. "
+            "Use the diffusers format."
+        )
+    return family.comfyui
 
 
 def _lora_config(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -141,14 +120,18 @@ def _swap_halves(weight: torch.Tensor) -> torch.Tensor:
 
 
 def to_comfyui_state_dict(
-    diffusers_state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None
+    diffusers_state_dict: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, Any] | None = None,
+    pipeline_class: str = "Flux2KleinPipeline",
 ) -> dict[str, torch.Tensor]:
     """A FLUX.2 transformer LoRA in diffusers' layout -> the original layout (`diffusion_model.` keys).
 
     `metadata` is the LoraConfig `save_lora` stores (the safetensors metadata, or its decoded
     "lora_adapter_metadata" dict); without it every module is taken at scale 1, as diffusers does.
+    The key map is the family's of `pipeline_class` (`comfyui_keys`).
     Raises ValueError for a key that is not a plain LoRA weight or names a module the converter cannot map.
     """
+    keys = comfyui_keys(pipeline_class)
     config = _lora_config(metadata)
     if config.get("use_dora") or config.get("lora_bias"):
         raise ValueError("DoRA and LoRA-bias adapters have no equivalent in the original FLUX.2 LoRA layout.")
@@ -170,13 +153,13 @@ def to_comfyui_state_dict(
             raise ValueError(
                 f"the LoRA module {module!r} has {sorted(pair)} but needs both lora_A and lora_B."
             )
-        original, part = _original_module(module)
+        original, part = _original_module(module, keys)
         down, up = pair["lora_A"], pair["lora_B"]
         scale = _scaling(module, down.shape[0], config)
         if scale != 1.0:
             # Multiply in float32 so a bf16 adapter loses no more than its final rounding.
             up = (up.float() * scale).to(up.dtype)
-        if module in _SWAPPED_HALVES:
+        if module in keys.swapped_halves:
             up = _swap_halves(up)
         grouped.setdefault(original, {})[part] = (down, up)
 
@@ -221,7 +204,11 @@ def _lora_file(lora_dir_or_file: str | Path) -> Path:
     return path / LORA_WEIGHT_NAME if path.is_dir() else path
 
 
-def save_comfyui_lora(lora_dir_or_file: str | Path, out_path: str | Path | None = None) -> Path:
+def save_comfyui_lora(
+    lora_dir_or_file: str | Path,
+    out_path: str | Path | None = None,
+    pipeline_class: str = "Flux2KleinPipeline",
+) -> Path:
     """Convert a diffusers LoRA file (or the folder `save_lora` wrote) and write it in the original layout.
 
     `out_path` defaults to `COMFYUI_WEIGHT_NAME` next to the source file; a folder gets that name inside it.
@@ -238,7 +225,7 @@ def save_comfyui_lora(lora_dir_or_file: str | Path, out_path: str | Path | None 
     with safe_open(str(source), framework="pt") as handle:
         metadata = handle.metadata() or {}
         state_dict = {key: handle.get_tensor(key) for key in handle.keys()}
-    converted = to_comfyui_state_dict(state_dict, metadata)
+    converted = to_comfyui_state_dict(state_dict, metadata, pipeline_class)
 
     out = source.parent / COMFYUI_WEIGHT_NAME if out_path is None else Path(out_path)
     if out.is_dir():

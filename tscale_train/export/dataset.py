@@ -26,7 +26,7 @@ import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from ..io_utils import atomic_directory, disk_full_error
-from ..loading import is_tiny  # the offline kit's models: random weights, so their pairs are test data
+from ..loading import is_offline_kit  # the offline kit's models: random weights, so their pairs are test data
 from ..pairs import PairStore, to_pickapic
 from ..prompts import PROMPT_FILE_SUFFIXES
 
@@ -219,7 +219,7 @@ def _is_hub_id(name: str) -> bool:
 def _model_name(model: str) -> str:
     if _is_hub_id(model):
         return model.split("/")[-1]
-    if is_tiny(model):
+    if is_offline_kit(model):
         return f"{model} (offline test model)"
     return Path(model).name or model
 
@@ -227,7 +227,7 @@ def _model_name(model: str) -> str:
 def _model_text(model: str) -> str:
     if _is_hub_id(model):
         return f"[`{model}`](https://huggingface.co/{model})"
-    if is_tiny(model):
+    if is_offline_kit(model):
         return f"`{model}` (tscale-train's offline random-weight test model)"
     return f"a local pipeline `{Path(model).name or model}`"
 
@@ -281,7 +281,7 @@ def _card_body(pairs: datasets.Dataset, config: dict[str, Any], repo_id: str | N
     )
     test_note = (
         "\n> These pairs come from a random-weight test model: they are for testing pipelines only.\n"
-        if is_tiny(model)
+        if is_offline_kit(model)
         else ""
     )
     return f"""# {_model_name(model)} SES preference pairs

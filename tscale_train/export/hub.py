@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import check_repo_id  # the repo id rule is a settings check; re-exported here
+
+__all__ = ["IGNORE_PATTERNS", "PushResult", "check_repo_id", "folder_files", "push_folder", "resolve_token"]
+
 
 @dataclass
 class PushResult:
@@ -19,21 +23,6 @@ class PushResult:
     revision: str | None
     files: list[str]
     url: str | None  # None for a dry run
-
-
-def check_repo_id(repo_id: str, what: str = "--repo-id") -> str:
-    """`namespace/name` as the Hub accepts it, or a one-line error."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if not repo_id or repo_id.count("/") != 1:
-        raise ValueError(f"{what} {repo_id!r} is not of the form namespace/name (e.g. me/klein-cat-dpo).")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as error:
-        raise ValueError(
-            f"{what} {repo_id!r} is not a valid repo id: {str(error).splitlines()[0]}"
-        ) from error
-    return repo_id
 
 
 def resolve_token(token: str | None = None) -> str:

@@ -7,29 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..families.flux1 import FLUX1
 from ..generation import FlowGenerator, PromptEmbeds, stack_embeds
-
-# Regexes over full module names (peft `fullmatch`es a string `target_modules`). "(.*\.)?" before
-# `transformer_blocks` lets a wrapper's prefix through but not `single_`, so each alternative names
-# one kind of block. FLUX.1's single blocks have no attention output projection of their own: their
-# `proj_out` projects the concatenated attention and MLP outputs, and it counts as attention here,
-# as FLUX.2's fused `attn.to_out` does.
-FLUX1_ATTENTION_TARGETS = (
-    r"(.*\.)?transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
-    r"|(.*\.)?single_transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v)|proj_out)"
-)
-FLUX1_ATTENTION_AND_FF_TARGETS = (
-    FLUX1_ATTENTION_TARGETS
-    + r"|(.*\.)?transformer_blocks\.\d+\.(ff|ff_context)\.net\.(0\.proj|2)"
-    + r"|(.*\.)?single_transformer_blocks\.\d+\.proj_mlp"
-)
-# As FLUX.2's preset: plus the input and output projections and the final modulation.
-FLUX1_ALL_LINEAR_TARGETS = FLUX1_ATTENTION_AND_FF_TARGETS + r"|x_embedder|proj_out|norm_out\.linear"
-FLUX1_LORA_TARGETS = {
-    "attention": FLUX1_ATTENTION_TARGETS,
-    "attention_ff": FLUX1_ATTENTION_AND_FF_TARGETS,
-    "all_linear": FLUX1_ALL_LINEAR_TARGETS,
-}
 
 # `FluxPipeline.__call__` defaults (FLUX.1-dev's model card: 28 steps at guidance 3.5) and its T5 length.
 FLUX1_DEV_STEPS = 28
@@ -53,9 +32,9 @@ class FluxGenerator(FlowGenerator):
     takes it packed into 2x2 patches, `[N, (H/16)*(W/16), 64]`.
     """
 
-    family = "FLUX.1"
-    pipeline_class = "FluxPipeline"
-    lora_targets = FLUX1_LORA_TARGETS
+    family = FLUX1.name
+    pipeline_class = FLUX1.pipeline_class
+    lora_targets = FLUX1.lora_targets
 
     def __init__(
         self, pipe, *, max_sequence_length: int | None = FLUX1_MAX_SEQUENCE_LENGTH, **kwargs

@@ -6,27 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
+from ..families.flux2_klein import FLUX2_KLEIN
 from ..generation import FlowGenerator, PromptEmbeds, negatives, stack_embeds
 from ..real_configs import FLUX2_KLEIN_MAX_SEQUENCE_LENGTH, FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS
-
-# peft matches plain `target_modules` names by suffix, and "attn.to_out" would also hit the double
-# blocks' `to_out` ModuleList; a regex over full module names is exact. These are every attention
-# projection of FLUX.2's double blocks and the fused projections of its single blocks.
-FLUX2_ATTENTION_TARGETS = (
-    r".*transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
-    r"|.*single_transformer_blocks\.\d+\.attn\.(to_qkv_mlp_proj|to_out)"
-)
-FLUX2_ATTENTION_AND_FF_TARGETS = (
-    FLUX2_ATTENTION_TARGETS + r"|.*transformer_blocks\.\d+\.(ff|ff_context)\.(linear_in|linear_out)"
-)
-# Every linear that shapes the output, including the input/output projections and the final
-# modulation: needed where attention alone is too weak a lever (the tiny random model).
-FLUX2_ALL_LINEAR_TARGETS = FLUX2_ATTENTION_AND_FF_TARGETS + r"|x_embedder|proj_out|.*norm_out\.linear"
-FLUX2_LORA_TARGETS = {
-    "attention": FLUX2_ATTENTION_TARGETS,
-    "attention_ff": FLUX2_ATTENTION_AND_FF_TARGETS,
-    "all_linear": FLUX2_ALL_LINEAR_TARGETS,
-}
 
 
 def pack_flux2_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -84,9 +66,9 @@ class Flux2LatentsGenerator(FlowGenerator):
 class Flux2KleinGenerator(Flux2LatentsGenerator):
     """`Flux2KleinPipeline`: distilled klein (4 steps, no CFG) and the undistilled klein base models."""
 
-    family = "FLUX.2-klein"
-    pipeline_class = "Flux2KleinPipeline"
-    lora_targets = FLUX2_LORA_TARGETS
+    family = FLUX2_KLEIN.name
+    pipeline_class = FLUX2_KLEIN.pipeline_class
+    lora_targets = FLUX2_KLEIN.lora_targets
 
     def __init__(
         self,

@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..families.flux2_dev import FLUX2_DEV
 from ..generation import PromptEmbeds, stack_embeds
-from .flux2 import FLUX2_LORA_TARGETS, Flux2LatentsGenerator, pack_flux2_latents, unpack_flux2_latents
+from .flux2 import Flux2LatentsGenerator, pack_flux2_latents, unpack_flux2_latents
 
 # `Flux2Pipeline.__call__` defaults: 50 steps at guidance 4, the Mistral hidden states of layers 10,
 # 20 and 30 (of 40) stacked, prompts of up to 512 tokens (the system message included).
@@ -33,10 +34,10 @@ class Flux2Generator(Flux2LatentsGenerator):
     which FLUX.2-dev has, while its guidance embedding is what klein lacks.
     """
 
-    family = "FLUX.2-dev"
-    pipeline_class = "Flux2Pipeline"
+    family = FLUX2_DEV.name
+    pipeline_class = FLUX2_DEV.pipeline_class
     # The same transformer class as klein, so the same module names.
-    lora_targets = FLUX2_LORA_TARGETS
+    lora_targets = FLUX2_DEV.lora_targets
 
     def __init__(
         self,

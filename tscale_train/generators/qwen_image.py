@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..families.qwen_image import QWEN_IMAGE
 from ..generation import FlowGenerator, PromptEmbeds, negatives
 
 # `QwenImagePipeline.__call__` defaults and the Qwen-Image model card (50 steps, true CFG 4 with a " " negative).
@@ -38,31 +39,6 @@ QWEN_IMAGE_MAX_SEQUENCE_LENGTH = 512
 # Search previews of the 50-step model: a fifth of the steps, with the final image's guidance.
 QWEN_IMAGE_PREVIEW_STEPS = 10
 PROMPT_EMBEDS_MASK = "prompt_embeds_mask"
-
-# Regexes over full module names (peft matches bare names by suffix, which is ambiguous). Qwen-Image's
-# 60 blocks are all double-stream: image and text streams each have their own attention projections,
-# MLP (`img_mlp`/`txt_mlp`: `net.0.proj` in, `net.2` out) and modulation (`img_mod.1`/`txt_mod.1`).
-_BLOCKS = r".*transformer_blocks\.\d+"
-QWEN_IMAGE_ATTENTION_TARGETS = (
-    _BLOCKS + r"\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
-)
-QWEN_IMAGE_ATTENTION_AND_FF_TARGETS = (
-    QWEN_IMAGE_ATTENTION_TARGETS + "|" + _BLOCKS + r"\.(img_mlp|txt_mlp)\.net\.(0\.proj|2)"
-)
-# Plus every other linear that shapes the output: the blocks' modulation, the image and text input
-# projections, the final modulation and projection (as FLUX.2's preset, the timestep embedder is left alone).
-QWEN_IMAGE_ALL_LINEAR_TARGETS = (
-    QWEN_IMAGE_ATTENTION_AND_FF_TARGETS
-    + "|"
-    + _BLOCKS
-    + r"\.(img_mod|txt_mod)\.1"
-    + r"|img_in|txt_in|norm_out\.linear|proj_out"
-)
-QWEN_IMAGE_LORA_TARGETS = {
-    "attention": QWEN_IMAGE_ATTENTION_TARGETS,
-    "attention_ff": QWEN_IMAGE_ATTENTION_AND_FF_TARGETS,
-    "all_linear": QWEN_IMAGE_ALL_LINEAR_TARGETS,
-}
 
 
 def pad_prompt_embeds(
@@ -89,9 +65,9 @@ class QwenImageGenerator(FlowGenerator):
     transformer samples in (the VAE's latents normalised by its `latents_mean`/`latents_std`).
     """
 
-    family = "Qwen-Image"
-    pipeline_class = "QwenImagePipeline"
-    lora_targets = QWEN_IMAGE_LORA_TARGETS
+    family = QWEN_IMAGE.name
+    pipeline_class = QWEN_IMAGE.pipeline_class
+    lora_targets = QWEN_IMAGE.lora_targets
 
     def __init__(
         self,

@@ -6,23 +6,8 @@ from typing import Any
 
 import torch
 
+from ..families.sd3 import SD3
 from ..generation import FlowGenerator, PromptEmbeds, negatives, stack_embeds
-
-# Regexes over full module names (peft `fullmatch`es a string `target_modules`). `attn2` is the
-# second, image-only attention of SD3.5-medium's dual-attention blocks. The last joint block is
-# context-pre-only and has no `to_add_out` or `ff_context`; the alternatives simply match nothing there.
-SD3_ATTENTION_TARGETS = r"(.*\.)?transformer_blocks\.\d+\.(attn|attn2)\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
-SD3_ATTENTION_AND_FF_TARGETS = (
-    SD3_ATTENTION_TARGETS + r"|(.*\.)?transformer_blocks\.\d+\.(ff|ff_context)\.net\.(0\.proj|2)"
-)
-# As FLUX.2's preset: plus the output projection and the final modulation. SD3's input projection
-# (`pos_embed.proj`) is a convolution, so it is not a target of a linear preset.
-SD3_ALL_LINEAR_TARGETS = SD3_ATTENTION_AND_FF_TARGETS + r"|proj_out|norm_out\.linear"
-SD3_LORA_TARGETS = {
-    "attention": SD3_ATTENTION_TARGETS,
-    "attention_ff": SD3_ATTENTION_AND_FF_TARGETS,
-    "all_linear": SD3_ALL_LINEAR_TARGETS,
-}
 
 # `StableDiffusion3Pipeline.__call__` defaults: 28 steps, a T5 sequence of 256 tokens.
 SD3_STEPS = 28
@@ -43,9 +28,9 @@ class StableDiffusion3Generator(FlowGenerator):
     timesteps in [0, 1000] (sigma * 1000) and predicts the velocity noise - x0.
     """
 
-    family = "SD3"
-    pipeline_class = "StableDiffusion3Pipeline"
-    lora_targets = SD3_LORA_TARGETS
+    family = SD3.name
+    pipeline_class = SD3.pipeline_class
+    lora_targets = SD3.lora_targets
 
     def __init__(self, pipe, *, max_sequence_length: int | None = SD3_MAX_SEQUENCE_LENGTH, **kwargs) -> None:
         super().__init__(pipe, **kwargs)

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import torch
 
+from ..families.z_image import Z_IMAGE
 from ..generation import FlowGenerator, PromptEmbeds, negatives
 
 # Pipeline defaults (the undistilled Z-Image); Z-Image-Turbo's 9 steps without CFG come from its
-# model card through `loading.KNOWN_MODEL_SETTINGS`.
+# model card, through its family's registration (`families.z_image`).
 Z_IMAGE_DEFAULT_STEPS = 50
 Z_IMAGE_DEFAULT_GUIDANCE_SCALE = 5.0
 Z_IMAGE_MAX_SEQUENCE_LENGTH = 512
@@ -27,26 +28,6 @@ Z_IMAGE_MAX_SEQUENCE_LENGTH = 512
 Z_IMAGE_PREVIEW_STEPS = 10
 # `ZImagePipeline.__call__` falls back to 1024 x 1024.
 Z_IMAGE_NATIVE_RESOLUTION = 1024
-
-# Regexes over full module names (peft matches bare names by suffix, which is ambiguous). Z-Image's
-# blocks are single-stream: the noise refiner (image tokens), the context refiner (caption tokens) and
-# the main `layers` (both), all with the same `attention.to_q|to_k|to_v|to_out.0` and SwiGLU
-# `feed_forward.w1|w2|w3`.
-_BLOCKS = r".*(noise_refiner|context_refiner|layers)\.\d+"
-Z_IMAGE_ATTENTION_TARGETS = _BLOCKS + r"\.attention\.(to_q|to_k|to_v|to_out\.0)"
-Z_IMAGE_ATTENTION_AND_FF_TARGETS = Z_IMAGE_ATTENTION_TARGETS + "|" + _BLOCKS + r"\.feed_forward\.(w1|w2|w3)"
-# Plus every other linear that shapes the output: the blocks' timestep modulation, the patch and caption
-# embedders and the final layer (as FLUX.2's preset, the timestep embedder itself is left alone).
-Z_IMAGE_ALL_LINEAR_TARGETS = (
-    Z_IMAGE_ATTENTION_AND_FF_TARGETS
-    + r"|.*(noise_refiner|layers)\.\d+\.adaLN_modulation\.0"
-    + r"|all_x_embedder\.[^.]+|cap_embedder\.1|all_final_layer\.[^.]+\.(linear|adaLN_modulation\.1)"
-)
-Z_IMAGE_LORA_TARGETS = {
-    "attention": Z_IMAGE_ATTENTION_TARGETS,
-    "attention_ff": Z_IMAGE_ATTENTION_AND_FF_TARGETS,
-    "all_linear": Z_IMAGE_ALL_LINEAR_TARGETS,
-}
 
 
 class ZImageGenerator(FlowGenerator):
@@ -56,9 +37,9 @@ class ZImageGenerator(FlowGenerator):
     patchifies 2x2 inside), float32, in the VAE's scaled and shifted space.
     """
 
-    family = "Z-Image"
-    pipeline_class = "ZImagePipeline"
-    lora_targets = Z_IMAGE_LORA_TARGETS
+    family = Z_IMAGE.name
+    pipeline_class = Z_IMAGE.pipeline_class
+    lora_targets = Z_IMAGE.lora_targets
 
     def __init__(
         self, pipe, *, max_sequence_length: int | None = Z_IMAGE_MAX_SEQUENCE_LENGTH, **kwargs

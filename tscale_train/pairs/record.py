@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from torch import Tensor
 
+from search import SearchResult
+
 from .selection import PairIndices, select_pairs
 
-if TYPE_CHECKING:
-    from ..ses import PromptSearch
+__all__ = ["PairRecord", "SearchedPrompt", "records_from_search"]
 
-__all__ = ["PairRecord", "records_from_search"]
+
+class SearchedPrompt(Protocol):
+    """What a pair is cut from: one prompt's finished search and what each candidate made.
+
+    `tscale_train.ses`'s `PromptSearch` is one. Pairs are core and the search driver a layer above them, so
+    they name the fields they read rather than import its class (imports run one way: tests/test_layering.py).
+    """
+
+    prompt: str
+    seed: int
+    search: SearchResult
+    clean_latents: Tensor | None  # [budget, *noise_shape], evaluation order
+    previews: Tensor | None  # [budget, 3, s, s] uint8, evaluation order
 
 
 @dataclass
@@ -48,7 +61,7 @@ class PairRecord:
     @classmethod
     def from_search(
         cls,
-        search_result: PromptSearch,
+        search_result: SearchedPrompt,
         pair: PairIndices,
         prompt_index: int,
         round_index: int,
@@ -84,7 +97,7 @@ class PairRecord:
 
 
 def records_from_search(
-    result: PromptSearch,
+    result: SearchedPrompt,
     prompt_index: int,
     round_index: int,
     strategy: str,

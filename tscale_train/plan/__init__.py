@@ -28,8 +28,8 @@ Three things make fake tensors on a CPU-only machine behave like the GPU run (me
   accelerate bf16 mixed precision of the GPU runs is emulated by `_CudaAutocast`.
 
 The package, one job per module: `tracker` (the fake GPU: live-memory tracker, GPU attention
-kernels, CUDA autocast), `families` (what differs between pipeline families: FLUX.2-klein, FLUX.1,
-Z-Image), `components` (what the model is: component configs, meta-device components, their bytes),
+kernels, CUDA autocast), `families` (what differs between pipeline families, read from the family registry
+`tscale_train.families`), `components` (what the model is: component configs, meta-device components, their bytes),
 `measure` (the measured transients of each forward/backward),
 `memory` (the `MemoryPlan` type and GiB helpers), `estimate` (the plan of a training run or of
 `tscale ses`, CPU memory), `suggest` (the overrides that would make a plan fit) and `cli`

@@ -74,8 +74,8 @@ MAX_PROCESSES = 65_536
 def plan_option_parser() -> argparse.ArgumentParser:
     """The options of the plan itself; every other flag is a setting of the planned run. Its errors are
     one-line `ValueError`s (`OneLineArgumentParser`)."""
+    from ..families import iter_families, known_models
     from ..parsing import OneLineArgumentParser
-    from ..real_configs import known_models
 
     parser = OneLineArgumentParser(
         prog="tscale plan",
@@ -85,7 +85,8 @@ def plan_option_parser() -> argparse.ArgumentParser:
             "(e.g. --config recipes/configs/flux2_klein_4b.yaml --train_batch_size 2), or with --ses of "
             "`tscale ses` (e.g. --model black-forest-labs/FLUX.2-klein-4B --eval-batch-size 8). "
             f"Configs bundled for planning offline: {', '.join(known_models())}; any other model of a planned "
-            "family (FLUX.2-klein, FLUX.1, Z-Image) plans from a local pipeline dir or the local HF cache."
+            f"family ({', '.join(family.name for family in iter_families() if family.plan is not None)}) plans "
+            "from a local pipeline dir or the local HF cache."
         ),
     )
     parser.add_argument(

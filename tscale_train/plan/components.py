@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from .families import PlanFamily, plan_family
+from ..families import PlanFamily, checkpoint_settings, get_family, known_models, known_pipeline_config
+from .families import plan_family
 from .tracker import module_bytes
 
 DIMS_MODEL_NAME = "dims-klein-4b"
@@ -90,7 +91,7 @@ def _read_pipeline_dir(model: str, directory: Path, source: str) -> PipelineSpec
     import diffusers
     from transformers import AutoConfig
 
-    from ..tiny import generator_settings
+    from ..tiny.kit import generator_settings
 
     index = json.loads((directory / "model_index.json").read_text())
     family = plan_family(index.get("_class_name"))
@@ -126,7 +127,7 @@ def _read_pipeline_dir(model: str, directory: Path, source: str) -> PipelineSpec
 
 
 def _known_spec(model: str, known: dict, source: str) -> PipelineSpec:
-    family = plan_family(known.get("pipeline_class", "Flux2KleinPipeline"))
+    family = plan_family(known["pipeline_class"])
     vae_scale_factor = 2 ** (len(known["vae"]["block_out_channels"]) - 1)
     return PipelineSpec(
         model=model,
@@ -145,11 +146,9 @@ def _known_spec(model: str, known: dict, source: str) -> PipelineSpec:
 
 
 def _with_model_card_settings(spec: PipelineSpec, model: str) -> PipelineSpec:
-    """A known checkpoint's model-card guidance and text length (`loading.KNOWN_MODEL_SETTINGS`: e.g.
+    """A known checkpoint's model-card guidance and text length (its family's `Checkpoint.settings`: e.g.
     Z-Image-Turbo runs without CFG, though its pipeline class defaults to it)."""
-    from ..loading import KNOWN_MODEL_SETTINGS
-
-    settings = KNOWN_MODEL_SETTINGS.get(model, {})
+    settings = checkpoint_settings(model)
     overrides: dict[str, Any] = {}
     if "guidance_scale" in settings:
         overrides["guidance_scale"] = float(settings["guidance_scale"])
@@ -183,25 +182,18 @@ def resolve_pipeline_spec(model: str) -> PipelineSpec:
 
     Raises ValueError/FileNotFoundError with the fix for a model it cannot describe.
     """
-    from ..real_configs import FLUX2_KLEIN_4B, known_models, known_pipeline_config
+    from ..real_configs import FLUX2_KLEIN_4B
 
     if model == DIMS_MODEL_NAME:
         # The real-dimension kit: FLUX.2-klein-4B dimensions with one double and one single block.
         known = known_pipeline_config(FLUX2_KLEIN_4B)
         known["transformer"].update(num_layers=1, num_single_layers=1)
         return _known_spec(model, known, "bundled klein-4B config, 1 + 1 blocks")
-    from ..loading import FAMILY_KIT_MODELS, SHAPES_MODEL, TINY_MODELS, check_model_source, shapes_model_dir
+    from ..loading import SHAPES_MODEL, check_model_source, kit_names, kit_pipeline_dir
 
-    if model == SHAPES_MODEL:
-        return _read_pipeline_dir(model, shapes_model_dir(), "shipped shapes model")
-    if model in TINY_MODELS:
-        from ..tiny import tiny_pipeline_dir
-
-        return _read_pipeline_dir(model, tiny_pipeline_dir(distilled=TINY_MODELS[model]), "tiny kit")
-    if model in FAMILY_KIT_MODELS:
-        from ..tiny import family_pipeline_dir
-
-        return _read_pipeline_dir(model, family_pipeline_dir(model), "tiny kit")
+    if model in kit_names():
+        label = "shipped shapes model" if model == SHAPES_MODEL else "tiny kit"
+        return _read_pipeline_dir(model, kit_pipeline_dir(model), label)
     source = check_model_source(model)
     if Path(source).is_dir():
         return _read_pipeline_dir(model, Path(source), "local dir")
@@ -248,7 +240,7 @@ def meta_transformer(
 ):
     """The family's transformer on the meta device (no weights), with the LoRA and checkpointing of a run.
 
-    A LoRA preset name (`attention`, ...) is the family generator's (`FlowGenerator.lora_targets`).
+    A LoRA preset name (`attention`, ...) is the family's (`ModelFamily.lora_targets`), as in training.
     """
     import diffusers
 
@@ -260,7 +252,10 @@ def meta_transformer(
     transformer.requires_grad_(False)
     if lora is not None:
         add_lora(
-            transformer, rank=lora.rank, target_modules=lora.target_modules, presets=family.lora_presets()
+            transformer,
+            rank=lora.rank,
+            target_modules=lora.target_modules,
+            presets=dict(get_family(spec.pipeline_class).lora_targets),
         )
     if checkpointing:
         transformer.enable_gradient_checkpointing()

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ..families.plan import FAKE_DEVICE
+
 
 class LiveMemoryTracker(torch.utils._python_dispatch.TorchDispatchMode):
     """Counts the bytes of storages created while it is active, and their peak.
@@ -114,10 +116,8 @@ class _FusedAttention(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-# Fake tensors stand for GPU tensors on the CPU device: the autograd engine needs a real CUDA device
-# to run a backward over (even fake) CUDA tensors, and the memory of an op does not depend on the
-# device once attention and autocast behave as on the GPU (`_FusedAttention`, `_CudaAutocast`).
-_FAKE_DEVICE = "cpu"
+# The device of the fake tensors (the CPU; why in `families.plan`), where the families' plan inputs are made too.
+_FAKE_DEVICE = FAKE_DEVICE
 
 # CUDA autocast's op lists (aten/src/ATen/autocast_mode.cpp), at the Python API level: these run in
 # the low-precision dtype, these in float32. CPU autocast has other lists (its layer_norm stays

@@ -17,16 +17,18 @@ from unittest.mock import patch
 
 from filelock import FileLock
 
+from ..families import family_kits, load_attribute
 from ..io_utils import atomic_directory, respect_umask
+from .kit import KIT_MARKER as KIT_MARKER
+from .kit import TINY_KIT_REWARDS
+from .kit import generator_settings as generator_settings
+from .kit import save_kit_pipeline as save_kit_pipeline
 
-TINY_MODEL_NAME = "tiny"
 # Bump when a tiny config changes, so stale caches are rebuilt instead of silently reused.
 KIT_VERSION = "v1"
 FLUX2_DISTILLED_SUBDIR = "flux2-klein"
 FLUX2_BASE_SUBDIR = "flux2-klein-base"
 _COMPLETE_MARKER = ".complete"
-# Written next to each kit pipeline: the settings its generator needs (see `generator_settings`).
-KIT_MARKER = "tscale_tiny.json"
 
 
 def default_kit_dir() -> Path:
@@ -110,36 +112,21 @@ def _build_once(target: Path, build: Callable[[Path], object], stamp: str, *, ex
     return target
 
 
-def save_kit_pipeline(pipe, out_dir: str | Path, marker: dict) -> Path:
-    """`save_pretrained` a kit pipeline into `out_dir` and write its `KIT_MARKER` (`marker` as JSON) next
-    to it, which `generator_settings` reads back; returns `out_dir`."""
-    out_dir = Path(out_dir)
-    pipe.save_pretrained(out_dir, safe_serialization=True)
-    (out_dir / KIT_MARKER).write_text(json.dumps(marker, indent=2))
-    return out_dir
+def kit_reward_models(pipeline_dir: str | Path) -> Path | None:
+    """The folder of the reward models that serve a pipeline folder, as its `KIT_MARKER` says; None without one.
 
-
-def generator_settings(pipeline_dir: str | Path) -> dict:
-    """`FlowGenerator` keyword arguments a kit pipeline records in its `tscale_tiny.json`; {} elsewhere.
-
-    `text_encoder_out_layers`, `max_sequence_length` and `default_resolution` (the marker's
-    `resolution`), whichever the marker holds, plus its `generator_kwargs` as they are.
+    A kit's pipeline has random weights, so real reward models would judge noise (and cannot be fetched
+    offline): its marker's `reward_models` is `TINY_KIT_REWARDS` (the tiny kit's, built on first use; also
+    what a marker without the key means, as those of kits built before it) or a folder laid out as the kit's
+    (`tiny.rewards`: pickscore/, open_clip/), relative to the pipeline folder.
     """
     marker = Path(pipeline_dir) / KIT_MARKER
     if not marker.is_file():
-        return {}
-    recorded = json.loads(marker.read_text())
-    # Anything else a family's generator takes (steps, guidance, ...), passed through as recorded.
-    settings: dict = dict(recorded.get("generator_kwargs", {}))
-    if "text_encoder_out_layers" in recorded:
-        settings["text_encoder_out_layers"] = tuple(
-            int(layer) for layer in recorded["text_encoder_out_layers"]
-        )
-    if "max_sequence_length" in recorded:
-        settings["max_sequence_length"] = int(recorded["max_sequence_length"])
-    if "resolution" in recorded:
-        settings["default_resolution"] = int(recorded["resolution"])
-    return settings
+        return None
+    reward_models = json.loads(marker.read_text()).get("reward_models", TINY_KIT_REWARDS)
+    if reward_models == TINY_KIT_REWARDS:
+        return ensure_tiny_kit(default_kit_dir())
+    return (Path(pipeline_dir) / reward_models).resolve()
 
 
 def tiny_pipeline_dir(distilled: bool = True, kit_dir: str | Path | None = None) -> Path:
@@ -184,28 +171,26 @@ def dims_pipeline_dir(kit_dir: str | Path | None = None) -> Path:
     return ensure_dims_kit(kit_dir)
 
 
-# One tiny kit per further pipeline family (`--model tiny-flux1`, ...): model name -> "module:builder".
-# A builder `build(out_dir: Path, seed: int) -> Path` saves the pipeline with `save_pretrained` and
-# writes `KIT_MARKER` ({"kind": ..., "resolution": ..., "generator_kwargs": {...}}). Each is built on
-# first use, inside the tiny kit directory, like the real-dimension kit.
-FAMILY_KITS = {
-    "tiny-flux1": "tscale_train.tiny.flux1:build_tiny_flux1",
-    "tiny-flux2-dev": "tscale_train.tiny.flux2_dev:build_tiny_flux2_dev",
-    "tiny-qwen-image": "tscale_train.tiny.qwen_image:build_tiny_qwen_image",
-    "tiny-sd3": "tscale_train.tiny.sd3:build_tiny_sd3",
-    "tiny-z-image": "tscale_train.tiny.z_image:build_tiny_z_image",
-}
+# One tiny kit per further pipeline family (`--model tiny-flux1`, ...), as each family registers it
+# (`ModelFamily.kits`: model name -> "module:builder"). A builder `build(out_dir: Path, seed: int) -> Path`
+# saves the pipeline with `save_kit_pipeline`. Each is built on first use, inside the tiny kit directory,
+# like the real-dimension kit.
 FAMILY_KIT_VERSION = "v1"
 
 
-def family_pipeline_dir(model: str, kit_dir: str | Path | None = None, seed: int = 0) -> Path:
-    """The saved tiny pipeline of a `FAMILY_KITS` model (building it once if needed)."""
-    import importlib
+def __getattr__(name: str):
+    # `FAMILY_KITS`, the registry's view (model name -> "module:builder"), as it was importable before.
+    if name == "FAMILY_KITS":
+        return family_kits()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    if model not in FAMILY_KITS:
-        raise ValueError(f"unknown tiny family {model!r}; known: {', '.join(sorted(FAMILY_KITS))}.")
-    module, _, name = FAMILY_KITS[model].partition(":")
-    build = getattr(importlib.import_module(module), name)
+
+def family_pipeline_dir(model: str, kit_dir: str | Path | None = None, seed: int = 0) -> Path:
+    """The saved tiny pipeline of a family's kit (`ModelFamily.kits`), building it once if needed."""
+    kits = family_kits()
+    if model not in kits:
+        raise ValueError(f"unknown tiny family {model!r}; known: {', '.join(sorted(kits))}.")
+    build = load_attribute(kits[model])
     target = ensure_tiny_kit(kit_dir) / model
     return _build_once(
         target, lambda staging: build(staging, seed=seed), f"version={FAMILY_KIT_VERSION} seed={seed}\n"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from . import save_kit_pipeline
 from .clip_t5 import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer
+from .kit import save_kit_pipeline
 
 TINY_RESOLUTION = 64
 # Every prompt of the kit's prompt list (at most 69 characters) fits.

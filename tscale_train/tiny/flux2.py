@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import save_kit_pipeline
+from .kit import save_kit_pipeline
 
 # The text encoder's hidden states that feed the transformer: with 2 layers, layers 1 and 2.
 TINY_TEXT_ENCODER_OUT_LAYERS = (1, 2)

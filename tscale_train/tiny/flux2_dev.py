@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from . import save_kit_pipeline
 from .flux2 import FLUX2_SCHEDULER, tiny_flux2_transformer, tiny_flux2_vae
+from .kit import save_kit_pipeline
 
 TINY_TEXT_HIDDEN = 32
 # Four layers, three stacked: intermediate layers as on the real model (10, 20, 30 of 40), never the last.

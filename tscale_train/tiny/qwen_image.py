@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from . import save_kit_pipeline
+from .kit import save_kit_pipeline
 
 TINY_RESOLUTION = 64
 # 4 sampler steps for a final image, 2 for a search preview: both cheap, and previews differ from finals.

@@ -78,51 +78,9 @@ def _init_linears(module: torch.nn.Module, generator: torch.Generator) -> None:
                 submodule.bias.zero_()
 
 
-def build_dims_flux2_klein(out_dir: str | Path, *, seed: int = 0) -> Path:
-    """Build the real-dimension random-weight FLUX.2-klein-4B pipeline into `out_dir` (bf16 safetensors).
-
-    Deterministic given `seed`. Returns `out_dir`.
-    """
-    from diffusers import (
-        AutoencoderKLFlux2,
-        Flux2Transformer2DModel,
-    )
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    from .flux2 import _byte_level_tokenizer, save_klein_pipeline
-
-    out_dir = Path(out_dir)
-    configs = dims_component_configs()
-    tokenizer = _byte_level_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        text_config = dict(configs["text_encoder"])
-        # The byte-level tokenizer's ids (256 bytes + 3 specials) fit in 320; the real vocab would be
-        # 151936 x 2560 = 389 M embedding parameters of nothing.
-        text_config.update(
-            vocab_size=320,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=None,
-        )
-        text_encoder = Qwen3ForCausalLM(Qwen3Config(**text_config))
-        # The transformer is built on the meta device (no default init of its ~530 M weights), then
-        # materialised and filled from a seeded generator.
-        # `torch.nn.Module.to`, not diffusers' override: there is nothing to keep in float32 here.
-        with torch.device("meta"):
-            transformer = Flux2Transformer2DModel(**configs["transformer"])
-        torch.nn.Module.to(transformer, torch.bfloat16)
-        transformer.to_empty(device="cpu")
-        generator = torch.Generator().manual_seed(seed + 1)
-        _init_linears(transformer, generator)
-        with torch.no_grad():
-            for name, parameter in transformer.named_parameters():
-                if "norm" in name and parameter.ndim == 1 and "linear" not in name:
-                    parameter.fill_(1.0)  # RMSNorm scales (q/k norms): identity.
-        vae = AutoencoderKLFlux2(**configs["vae"])
-    # The VAE in bf16 like the rest: `torch.nn.Module.to`, not diffusers' override (nothing stays float32).
-    torch.nn.Module.to(vae, torch.bfloat16)
-    marker = {
+def dims_kit_marker(seed: int = 0) -> dict[str, Any]:
+    """What the kit records in its marker file: the generator settings every command uses."""
+    return {
         "shapes_of": "black-forest-labs/FLUX.2-klein-4B",
         "version": DIMS_KIT_VERSION,
         "seed": seed,
@@ -130,13 +88,67 @@ def build_dims_flux2_klein(out_dir: str | Path, *, seed: int = 0) -> Path:
         "max_sequence_length": SHAPES_MAX_SEQUENCE_LENGTH,
         "resolution": SHAPES_RESOLUTION,
     }
-    save_klein_pipeline(
-        out_dir,
-        vae=vae,
-        text_encoder=text_encoder.to(torch.bfloat16),
-        tokenizer=tokenizer,
-        transformer=transformer,
-        distilled=True,
-        marker=marker,
+
+
+def build_dims_components(*, seed: int = 0, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The kit's `text_encoder`, `transformer`, `vae` (bf16) and `tokenizer`, deterministic given `seed`.
+
+    With `device="meta"` nothing is allocated or initialised: the modules have the kit's exact configs,
+    parameter names and shapes, which is all that tests of shapes need (no 1.1 GB build).
+    """
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from .flux2 import _byte_level_tokenizer
+
+    meta = torch.device(device).type == "meta"
+    configs = dims_component_configs()
+    tokenizer = _byte_level_tokenizer()
+    text_config = dict(configs["text_encoder"])
+    # The byte-level tokenizer's ids (256 bytes + 3 specials) fit in 320; the real vocab would be
+    # 151936 x 2560 = 389 M embedding parameters of nothing.
+    text_config.update(
+        vocab_size=320,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
     )
-    return out_dir
+    if meta:
+        with torch.device("meta"):
+            text_encoder = Qwen3ForCausalLM(Qwen3Config(**text_config))
+            transformer = Flux2Transformer2DModel(**configs["transformer"])
+            vae = AutoencoderKLFlux2(**configs["vae"])
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            text_encoder = Qwen3ForCausalLM(Qwen3Config(**text_config))
+            # The transformer is built on the meta device (no default init of its ~530 M weights), then
+            # materialised and filled from a seeded generator.
+            with torch.device("meta"):
+                transformer = Flux2Transformer2DModel(**configs["transformer"])
+            # `torch.nn.Module.to`, not diffusers' override: there is nothing to keep in float32 here.
+            torch.nn.Module.to(transformer, torch.bfloat16)
+            transformer.to_empty(device="cpu")
+            generator = torch.Generator().manual_seed(seed + 1)
+            _init_linears(transformer, generator)
+            with torch.no_grad():
+                for name, parameter in transformer.named_parameters():
+                    if "norm" in name and parameter.ndim == 1 and "linear" not in name:
+                        parameter.fill_(1.0)  # RMSNorm scales (q/k norms): identity.
+            vae = AutoencoderKLFlux2(**configs["vae"])
+    # Everything in bf16, as saved: `torch.nn.Module.to`, not diffusers' override (nothing stays float32).
+    for module in (text_encoder, transformer, vae):
+        torch.nn.Module.to(module, torch.bfloat16)
+    return {"text_encoder": text_encoder, "transformer": transformer, "vae": vae, "tokenizer": tokenizer}
+
+
+def build_dims_flux2_klein(out_dir: str | Path, *, seed: int = 0) -> Path:
+    """Build the real-dimension random-weight FLUX.2-klein-4B pipeline into `out_dir` (bf16 safetensors).
+
+    Deterministic given `seed`. Returns `out_dir`.
+    """
+    from .flux2 import save_klein_pipeline
+
+    return save_klein_pipeline(
+        Path(out_dir), **build_dims_components(seed=seed), distilled=True, marker=dims_kit_marker(seed)
+    )

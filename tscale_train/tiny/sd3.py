@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from . import save_kit_pipeline
 from .clip_t5 import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_t5_encoder, tiny_t5_tokenizer
 from .flux1 import TINY_RESOLUTION, tiny_autoencoder_kl
+from .kit import save_kit_pipeline
 
 # Every prompt of the kit's prompt list (at most 69 characters) fits.
 TINY_MAX_SEQUENCE_LENGTH = 64

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from . import save_kit_pipeline
 from .flux1 import FLUX1_VAE_SCALING_FACTOR, FLUX1_VAE_SHIFT_FACTOR, tiny_autoencoder_kl
 from .flux2 import _byte_level_tokenizer, tiny_qwen3_config
+from .kit import save_kit_pipeline
 
 TINY_TEXT_HIDDEN = 32
 # Short prompts only: with byte-level tokens the chat template alone takes ~20 of them.

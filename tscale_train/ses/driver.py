@@ -1,10 +1,10 @@
-"""Standalone SES inference: search the initial noise of a pipeline for one or many prompts.
+"""The search driver: one Spectral Evolution Search (or best-of-N) per (prompt, seed), batched.
 
-`search_prompts` runs one Spectral Evolution Search per (prompt, seed) in lockstep through the
-ask/tell object, so every generation of every search is generated and scored in shared batches.
-Under `accelerate launch` with `split_across=PartialState()`, each batch of candidates is divided
-between the processes and the scores gathered, so every process keeps the same CEM state and N processes
-search N times faster. `ses_generate` is the one-prompt convenience API.
+`search_prompts` runs one search per (prompt, seed) in lockstep through the ask/tell object, so every
+generation of every search is generated and scored in shared batches. Under `accelerate launch` with
+`split_across=PartialState()`, each batch of candidates is divided between the processes and the scores
+gathered, so every process keeps the same CEM state and N processes search N times faster.
+`ses_generate` is the one-prompt convenience API; `render_result` renders a finished search.
 """
 
 from __future__ import annotations
@@ -13,111 +13,38 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm.auto import tqdm
 
-from rewards.weighted import WeightedReward, standardisation
-from search import RandomSearch, SearchResult, SESConfig, SpectralEvolutionSearch, published_variant
+from search import RandomSearch, SESConfig, SpectralEvolutionSearch, published_variant
 
-from .config import DEFAULT_POPSIZE, SEARCH_METHODS, check_search_budget
-from .distributed import derive_seed
-from .generation import FlowGenerator, PromptEmbeds, generator_for_pipeline
+from ..config import DEFAULT_POPSIZE, SEARCH_METHODS, check_search_budget
+from ..distributed import derive_seed
+from ..generation import FlowGenerator, PromptEmbeds, generator_for_pipeline
+from .images import to_pil
+from .results import PromptSearch, SESOutput
+from .scoring import (
+    NONFINITE_KINDS,
+    Reward,
+    Statistics,
+    count_nonfinite,
+    describe_nonfinite,
+    raw_scorer,
+    score_counts,
+    weighted_reward,
+    weighted_scores,
+)
 
 if TYPE_CHECKING:
     from accelerate import PartialState
 
 logger = logging.getLogger(__name__)
 
-Reward = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
 # Prompts searched in lockstep: one generation is popsize x this many candidates, scored batch by batch.
 DEFAULT_SEARCH_GROUP_SIZE = 8
-# The scores a reward may return that no search or pairing uses, as `PromptSearch.nonfinite` counts them.
-NONFINITE_KINDS = ("NaN", "+inf", "-inf")
-
-
-def count_nonfinite(scores: torch.Tensor) -> dict[str, int]:
-    """How many of `scores` are NaN, +inf and -inf."""
-    return {
-        "NaN": int(torch.isnan(scores).sum()),
-        "+inf": int(torch.isposinf(scores).sum()),
-        "-inf": int(torch.isneginf(scores).sum()),
-    }
-
-
-def describe_nonfinite(counts: dict[str, int]) -> str:
-    """`{"NaN": 3, "+inf": 1, "-inf": 0}` -> "3 NaN and 1 +inf" ("none non-finite" when all are 0)."""
-    parts = [f"{counts.get(kind, 0)} {kind}" for kind in NONFINITE_KINDS if counts.get(kind, 0)]
-    if not parts:
-        return "none non-finite"
-    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
-
-
-def score_counts(results: Sequence[PromptSearch]) -> dict[str, int]:
-    """Candidates scored by `results` and how many of their scores were NaN, +inf and -inf."""
-    counts = {"candidates": sum(len(result.search.scores) for result in results)}
-    for kind in NONFINITE_KINDS:
-        counts[kind] = sum((result.nonfinite or {}).get(kind, 0) for result in results)
-    return counts
-
-
-def unusable_scores_reason(counts: dict[str, int | float], min_margin: float = 0.0) -> str:
-    """Why searches with these `score_counts` gave no preference pair, in words, with the numbers."""
-    total = int(counts["candidates"])
-    bad = {kind: int(counts.get(kind, 0)) for kind in NONFINITE_KINDS}
-    finite = total - sum(bad.values())
-    scores = f"of {total} candidate scores, {finite} finite" + (
-        f", {describe_nonfinite(bad)}" if any(bad.values()) else ""
-    )
-    if finite == 0:
-        return f"{scores}: nothing to rank (a reward must return finite numbers)"
-    if min_margin > 0:
-        return f"{scores}: within each search the finite scores were tied, or closer than --min_margin {min_margin:g}"
-    return f"{scores}: within each search the finite scores were tied (or there was only one)"
-
-
-@dataclass
-class PromptSearch:
-    """One finished search: its prompt, seed, `SearchResult`, and optionally what each candidate made."""
-
-    prompt: str
-    seed: int
-    search: SearchResult
-    clean_latents: torch.Tensor | None = None  # [budget, *noise_shape], CPU, evaluation order
-    previews: torch.Tensor | None = None  # [budget, 3, s, s] uint8 thumbnails, CPU, evaluation order
-    # A `WeightedReward` only: each reward's raw score [budget, K], and the per-reward mean and spread of
-    # the first generation that standardised them (the search's scores are the weighted standardised ones).
-    component_scores: torch.Tensor | None = None
-    reward_statistics: tuple[torch.Tensor, torch.Tensor] | None = None
-    # How many of the reward's scores were NaN, +inf and -inf (`count_nonfinite`); the search saw each as NaN
-    # (never selected), so `search.scores` holds NaN for all three.
-    nonfinite: dict[str, int] | None = None
-
-    @property
-    def best_components(self) -> torch.Tensor | None:
-        """Each reward's raw score `[K]` of the best candidate (None unless the reward is weighted)."""
-        return None if self.component_scores is None else self.component_scores[self.search.best_index]
-
-
-@dataclass
-class SESOutput:
-    prompt: str
-    seed: int
-    image: Image.Image  # the searched noise at full `steps`
-    base_image: Image.Image  # the unsearched noise (the seed's own noise) at full `steps`
-    search: SearchResult
-
-    @property
-    def best_score(self) -> float:
-        return self.search.best_score
-
-    @property
-    def base_score(self) -> float:
-        return self.search.base_score
 
 
 class _Evaluator:
@@ -167,7 +94,7 @@ class _Evaluator:
         """
         prompts = [item.prompt for item in embeds]
         # A weighted reward's scores are standardised per search (see `_search_group`): score each reward raw.
-        score = self.reward.component_scores if isinstance(self.reward, WeightedReward) else self.reward
+        score = raw_scorer(self.reward)
         scores: list[torch.Tensor] = []
         extras: dict[str, list[torch.Tensor]] = {}
         for batch, output in self.generator.iter_batches(noises, embeds, self.num_inference_steps):
@@ -201,7 +128,7 @@ def search_prompts(
     group_size: int | None = DEFAULT_SEARCH_GROUP_SIZE,
     progress: bool = True,
     method: str = "ses",
-    reward_statistics: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+    reward_statistics: Sequence[Statistics | None] | None = None,
 ) -> list[PromptSearch]:
     """Run one SES per (prompt, seed), in lockstep groups of `group_size` prompts sharing batches.
 
@@ -313,7 +240,7 @@ def _search_group(
     config: SESConfig,
     bar,
     method: str,
-    statistics: list[tuple[torch.Tensor, torch.Tensor] | None],
+    statistics: list[Statistics | None],
 ) -> list[PromptSearch]:
     """The searches of one group, in lockstep.
 
@@ -328,7 +255,7 @@ def _search_group(
     searches = [start_search(generator, seed, budget, config, method) for seed in seeds]
     kept: list[dict[str, list[torch.Tensor]]] = [{} for _ in searches]
     statistics = list(statistics)  # filled in as first generations are scored
-    weighted = evaluate.reward if isinstance(evaluate.reward, WeightedReward) else None
+    weighted = weighted_reward(evaluate.reward)
     nonfinite = [dict.fromkeys(NONFINITE_KINDS, 0) for _ in searches]
     while not all(search.done for search in searches):
         active = [index for index, search in enumerate(searches) if not search.done]
@@ -341,9 +268,7 @@ def _search_group(
             chunk = scores[offset : offset + size]
             if weighted is not None:
                 kept[index].setdefault("component_scores", []).append(chunk)
-                if statistics[index] is None:
-                    statistics[index] = standardisation(chunk)
-                chunk = weighted.combine(chunk, *statistics[index])
+                chunk, statistics[index] = weighted_scores(weighted, chunk, statistics[index])
             for kind, count in count_nonfinite(chunk).items():
                 nonfinite[index][kind] += count
             searches[index].tell(
@@ -374,13 +299,6 @@ def _search_group(
         )
     ]
     return results
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    array = (
-        (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    )
-    return [Image.fromarray(item) for item in array]
 
 
 def ses_generate(
@@ -437,107 +355,3 @@ def render_result(generator: FlowGenerator, result: PromptSearch, steps: int | N
     return SESOutput(
         prompt=result.prompt, seed=result.seed, image=images[0], base_image=images[1], search=result.search
     )
-
-
-def _enlarged(image: Image.Image, min_side: int) -> Image.Image:
-    """`image` scaled up by a whole factor (nearest neighbour, so flat colours stay flat) to at least `min_side`."""
-    factor = max(1, -(-min_side // min(image.size)))
-    return (
-        image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
-    )
-
-
-def _wrapped(text: str, width: int, char_width: int = 6) -> list[str]:
-    import textwrap
-
-    return textwrap.wrap(text, max(8, width // char_width)) or [""]
-
-
-def labelled_grid(
-    rows: list[list[Image.Image]],
-    captions: list[str],
-    row_labels: list[str] | None = None,
-    min_side: int = 160,
-) -> Image.Image:
-    """Images in rows (one column per caption), each enlarged to at least `min_side` px, the caption under
-    each column and a label over each row: an eval grid a person can read."""
-    from PIL import ImageDraw
-
-    cells = [[_enlarged(image, min_side) for image in row] for row in rows]
-    cell_w = max(image.width for row in cells for image in row)
-    cell_h = max(image.height for row in cells for image in row)
-    line = 12
-    label_h = line + 2 if row_labels else 0
-    caption_lines = max(len(_wrapped(caption, cell_w)) for caption in captions) if captions else 0
-    pad = 4
-    width = len(captions) * (cell_w + pad) + pad
-    height = len(cells) * (cell_h + label_h + pad) + caption_lines * line + 2 * pad
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
-    y = pad
-    for index, row in enumerate(cells):
-        if row_labels:
-            draw.text((pad, y), row_labels[index], fill="black")
-            y += label_h
-        for column, image in enumerate(row):
-            canvas.paste(image, (pad + column * (cell_w + pad), y))
-        y += cell_h + pad
-    for column, caption in enumerate(captions):
-        for number, text in enumerate(_wrapped(caption, cell_w)):
-            draw.text((pad + column * (cell_w + pad), y + number * line), text, fill="black")
-    return canvas
-
-
-def side_by_side(
-    left: Image.Image,
-    right: Image.Image,
-    labels: tuple[str, str] = ("base", "SES"),
-    caption: str | None = None,
-    min_side: int = 256,
-) -> Image.Image:
-    """Two images next to each other (base vs searched), enlarged to at least `min_side` px, each labelled,
-    with the prompt under them when given."""
-    from PIL import ImageDraw
-
-    left, right = _enlarged(left, min_side), _enlarged(right, min_side)
-    line, pad = 12, 4
-    caption_lines = _wrapped(caption, left.width + right.width) if caption else []
-    canvas = Image.new(
-        "RGB",
-        (
-            left.width + right.width + 3 * pad,
-            max(left.height, right.height) + line + pad * 3 + line * len(caption_lines),
-        ),
-        "white",
-    )
-    draw = ImageDraw.Draw(canvas)
-    for offset, (image, label) in zip(
-        (pad, 2 * pad + left.width), ((left, labels[0]), (right, labels[1])), strict=True
-    ):
-        draw.text((offset, pad), label, fill="black")
-        canvas.paste(image, (offset, pad + line))
-    y = 2 * pad + line + max(left.height, right.height)
-    for number, text in enumerate(caption_lines):
-        draw.text((pad, y + number * line), text, fill="black")
-    return canvas
-
-
-def plot_trace(search: SearchResult, path, title: str = "") -> None:
-    """Best reward versus evaluations for SES, with the base noise's reward as a reference line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    best_so_far = search.best_so_far()
-    evaluations = torch.arange(1, len(best_so_far) + 1)
-    figure, axis = plt.subplots(figsize=(5, 3.2), dpi=120)
-    axis.plot(evaluations.numpy(), best_so_far.numpy(), label="SES best so far")
-    axis.axhline(search.base_score, color="gray", linestyle="--", label="base noise")
-    axis.set_xlabel("evaluations")
-    axis.set_ylabel("reward")
-    axis.set_title(title[:60])
-    axis.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
