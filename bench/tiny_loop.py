@@ -1,7 +1,7 @@
 """Short runs of the online loop on the tiny kit, shared by `bench/amortisation.py` and `bench/pair_sources.py`.
 
 Each run trains a LoRA on all linears of the tiny FLUX.2-klein (the tiny model does not move with the
-attention projections alone, see DESIGN.md) for a few rounds and returns its `metrics.jsonl` rows. Runs
+attention projections alone: measured, a brightness reward moved < 0.1 sd in 5 rounds) for a few rounds and returns its `metrics.jsonl` rows. Runs
 go to a pool of worker processes, each on one torch thread, so a result does not depend on how many run
 side by side. Rewards are the synthetic ones: the random VAE makes them nearly flat, so shifts are
 reported in units of the eval prompts' spread before training (round -1), as the loop's own summary does.

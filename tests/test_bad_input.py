@@ -441,6 +441,7 @@ def test_bad_input_is_one_line_naming_the_setting_and_the_fix(
     assert snapshot(workspace) == before, "a failing command changed what was already written"
 
 
+@pytest.mark.slow
 def test_the_recipe_reports_bad_input_in_one_line_with_exit_code_2(tmp_path):
     """The recipe itself, as `accelerate launch` runs it: a real process, exit code 2, one line, before any model."""
     result = subprocess.run(

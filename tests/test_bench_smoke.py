@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+# Each runs a whole benchmark script (seconds to a minute): the full suite's, not the fast tier's.
+pytestmark = pytest.mark.slow
 
 
 def run_script(

@@ -25,7 +25,7 @@ def _random_inputs(seed: int = 0, shape: tuple[int, ...] = SHAPE, dtype: torch.d
 
 
 def _reference_loss(pred_w, pred_l, ref_w, ref_l, target_w, target_l, beta):
-    """The DESIGN.md formula, written out per sample in float64 NumPy."""
+    """The flow-matching Diffusion-DPO formula (docs/training.md), written out per sample in float64 NumPy."""
     arrays = [t.detach().double().numpy() for t in (pred_w, pred_l, ref_w, ref_l, target_w, target_l)]
     p_w, p_l, r_w, r_l, t_w, t_l = arrays
     losses, insides = [], []

@@ -376,6 +376,7 @@ def rows_of(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_brightness_training_guarded_by_darkness_stops_with_the_last_good_lora(tmp_path, kit_dir):
     """The judge contradicts the reward: as brightness is learned, darkness falls past the tolerance."""
     config = guarded_config(
@@ -401,6 +402,7 @@ def test_brightness_training_guarded_by_darkness_stops_with_the_last_good_lora(t
     assert source.round == kept and "a guard stopped the run" in source.label
 
 
+@pytest.mark.slow
 def test_a_run_whose_guards_hold_ends_with_the_unguarded_lora(tmp_path, kit_dir):
     unguarded = OnlineDPOTrainer(guarded_config(tmp_path, "plain", rounds=2)).train()
     guarded = OnlineDPOTrainer(
@@ -422,6 +424,7 @@ def test_a_run_whose_guards_hold_ends_with_the_unguarded_lora(tmp_path, kit_dir)
     assert same_lora(lora_of(guarded), lora_of(unguarded))
 
 
+@pytest.mark.slow
 def test_a_resumed_guarded_run_stops_where_the_uninterrupted_one_does(tmp_path, kit_dir):
     settings = dict(guard_rewards=DARKNESS, guard_tolerance=0.002, guard_patience=2, rounds=4)
     whole = OnlineDPOTrainer(guarded_config(tmp_path, "whole", **settings)).train()
@@ -440,6 +443,7 @@ def test_a_resumed_guarded_run_stops_where_the_uninterrupted_one_does(tmp_path, 
     assert rows_of(whole) == rows and same_lora(lora_of(whole), final)
 
 
+@pytest.mark.slow
 def test_ema_is_what_eval_and_export_use_and_resumes(tmp_path, kit_dir):
     settings = dict(rounds=2, ema_decay=0.5, epochs_per_round=4)
     whole = OnlineDPOTrainer(guarded_config(tmp_path, "whole", **settings)).train()
@@ -461,6 +465,7 @@ def test_ema_is_what_eval_and_export_use_and_resumes(tmp_path, kit_dir):
     )  # the checkpoint's average, exported
 
 
+@pytest.mark.slow
 def test_a_weighted_eval_reward_is_standardised_on_the_eval_before_training(tmp_path, kit_dir):
     config = guarded_config(
         tmp_path,
@@ -488,6 +493,7 @@ def test_a_weighted_eval_reward_is_standardised_on_the_eval_before_training(tmp_
     assert after["eval/reward_budget0"] != pytest.approx(0.0, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_resuming_from_an_older_checkpoint_never_keeps_a_later_rounds_lora(tmp_path, kit_dir):
     """guard/last_good written after the checkpoint (in rounds the resume drops) is replaced by the checkpoint's."""
     settings = dict(

@@ -265,7 +265,7 @@ def test_search_and_rewards_import_no_pipeline_code():
             found.append(f"{edge.source} -> {edge.target} ({edge.where()})")
     assert not found, (
         "`search` must not import tscale_train or the model libraries, `rewards` neither tscale_train nor diffusers "
-        "(DESIGN.md: dependencies point one way):\n" + "\n".join(found)
+        "(docs/layout.md: dependencies point one way):\n" + "\n".join(found)
     )
 
 

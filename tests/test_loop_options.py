@@ -42,6 +42,7 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_ses_generate_the_readme_python_api(tiny_pipe):
     """`ses_generate(pipe, prompt=..., reward=..., budget=..., seed=...)` as the README shows it."""
     from rewards import load_reward
@@ -59,6 +60,7 @@ def test_ses_generate_the_readme_python_api(tiny_pipe):
     assert float(reward(pixels, ["sketch, a cat"])[0]) == pytest.approx(result.base_score, abs=5e-3)
 
 
+@pytest.mark.slow
 def test_a_prompts_search_does_not_depend_on_the_prompts_sharing_its_batch(tiny_pipe):
     from search import SESConfig
     from tscale_train.generation import generator_for_pipeline
@@ -87,6 +89,7 @@ def test_a_prompts_search_does_not_depend_on_the_prompts_sharing_its_batch(tiny_
 @pytest.mark.parametrize(
     "pairing, pairs_per_prompt", [("best_vs_worst", 1), ("best_vs_base", 1), ("top_k_vs_bottom_k", 2)]
 )
+@pytest.mark.slow
 def test_each_pairing_strategy_through_the_trainer(pairing, pairs_per_prompt, tmp_path, kit_dir, monkeypatch):
     import tscale_train.trainer as trainer_module
     from tscale_train.pairs import PairStore
@@ -124,6 +127,7 @@ def test_each_pairing_strategy_through_the_trainer(pairing, pairs_per_prompt, tm
             assert (row["chosen_index"], row["rejected_index"]) == (order[k], order[-1 - k])
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_steps_counts_optimizer_steps(tmp_path, kit_dir):
     """4 pairs, 1 pair per micro-step, 2 epochs: 8 micro-steps, so 4 optimizer steps with accumulation 2."""
     single = OnlineDPOTrainer(tiny_config(tmp_path / "one", train_batch_size=1, epochs_per_round=2)).train()
@@ -134,6 +138,7 @@ def test_gradient_accumulation_steps_counts_optimizer_steps(tmp_path, kit_dir):
     assert metrics(double)[-1]["global_step"] == 4
 
 
+@pytest.mark.slow
 def test_replay_rounds_trains_on_the_previous_rounds_pairs_too(tmp_path, kit_dir, monkeypatch):
     trained_on = []
     original = OnlineDPOTrainer.train_on_pairs
@@ -153,6 +158,7 @@ def test_replay_rounds_trains_on_the_previous_rounds_pairs_too(tmp_path, kit_dir
     assert all(math.isfinite(row["train/loss"]) for row in metrics(out))
 
 
+@pytest.mark.slow
 def test_pairs_carry_their_prompts_index_even_for_duplicate_prompts(tmp_path, kit_dir):
     from tscale_train.pairs import PairStore
 

@@ -91,6 +91,7 @@ def test_fused_attention_has_no_attention_matrix():
 
 
 # ---- plans ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_recipe_plan_is_sane_and_fits_80gb():
     plan = plan_training(parse_config(["--config", str(RECIPE)]))
     assert set(plan.phases) == {"encode", "search", "dpo", "eval"}
@@ -103,6 +104,7 @@ def test_recipe_plan_is_sane_and_fits_80gb():
     assert "DPO step" in table and "fits an 80 GiB card: yes" in table
 
 
+@pytest.mark.slow
 def test_default_fits_and_no_checkpointing_batch_4_does_not():
     default = plan_training(OnlineDPOConfig())
     assert default.fits, format_plan_table(default)
@@ -123,6 +125,7 @@ def test_default_fits_and_no_checkpointing_batch_4_does_not():
     assert checkpointed.phases["dpo"] < heavy.phases["dpo"] / 3
 
 
+@pytest.mark.slow
 def test_suggestions_combine_levers_for_a_24gb_card():
     argv = ["--gradient_checkpointing", "false", "--train_batch_size", "4", "--offload_text_encoder", "false"]
     plan = plan_training(parse_config(argv), gpu_memory_gib=24)
@@ -134,6 +137,7 @@ def test_suggestions_combine_levers_for_a_24gb_card():
     assert not floor.suggestion_fits and any("prompt encoding" in note for note in floor.notes)
 
 
+@pytest.mark.slow
 def test_block_extrapolation_equals_the_full_model():
     from tscale_train.lora import FLUX2_ATTENTION_TARGETS
     from tscale_train.plan import LoraSpec, measure_dpo, resolve_pipeline_spec
@@ -145,6 +149,7 @@ def test_block_extrapolation_equals_the_full_model():
     assert measure_dpo(*args) == measure_dpo(*args, extrapolate=False)
 
 
+@pytest.mark.slow
 def test_24gb_recipe_fits_24gb():
     plan = plan_training(parse_config(["--config", str(RECIPE_24GB)]), gpu_memory_gib=24)
     assert plan.fits, format_plan_table(plan)
@@ -159,6 +164,7 @@ def test_tiny_recipe_reads_the_kit(kit_dir):
     assert 0 < plan.breakdown["dpo"]["transformer"] < 0.01
 
 
+@pytest.mark.slow
 def test_ses_plans(kit_dir):
     tiny = plan_ses("tiny", eval_batch_size=4)
     assert tiny.kind == "ses" and tiny.fits and set(tiny.phases) == {"encode", "search"}
@@ -169,6 +175,7 @@ def test_ses_plans(kit_dir):
 
 
 # ---- CLI -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_table_and_json(capsys):
     assert _cli(["--config", str(RECIPE)]) == 0
     table = capsys.readouterr().out
@@ -260,6 +267,7 @@ def test_bundled_configs_build_on_meta_with_the_published_parameter_counts(model
         assert parameters[name] == pytest.approx(published, rel=0.01), (name, parameters[name])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", FAMILY_MODELS)
 def test_dpo_plan_at_1024_fits_80gb_with_checkpointing_and_not_without(model):
     from tscale_train.plan import LoraSpec, measure_dpo, resolve_pipeline_spec
@@ -298,6 +306,7 @@ def test_dpo_plan_at_1024_fits_80gb_with_checkpointing_and_not_without(model):
     assert measure_dpo(*args) == measure_dpo(*args, extrapolate=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", FAMILY_MODELS)
 def test_cli_plans_further_families(model, capsys):
     assert _cli(["--model", model, "--height", "1024", "--width", "1024"]) == 0

@@ -251,6 +251,7 @@ def _flag_names(text: str) -> set[str]:
     return {flag.replace("-", "_").lstrip("_") for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", text)}
 
 
+@pytest.mark.slow
 def test_the_readme_ses_options_and_export_synopsis_are_the_clis():
     table = (DOCS / "search.md").read_text().split("| option | meaning |", 1)[1].split("\n\n", 1)[0]
     documented = _flag_names("\n".join(row.split("|")[1] for row in table.splitlines()[2:]))

@@ -88,6 +88,7 @@ def test_directory_is_a_plain_open_clip_model(reward):
     torch.testing.assert_close(plain(images, prompts), reward(images, prompts))
 
 
+@pytest.mark.slow
 def test_tiny_training_run_saves_a_loadable_deterministic_model(tmp_path):
     first = train_shapes_clip(tmp_path / "a", seed=3, steps=2, batch_size=8)
     second = train_shapes_clip(tmp_path / "b", seed=3, steps=2, batch_size=8)

@@ -84,6 +84,7 @@ def test_euler_walk_and_batching(pipe, generator):
     family_checks.check_batched_equals_one_at_a_time(generator, embeds, latent_shape=generator.noise_shape)
 
 
+@pytest.mark.slow
 def test_ses_from_the_cli(tmp_path, kit_dir):
     family_checks.check_ses_from_the_cli(tmp_path, MODEL)
 
@@ -96,11 +97,18 @@ def _tiny_config(**overrides):
     from tscale_train.shapes.training import ShapesTrainingConfig
 
     settings = dict(
-        vae_steps=2, vae_batch_size=2, transformer_steps=3, batch_size=2, warmup_steps=1, checkpoint_every=1
+        vae_steps=2,
+        vae_batch_size=2,
+        transformer_steps=3,
+        batch_size=2,
+        warmup_steps=1,
+        decoder_steps=2,  # the default 1,500 decoder steps would be minutes of a test about resuming
+        checkpoint_every=1,
     )
     return ShapesTrainingConfig(**{**settings, **overrides})
 
 
+@pytest.mark.slow
 def test_training_resumes_to_the_uninterrupted_result(tmp_path):
     from tscale_train.shapes.training import train_shapes_model
 
@@ -139,6 +147,7 @@ def test_the_stored_weights_reproduce_the_cards_scores():
     assert Path(stated["model"]).name == SHIPPED_PIPELINE_DIR.name
 
 
+@pytest.mark.slow
 def test_one_round_of_the_loop_with_the_verifier_as_guard_judge(tmp_path, kit_dir, monkeypatch):
     """The demo's settings, cut to one small round: shapes-clip makes the pairs, the verifier judges the
     held-out prompts as a guard (`guard/verifier`, a clause fraction), and the LoRA is written."""

@@ -72,6 +72,7 @@ def test_reference_pass_runs_with_adapters_disabled(tmp_path, kit_dir):
     )
 
 
+@pytest.mark.slow
 def test_run_writes_outputs_and_resume_gives_the_same_lora(tmp_path, kit_dir):
     # eval_budget 4: the round -1 search must gain something for eval/amortisation_ratio to be defined.
     straight = OnlineDPOTrainer(tiny_config(tmp_path / "a", eval_budget=4)).train()

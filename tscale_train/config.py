@@ -157,7 +157,7 @@ class ModelConfig:
         default="black-forest-labs/FLUX.2-klein-4B",
         **_help(
             "hub id or local pipeline dir of a supported family, or an offline kit: 'tiny', 'tiny-base', "
-            "'tiny-flux1', 'tiny-flux2-dev', 'tiny-qwen-image', 'tiny-sd3', 'tiny-z-image', 'dims-klein-4b'"
+            "'shapes', 'dims-klein-4b', or a family's 'tiny-<family>' (docs/families.md lists them)"
         ),
     )
     dtype: str = field(

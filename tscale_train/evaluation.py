@@ -133,6 +133,7 @@ class Evaluator:
         metrics = self._reward_metrics(
             gathered["reward"], "eval/reward_budget0", None if round_index == -1 else self.before
         )
+        metrics["eval/prompts"] = len(slots)
         if with_search:
             self.reward.to(accelerator.device)
             results = self.search(
@@ -156,7 +157,9 @@ class Evaluator:
             searched = self._reward_metrics(
                 gather_by_slot(accelerator, local_slots, best), "eval/reward_ses", reference
             )
+            # The spread too: the before -> after SES gain's standard error needs both sides' spreads.
             metrics["eval/reward_ses"] = searched["eval/reward_ses"]
+            metrics["eval/reward_ses_std"] = searched["eval/reward_ses_std"]
             if accelerator.is_main_process:
                 count = grid_images.shape[0]
                 best_noises = torch.cat(

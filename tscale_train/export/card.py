@@ -6,15 +6,16 @@ import math
 from pathlib import Path
 
 CARD_TAGS = ["lora", "text-to-image", "diffusers", "dpo", "inference-time-scaling", "tscale-train"]
-# The Hub tag of each family (`FlowGenerator.family`), after the common ones.
-FAMILY_TAGS = {
-    "FLUX.2-klein": "flux2-klein",
-    "FLUX.2": "flux2",
-    "FLUX.1": "flux",
-    "Qwen-Image": "qwen-image",
-    "Z-Image": "z-image",
-    "Stable Diffusion 3": "sd3",
-}
+
+
+def family_tag(family: str) -> str:
+    """The Hub tag of a family (`FlowGenerator.family`, e.g. "FLUX.2-klein"), from its registration."""
+    from ..families import iter_families
+
+    tags = {registered.name: registered.hub_tag for registered in iter_families() if registered.hub_tag}
+    return tags.get(family, family.lower())
+
+
 # Placeholders of the usage snippet; tests swap them for the tiny model and a local folder and run it.
 SNIPPET_START, SNIPPET_END = "```python\n", "```\n"
 
@@ -96,7 +97,7 @@ def write_model_card(
         distilled = "base" not in base_model
         steps = 4 if distilled else 50
         guidance = config.get("guidance_scale") or (1.0 if distilled else 4.0)
-    tags = [*CARD_TAGS[:3], FAMILY_TAGS.get(family, family.lower()), *CARD_TAGS[3:]]
+    tags = [*CARD_TAGS[:3], family_tag(family), *CARD_TAGS[3:]]
     widget = [{"text": item["prompt"], "output": {"url": item["lora"]}} for item in examples]
     data = ModelCardData(
         base_model=base_model,

@@ -144,13 +144,13 @@ def build_dataset_card(
     family: str = "FLUX.2-klein",
 ) -> DatasetCard:
     """The dataset card of ``pairs`` (Pick-a-Pic layout) from the run's settings ``config`` and model ``family``."""
-    from .card import FAMILY_TAGS
+    from .card import family_tag
 
     model = str(config.get("model") or "unknown")
     card_data = DatasetCardData(
         pretty_name=f"{_model_name(model)} SES preference pairs",
         task_categories=["text-to-image"],
-        tags=[*_TAGS[:4], FAMILY_TAGS.get(family, family.lower()), *_TAGS[4:]],
+        tags=[*_TAGS[:4], family_tag(family), *_TAGS[4:]],
         size_categories=[_size_category(pairs.num_rows)],
         configs=[
             {"config_name": "default", "data_files": [{"split": _SPLIT, "path": f"data/{_SPLIT}-*.parquet"}]}

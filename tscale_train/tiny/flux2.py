@@ -1,6 +1,6 @@
 """A tiny random-weight FLUX.2-klein pipeline that runs offline on a CPU.
 
-The component configs follow DESIGN.md ("A tiny klein that runs offline"): every class is the one the
+The component configs are the smallest that run (Qwen3 32 wide, 2 layers; a 1 + 1 block transformer): every class is the one the
 real `black-forest-labs/FLUX.2-klein-*` checkpoints use, only smaller, so the pipeline saved here is
 loaded back through exactly the same `Flux2KleinPipeline.from_pretrained(path)` code as the real one.
 """
