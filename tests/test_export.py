@@ -316,3 +316,23 @@ def test_push_to_hub_at_the_end_of_training(tmp_path, monkeypatch, kit_dir):
     assert (out / "hub_export" / "model" / "pytorch_lora_weights.safetensors").is_file()
     assert "hf_test_token" not in (out / "config.yaml").read_text()
     assert os.environ["HF_TOKEN"] == "hf_test_token"
+
+
+def test_comfyui_export_of_a_family_without_the_original_layout_fails_before_any_work(run_dir, tmp_path):
+    """The run's own family decides the key map: a Z-Image run asking for --format comfyui is refused by
+    name before a folder is built or a model loaded (the klein run beside it exports, as above)."""
+    import json
+    import shutil
+
+    from tscale_train.export.run import export_run
+
+    other = tmp_path / "z_image_run"
+    shutil.copytree(
+        run_dir, other, ignore=shutil.ignore_patterns("checkpoints", "pairs", "hub_export", ".tscale*")
+    )
+    info = json.loads((other / "pipeline.json").read_text())
+    (other / "pipeline.json").write_text(json.dumps({**info, "pipeline_class": "ZImagePipeline"}))
+    out = tmp_path / "export"
+    with pytest.raises(ValueError, match="Z-Image LoRAs have no ComfyUI"):
+        export_run(export_args(other, out=str(out), format="comfyui"), api=StandInHub(), log=lambda *_: None)
+    assert not out.exists()

@@ -223,8 +223,8 @@ class EvaluationCallback(TrainerCallback):
     def on_round_begin(self, trainer, control, round_index):
         config = trainer.config
         final_round = round_index == config.rounds - 1
-        control.should_evaluate = due(config.eval_every, round_index) or final_round
-        control.should_search = due(config.eval_ses_every, round_index) or final_round
+        control.should_evaluate |= due(config.eval_every, round_index) or final_round
+        control.should_search |= due(config.eval_ses_every, round_index) or final_round
 
     def on_evaluate(self, trainer, control, round_index, metrics, with_search):
         metrics.update(self.evaluator(round_index, with_search))
@@ -362,7 +362,7 @@ class CheckpointCallback(TrainerCallback):
 
     def on_round_begin(self, trainer, control, round_index):
         config = trainer.config
-        control.should_save = due(config.checkpoint_every, round_index) or round_index == config.rounds - 1
+        control.should_save |= due(config.checkpoint_every, round_index) or round_index == config.rounds - 1
 
 
 def default_callbacks(config: OnlineDPOConfig) -> list[TrainerCallback]:

@@ -14,8 +14,8 @@ TRL's split: small dataclasses, each validated once in `__post_init__`, before a
 `__post_init__` looks at the settings alone: it reads no file, probes no path or device and imports no
 user code, so making a config has no side effects and gives the same answer on every machine. What looks
 outside the settings (a local `--model` or `--lora`, `--out`, `--device`, importing a `module:callable`
-reward) is `check_environment()`, which `parse_args` runs once on each parsed config, before any model
-loads. A config made in code skips it; its model, LoRA and rewards are checked the same way as they load.
+reward) is `check_environment()`, which `parse_args` runs on each parsed config and `OnlineDPOTrainer`
+runs again on its config (so a config made in code is checked too), both before any model loads.
 """
 
 from __future__ import annotations

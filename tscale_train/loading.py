@@ -172,9 +172,10 @@ def check_model_source(model: str) -> str:
 
 
 def _check_supported(class_name: str | None, source: str) -> str:
-    if class_name not in SUPPORTED_PIPELINES:
+    supported = pipeline_classes()  # read now: a family registered after this module's import counts
+    if class_name not in supported:
         raise ValueError(
-            f"--model {source!r} holds a {class_name}; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}. "
+            f"--model {source!r} holds a {class_name}; supported pipelines: {', '.join(supported)}. "
             "Pass a checkpoint of one of those classes."
         )
     return class_name
@@ -374,11 +375,12 @@ def load_lora(pipe, lora: str, adapter_name: str = "default", scale: float = 1.0
 def reward_kwargs_for(reward: str, model: str, overrides: dict | None = None) -> dict:
     """Keyword arguments for `rewards.load_reward`: those of the reward models a kit folder names (a kit's
     random-weight PickScore / open_clip); none for any other model."""
-    kwargs: dict = {}
-    reward_models = _reward_models_for(model)
-    if reward_models is not None:
-        from .tiny.rewards import tiny_reward_kwargs
+    from .tiny.rewards import needs_kit_weights, tiny_reward_kwargs
 
+    kwargs: dict = {}
+    # A reward without kit weights never builds the tiny kit, whatever folder the model is.
+    reward_models = _reward_models_for(model) if needs_kit_weights(reward) else None
+    if reward_models is not None:
         kwargs.update(tiny_reward_kwargs(reward, reward_models))
     kwargs.update(overrides or {})
     return kwargs

@@ -162,7 +162,7 @@ def parse_args(
         try:
             settings = kind(**inputs)
             # `__post_init__` checks the settings alone; what looks outside them (files, devices, importable
-            # reward code) is a separate step, run once here, before the command loads any model.
+            # reward code) is a separate step, run here, before the command loads any model.
             check_environment = getattr(settings, "check_environment", None)
             if check_environment is not None:
                 check_environment()

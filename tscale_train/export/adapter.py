@@ -206,9 +206,10 @@ def build_adapter_folder(
         curve = plot_eval_curve(rows, staging / "eval_curve.png")
         shown = render_examples(source, staging / "images", pipe=pipe) if examples else []
         if comfyui:
+            from .card import run_pipeline_class
             from .comfyui import save_comfyui_lora
 
-            save_comfyui_lora(staging / LORA_WEIGHT_NAME, staging)
+            save_comfyui_lora(staging / LORA_WEIGHT_NAME, staging, run_pipeline_class(source.run_dir))
         write_model_card(staging, source, rows, repo_id=repo_id, examples=shown, has_curve=curve)
     return Path(out_dir)
 

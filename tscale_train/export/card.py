@@ -56,6 +56,12 @@ def pipeline_info(run_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def run_pipeline_class(run_dir: Path) -> str:
+    """The pipeline class a run trained (its `pipeline.json`; runs from before that file trained klein)."""
+    info = pipeline_info(run_dir)
+    return info["pipeline_class"] if info else "Flux2KleinPipeline"
+
+
 def _finite(value) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 

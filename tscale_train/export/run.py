@@ -125,7 +125,8 @@ def export_run(args: ExportArguments, *, api=None, pipe=None, log=print) -> list
 
 def check_exportable(source: AdapterSource, args: ExportArguments) -> None:
     """What the run's files alone show, checked before any folder is built or model loaded, so a bad run
-    leaves an earlier export as it was: a LoRA file cut short, and `--include-pairs` without pairs."""
+    leaves an earlier export as it was: a LoRA file cut short, `--format comfyui` for a family without
+    the original layout, and `--include-pairs` without pairs."""
     from ..loading import check_safetensors_file
 
     check_safetensors_file(
@@ -133,6 +134,11 @@ def check_exportable(source: AdapterSource, args: ExportArguments) -> None:
         f"RUN {args.run!r}: the LoRA",
         fix="export one of its complete checkpoints instead (tscale export RUN/checkpoints/checkpoint-NNNNN), or copy the run again.",
     )
+    if args.format == "comfyui":
+        from .card import run_pipeline_class
+        from .comfyui import comfyui_keys
+
+        comfyui_keys(run_pipeline_class(source.run_dir))  # a family without the original layout: its error
     if args.include_pairs:
         from ..pairs import PairStore
 

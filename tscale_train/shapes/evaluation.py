@@ -174,7 +174,9 @@ def ses_gain_lines(run_dir: str | Path) -> list[str]:
         return []
 
     def gain(row: dict) -> tuple[float, float]:
-        count = max(int(row.get("eval/prompts", 0) or 0), 16)
+        count = int(
+            row.get("eval/prompts") or 16
+        )  # runs from before `eval/prompts` was logged: the demo's 16
         spread = math.hypot(row.get("eval/reward_ses_std", 0.0), row.get("eval/reward_budget0_std", 0.0))
         return row["eval/reward_ses"] - row["eval/reward_budget0"], spread / math.sqrt(count)
 

@@ -25,7 +25,9 @@ def save_kit_pipeline(pipe, out_dir: str | Path, marker: dict) -> Path:
     `kit_reward_models` read back; returns `out_dir`."""
     out_dir = Path(out_dir)
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    (out_dir / KIT_MARKER).write_text(json.dumps({"reward_models": TINY_KIT_REWARDS, **marker}, indent=2))
+    # No `reward_models` key means the tiny kit's (the default), so kits built before the key existed are
+    # byte-identical to new ones: node-local kit copies of a multi-node run must hash alike.
+    (out_dir / KIT_MARKER).write_text(json.dumps(marker, indent=2))
     return out_dir
 
 

@@ -186,6 +186,14 @@ def build_tiny_rewards(kit_dir: str | Path, seed: int = 0) -> Path:
     return kit_dir
 
 
+def needs_kit_weights(name: str) -> bool:
+    """Whether reward `name` loads weights from the tiny kit: not a "package.module:callable" reward, nor
+    one whose weights ship with the package (`verifier`, `shapes-clip`)."""
+    from rewards.registry import SHIPPED_REWARDS
+
+    return ":" not in name and name.strip().lower() not in SHIPPED_REWARDS
+
+
 def tiny_reward_kwargs(name: str, kit_dir: str | Path) -> dict[str, Any]:
     """Keyword arguments that make `load_reward(name, **kwargs)` load the tiny model from `kit_dir`.
 
@@ -194,11 +202,10 @@ def tiny_reward_kwargs(name: str, kit_dir: str | Path) -> dict[str, Any]:
     not been built (call `build_tiny_rewards(kit_dir)` first) and ValueError for unknown names.
     """
     from rewards import BUILTIN_REWARDS
-    from rewards.registry import SHIPPED_REWARDS
 
-    builtin = name.strip().lower()
-    if ":" in name or builtin in SHIPPED_REWARDS:
+    if not needs_kit_weights(name):
         return {}
+    builtin = name.strip().lower()
     if builtin not in BUILTIN_REWARDS:
         raise ValueError(
             f"no tiny version of reward {name!r}; use one of {', '.join(BUILTIN_REWARDS)} or a 'module:callable'"
