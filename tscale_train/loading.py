@@ -20,6 +20,8 @@ from rewards.paths import looks_like_local_path
 from .families import checkpoint_settings, family_kits, iter_families, pipeline_classes
 from .generation import GENERATOR_DEFAULTS_ATTRIBUTE
 from .lora import LORA_WEIGHT_NAME
+from .shapes import SHAPES_MODEL_NAME
+from .tiny.kit import DIMS_MODEL_NAME
 
 # The diffusers pipeline classes that have a registered family (the class name in model_index.json).
 SUPPORTED_PIPELINES = pipeline_classes()
@@ -48,8 +50,8 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 # trained miniature klein of the shapes world shipped with the package, and each family registers its own
 # `tiny-<family>` (`ModelFamily.kits`). A name is only an alias of a local pipeline folder
 # (`kit_pipeline_dir`); everything after that treats the folder as any other.
-SHAPES_MODEL = "shapes"
-DIMS_MODEL = "dims-klein-4b"
+SHAPES_MODEL = SHAPES_MODEL_NAME
+DIMS_MODEL = DIMS_MODEL_NAME
 _KLEIN_KITS = {"tiny": True, "tiny-base": False}  # name -> distilled
 
 

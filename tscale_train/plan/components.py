@@ -17,8 +17,6 @@ from ..families import PlanFamily, checkpoint_settings, get_family, known_models
 from .families import plan_family
 from .tracker import module_bytes
 
-DIMS_MODEL_NAME = "dims-klein-4b"
-
 
 @dataclass(frozen=True)
 class PipelineSpec:
@@ -182,9 +180,10 @@ def resolve_pipeline_spec(model: str) -> PipelineSpec:
 
     Raises ValueError/FileNotFoundError with the fix for a model it cannot describe.
     """
+    from ..loading import DIMS_MODEL
     from ..real_configs import FLUX2_KLEIN_4B
 
-    if model == DIMS_MODEL_NAME:
+    if model == DIMS_MODEL:
         # The real-dimension kit: FLUX.2-klein-4B dimensions with one double and one single block.
         known = known_pipeline_config(FLUX2_KLEIN_4B)
         known["transformer"].update(num_layers=1, num_single_layers=1)

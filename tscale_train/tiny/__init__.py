@@ -19,6 +19,7 @@ from filelock import FileLock
 
 from ..families import family_kits, load_attribute
 from ..io_utils import atomic_directory, respect_umask
+from .kit import DIMS_MODEL_NAME as DIMS_MODEL_NAME
 from .kit import KIT_MARKER as KIT_MARKER
 from .kit import TINY_KIT_REWARDS
 from .kit import generator_settings as generator_settings
@@ -136,7 +137,6 @@ def tiny_pipeline_dir(distilled: bool = True, kit_dir: str | Path | None = None)
 
 
 # The real-dimension kit (`--model dims-klein-4b`): ~550 M parameters, 1.1 GB, built only on request.
-DIMS_MODEL_NAME = "dims-klein-4b"
 DIMS_SUBDIR = DIMS_MODEL_NAME
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["KIT_MARKER", "TINY_KIT_REWARDS", "generator_settings", "save_kit_pipeline"]
+__all__ = ["DIMS_MODEL_NAME", "KIT_MARKER", "TINY_KIT_REWARDS", "generator_settings", "save_kit_pipeline"]
 
 # Written next to each kit pipeline: the settings its generator needs (see `generator_settings`) and the
 # reward models that serve it (`kit_reward_models`). Any local pipeline folder may carry one.
 KIT_MARKER = "tscale_tiny.json"
+# The real-dimension kit's `--model` name (and its folder in the kit dir).
+DIMS_MODEL_NAME = "dims-klein-4b"
 # The `reward_models` value naming this kit's random-weight reward models (`ensure_tiny_kit`); the default.
 TINY_KIT_REWARDS = "tiny-kit"
 

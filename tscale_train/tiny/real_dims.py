@@ -24,8 +24,8 @@ from ..real_configs import (
     FLUX2_VAE,
     QWEN3_4B_TEXT_ENCODER,
 )
+from .kit import DIMS_MODEL_NAME  # noqa: F401  (the kit this module builds)
 
-DIMS_MODEL_NAME = "dims-klein-4b"
 # Bump when a config below changes, so a stale kit is rebuilt instead of silently reused.
 DIMS_KIT_VERSION = "v1"
 
