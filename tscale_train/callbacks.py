@@ -241,16 +241,16 @@ class GuardCallback(TrainerCallback):
 
     def __init__(self) -> None:
         self.monitor: GuardMonitor | None = None
-        self.before: dict[str, float] | None = None  # round -1's metrics: every guard's reference
+        self.evaluation: EvaluationCallback | None = None  # whose round -1 metrics every guard judges against
         self.verdict: GuardVerdict | None = None  # the latest eval's, this round
         self.stopped: GuardVerdict | None = None
 
     def on_init_end(self, trainer, control):
         config = trainer.config
-        diversity = any(
-            isinstance(callback, EvaluationCallback) and callback.measures_diversity
-            for callback in trainer.callbacks
+        self.evaluation = next(
+            (callback for callback in trainer.callbacks if isinstance(callback, EvaluationCallback)), None
         )
+        diversity = self.evaluation is not None and self.evaluation.measures_diversity
         self.monitor = GuardMonitor(
             reward_keys=[f"guard/{name}" for name in trainer.guard_rewards],
             diversity=diversity,
@@ -270,7 +270,6 @@ class GuardCallback(TrainerCallback):
         return trainer.output_dir / "guard" / "last_good"
 
     def on_resume(self, trainer, control, rows, resumed_round):
-        self.before = next((row for row in rows if row["round"] == -1), None)
         # The streak and last good round follow from the logged rows.
         self.monitor.replay(rows)
         self._check_last_good(trainer, resumed_round)
@@ -311,9 +310,9 @@ class GuardCallback(TrainerCallback):
     def on_evaluate(self, trainer, control, round_index, metrics, with_search):
         if not metrics:
             return  # no held-out prompts: nothing to judge
-        if round_index == -1:
-            self.before = metrics
-        self.verdict = self.monitor.observe(round_index, self.before, metrics)
+        # Round -1's metrics, as the evaluation keeps them (set by its eval or its resume), not a copy.
+        before = self.evaluation.evaluator.before if self.evaluation is not None else None
+        self.verdict = self.monitor.observe(round_index, before, metrics)
         metrics["guard/held"] = float(self.verdict.held)
         if self.verdict.held and self.keeps_last_good:
             self._save_last_good(trainer, round_index)  # the evaluated LoRA: the trainer applied it
