@@ -95,12 +95,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--plot", type=Path, default=RESULTS / "shapes_hacking.png")
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 2 rounds of 4 prompts, 4 eval prompts"
+        "--quick",
+        action="store_true",
+        help="smoke run: 2 rounds of 4 prompts, 1 epoch, 4 eval prompts, the search of shapes_training.QUICK_SETTINGS",
     )
     args = parser.parse_args(argv)
     args.prompts_per_round = None
     if args.quick:
         args.rounds, args.eval_prompts, args.eval_per_family, args.prompts_per_round = 2, 4, 1, 4
+        args.epochs = 1
     return args
 
 
@@ -156,7 +159,7 @@ def plot(rows: list[dict[str, Any]], stop: dict[str, Any], path: Path, title: st
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    demo = demo_settings()
+    demo = demo_settings(quick=args.quick)
     guarded = dict(
         guard_rewards="verifier",
         eval_every=1,

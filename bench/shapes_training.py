@@ -59,8 +59,13 @@ ARMS: dict[str, dict[str, Any] | None] = {
 }
 
 
-def demo_settings() -> dict[str, Any]:
-    """The demo's loop settings, without its in-loop evals and guards (this benchmark judges afterwards)."""
+# --quick: the smallest search and training that still run every code path (a smoke run, not a result).
+QUICK_SETTINGS = dict(budget=4, popsize=2, k_elites=1, epochs_per_round=1, eval_ses_every=0)
+
+
+def demo_settings(quick: bool = False) -> dict[str, Any]:
+    """The demo's loop settings, without its in-loop evals and guards (this benchmark judges afterwards);
+    with `quick`, `QUICK_SETTINGS`'s smaller search and training."""
     from tscale_train.parsing import read_yaml_config
 
     settings = read_yaml_config(DEMO_CONFIG)
@@ -75,6 +80,8 @@ def demo_settings() -> dict[str, Any]:
         "output_dir",
     ):
         settings.pop(name, None)
+    if quick:
+        settings.update(QUICK_SETTINGS)
     return dict(settings, eval_every=0, eval_fraction=0.0, progress=False, report_to="none")
 
 
@@ -129,7 +136,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompts-per-round", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2, help="runs side by side (one torch thread each)")
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 1 seed, 1 round of 4 prompts, 1 item per family"
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 seed, 1 round of 4 prompts, 1 item per family, the search and training of QUICK_SETTINGS",
     )
     args = parser.parse_args(argv)
     args.arms = [name.strip() for name in args.arms.split(",") if name.strip()]
@@ -164,7 +173,7 @@ def subset(scores: dict, positions: list[int]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    settings = demo_settings()
+    settings = demo_settings(quick=args.quick)
     for name in ("rounds", "prompts_per_round"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)

@@ -192,7 +192,10 @@ def test_shapes_training_bench_runs_every_arm(monkeypatch, capsys) -> None:
     out = run_script("shapes_training.py", ["--quick", "--workers", "1"], monkeypatch, capsys)
     for arm in ("SES pairs", "best-of-N pairs", "random pairs", "reversed pairs"):
         assert f"| {arm} | " in out and f"| R, {arm} | " in out, arm
-    assert "| untrained, SES@24 |" in out and "| trained, SES@12 |" in out
+    from shapes_training import QUICK_SETTINGS  # on sys.path since run_script
+
+    budget = QUICK_SETTINGS["budget"]
+    assert f"| untrained, SES@{2 * budget} |" in out and f"| trained, SES@{budget} |" in out
     assert "5 runs in" in out
 
 
