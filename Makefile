@@ -18,10 +18,9 @@ $(BIN)/tscale: pyproject.toml
 
 install: $(BIN)/tscale
 
-# Everything, as CI runs it: two pytest-xdist workers of one torch thread each (see the `launch` marker).
-TEST_WORKERS ?= 2
+# Everything, as CI runs it.
 test: install
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+	$(BIN)/python -m pytest -q tests
 
 # The tier to run after every change: no subprocess launches, no kit builds, no benchmark smoke runs.
 test-fast: install

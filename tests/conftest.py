@@ -9,14 +9,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TSCALE_TINY_DIR", str(Path(__file__).resolve().parents[1] / ".tiny_models"))
 
 
-def pytest_collection_modifyitems(config, items):
-    # Two `accelerate launch`es at once would both bind port 29500 (and oversubscribe the cores): `make test`
-    # runs with `-n 2 --dist loadgroup`, which sends every test of one xdist_group to the same worker, in turn.
-    for item in items:
-        if item.get_closest_marker("launch"):
-            item.add_marker(pytest.mark.xdist_group("launch"))
-
-
 @pytest.fixture(scope="session")
 def kit_dir() -> Path:
     from tscale_train.tiny import ensure_tiny_kit

@@ -184,7 +184,6 @@ def one_and_two_processes(args: list[str], one_out: Path, two_out: Path) -> subp
 
 
 @pytest.mark.slow
-@pytest.mark.launch
 def test_two_process_search_equals_one_process(tmp_path, kit_dir):
     """One search's candidates split over 2 gloo processes: same scores, same best noise."""
     common = [
@@ -239,7 +238,6 @@ def test_only_the_main_process_renders_final_images(tmp_path, monkeypatch, kit_d
 
 
 @pytest.mark.slow
-@pytest.mark.launch
 def test_a_prompts_file_is_sharded_over_the_processes_and_written_once(tmp_path, kit_dir):
     """Each process searches its own prompts (prompt i keeps seed + i): the same results as one process."""
     prompts = tmp_path / "prompts.txt"

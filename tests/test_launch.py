@@ -121,7 +121,6 @@ def metrics_rows(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.launch
 @pytest.mark.parametrize(
     "name", [name for name in SINGLE_MACHINE_CPU_CONFIGS if name != "deepspeed_zero2.yaml"]
 )
@@ -145,7 +144,6 @@ def test_cpu_config_runs_the_loop_data_parallel(name, tmp_path, kit_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.launch
 def test_deepspeed_twin_accumulates_as_configured_and_checkpoints_only_the_lora(tmp_path, kit_dir):
     pytest.importorskip("deepspeed")
     config_file = CONFIGS / "cpu" / "deepspeed_zero2.yaml"

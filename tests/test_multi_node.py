@@ -194,7 +194,6 @@ def shard_names(out: Path, round_index: int) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.launch
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_machines_train_resume_and_match_one_machine(case, tmp_path, kit_dir):
     multi_node, one_machine = (CONFIGS / name for name in CASES[case])

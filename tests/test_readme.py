@@ -416,7 +416,6 @@ def _run_command(command: Command, checkout: Path, env: dict[str, str]) -> str |
 
 
 @pytest.mark.slow
-@pytest.mark.launch  # `make demo`
 def test_the_readme_commands_run_as_written(checkout):
     """Every command the rules leave, the README's then each docs page's, in order; one failure does not stop
     the ones after it, and the test reports them all. Under umask 022, everything they write is 0644

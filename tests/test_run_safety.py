@@ -42,7 +42,7 @@ FAST = [
     "--checkpoints_total_limit",
     "0",
 ]
-pytestmark = [pytest.mark.slow, pytest.mark.launch]
+pytestmark = pytest.mark.slow
 
 
 def launch_command(config_file: Path, *args: str) -> list[str]:
