@@ -209,3 +209,12 @@ def test_shapes_hacking_bench_runs_the_guarded_loops(tmp_path, monkeypatch, caps
     for name in ("warn", "stop", "default", "base model"):
         assert f"| {name} | " in out, name
     assert plot.stat().st_size > 0
+
+
+def test_gpu_quantized_tiny_runs_on_the_cpu(kit_dir, monkeypatch, capsys) -> None:
+    out = run_script("gpu_quantized.py", ["--tiny", "--repeats", "1"], monkeypatch, capsys)
+    for base in ("none", "fp8"):
+        for what in ("weights (transformer + LoRA)", "sampling forward, batch 1", "DPO step, 1 pair"):
+            assert f"| {base} | {what} |" in out, (base, what)
+    error = float(out.split("velocity error vs bf16 (relative L2): ")[1].split()[0])
+    assert 0 < error < 0.2  # float8 moves the velocity, a little

@@ -57,9 +57,15 @@ def test_ses_end_to_end_with_trace(tmp_path, kit_dir):
     trace = json.loads((tmp_path / "cat_trace.json").read_text())
     assert len(trace["scores"]) == 12
     assert trace["best_score"] == max(trace["scores"]) >= trace["scores"][0] == trace["base_score"]
-    assert (
-        Image.open(tmp_path / "cat_base_vs_ses.png").width >= 2 * 256
-    )  # enlarged to be seen: 64 px images, 4x
+    # At the generated resolution: the searched image itself, pixel for pixel, beside the base image.
+    pair, searched = (
+        Image.open(tmp_path / "cat_base_vs_ses.png").convert("RGB"),
+        Image.open(out).convert("RGB"),
+    )
+    assert pair.width == 2 * 64
+    assert any(
+        pair.crop((64, top, 128, top + 64)).tobytes() == searched.tobytes() for top in range(pair.height - 63)
+    )
     assert (tmp_path / "cat_reward.png").stat().st_size > 0
 
 

@@ -1,13 +1,17 @@
-"""`--format comfyui`: the LoRA in the original FLUX.2 layout, proven by loading it back through diffusers.
+"""`--format comfyui`: the LoRA in the original FLUX.2 layout, proven against diffusers' two converters.
 
-diffusers reads that layout with `_convert_non_diffusers_flux2_lora_to_diffusers`; a file that loads into a fresh
-tiny pipeline and predicts what our own diffusers-format file predicts is a correct inverse. Separately, the
-deltas the file applies in ComfyUI (B @ A on the original weights, scale 1 without `.alpha`) are mapped through
-diffusers' converter of the original *base model* to show they hit the same weights as peft's deltas.
+What ComfyUI does with the file: it adds B @ A (scale 1 without `.alpha`) to the original model's weight of the
+same name. Mapped through diffusers' converter of the original *base model*
+(`convert_flux2_transformer_checkpoint_to_diffusers`), those deltas are peft's on every diffusers weight, so the
+file is exact for the original layout. diffusers also reads the layout back as a LoRA
+(`_convert_non_diffusers_flux2_lora_to_diffusers`): loaded into a fresh tiny pipeline it predicts what our own
+diffusers-format file predicts, except where the final norm's modulation (norm_out.linear) is trained: that reader
+does not swap its (shift, scale) halves, which the base converter does.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -20,9 +24,12 @@ from tscale_train.export.comfyui import (
     save_comfyui_lora,
     to_comfyui_state_dict,
 )
+from tscale_train.families.flux2_klein import FLUX2_COMFYUI_KEYS
 from tscale_train.lora import LORA_WEIGHT_NAME, add_lora, save_lora
 
 PRESETS = ("attention", "attention_ff", "all_linear")
+# Every top-level linear of the FLUX.2 key map (klein has no guidance embedder: those names match nothing).
+TOP_LEVEL_TARGETS = "|".join(re.escape(name) for name in FLUX2_COMFYUI_KEYS.top_level)
 # diffusers' separate projections that the original model fuses into img_attn.qkv / txt_attn.qkv.
 QKV = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
 
@@ -134,6 +141,46 @@ def test_round_trip_through_diffusers_loader(preset, embeds, tiny_pipe, tmp_path
     _assert_close_to_rounding(_velocity(comfy_pipe, embeds), reference)
 
 
+def test_every_top_level_layer_reads_back_through_diffusers_but_the_final_norm_swapped(
+    embeds, tiny_pipe, tmp_path
+):
+    """The one place where diffusers' reading of the file is not the adapter: norm_out.linear.
+
+    The original final layer splits its modulation as (shift, scale), diffusers' `AdaLayerNormContinuous` as
+    (scale, shift). The file is written for the original layout (ComfyUI; see
+    test_comfyui_deltas_match_peft_through_base_converter), so its lora_B rows are swapped there, and diffusers'
+    LoRA reader (`_convert_non_diffusers_flux2_lora_to_diffusers`) renames final_layer.adaLN_modulation.1 to
+    norm_out.linear without swapping them back (its base-model converter does swap the weight). Every other
+    top-level layer reads back as exported, bit for bit.
+    """
+    _lora_pipeline(TOP_LEVEL_TARGETS, 3.0, tmp_path)  # scale 0.75, folded into lora_B
+    save_comfyui_lora(tmp_path)
+    own = load_file(tmp_path / LORA_WEIGHT_NAME)
+    adapted = sorted({key.removeprefix("transformer.").rsplit(".lora_", 1)[0] for key in own})
+    present = {name for name, _ in tiny_pipe.transformer.named_modules()} & set(FLUX2_COMFYUI_KEYS.top_level)
+    assert adapted == sorted(present) and "norm_out.linear" in adapted and len(adapted) == 9
+
+    reference = _velocity(_loaded(tmp_path, LORA_WEIGHT_NAME), embeds)
+    comfy_pipe = _loaded(tmp_path, COMFYUI_WEIGHT_NAME)
+    modules = dict(comfy_pipe.transformer.named_modules())
+    for name in adapted:
+        layer = modules[name]
+        assert list(layer.scaling.values()) == [1.0], name  # no alpha in the file: scale 1, as folded
+        down = next(iter(layer.lora_A.values())).weight
+        up = next(iter(layer.lora_B.values())).weight
+        expected_up = own[f"transformer.{name}.lora_B.weight"] * 0.75
+        if name == "norm_out.linear":
+            expected_up = _swap_halves(expected_up)
+        assert torch.equal(down, own[f"transformer.{name}.lora_A.weight"]), name
+        assert torch.equal(up, expected_up), name
+    # The swap changes the prediction (the bug report's different image) ...
+    assert (_velocity(comfy_pipe, embeds) - reference).abs().max() > 1e-2
+    # ... and is the only difference: swapped back, the prediction is the adapter's.
+    norm_up = next(iter(modules["norm_out.linear"].lora_B.values())).weight
+    norm_up.data = _swap_halves(norm_up.data)
+    _assert_close_to_rounding(_velocity(comfy_pipe, embeds), reference)
+
+
 def test_unfused_modules_round_trip_bit_exact(embeds, tmp_path):
     # Without a q/k/v fusion every module keeps its rank and scale 1 stays 1: the same products, the same bits.
     # Only to_q of the q/k/v triple: k and v get zero rows, the rank stays 4.
@@ -161,7 +208,7 @@ def test_images_match(embeds, tmp_path):
     torch.testing.assert_close(images[1], images[0], rtol=0.0, atol=2e-5)
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", [*PRESETS, pytest.param(TOP_LEVEL_TARGETS, id="top_level")])
 def test_comfyui_deltas_match_peft_through_base_converter(preset, tmp_path):
     """What ComfyUI adds to each original weight (B @ A), renamed/split/swapped by diffusers' converter of the
     original base checkpoint, equals peft's delta (scale included) on each diffusers weight."""

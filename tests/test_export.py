@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import tiny_run_config
 
 from tscale_train import cli
 from tscale_train.config import OnlineDPOConfig
@@ -13,30 +14,17 @@ from tscale_train.trainer import OnlineDPOTrainer
 
 
 def tiny_config(out: Path, **overrides) -> OnlineDPOConfig:
-    values = dict(
-        model="tiny",
-        dtype="float32",
-        reward="rewards.synthetic:brightness",
-        budget=4,
-        popsize=2,
-        k_elites=2,
-        rounds=2,
-        prompts_per_round=4,
+    settings = dict(
         epochs_per_round=2,
-        train_batch_size=2,
-        lora_rank=4,
         lora_target_modules="all_linear",
         eval_every=1,
         eval_budget=2,
         max_eval_prompts=2,
         checkpoint_every=1,
         gradient_checkpointing=False,
-        output_dir=str(out),
         progress=False,
-        seed=0,
     )
-    values.update(overrides)
-    return OnlineDPOConfig(**values)
+    return tiny_run_config(out, **{**settings, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -124,17 +112,43 @@ def test_the_exported_adapter_loads_with_diffusers_and_reproduces_the_trained_ou
     assert torch.equal(generate(exported), generate(reference))
 
 
+def card_snippet(folder: Path) -> str:
+    """The usage snippet of the model card in `folder`, as a reader copies it."""
+    from huggingface_hub import ModelCard
+
+    from tscale_train.export.card import SNIPPET_END, SNIPPET_START
+
+    text = ModelCard.load(folder / "README.md").text
+    return text.split(SNIPPET_START, 1)[1].split(SNIPPET_END, 1)[0]
+
+
+def run_card_snippet(folder: Path, repo_id: str, workdir: Path, monkeypatch, base: dict | None = None):
+    """Run the card's snippet with the export folder standing in for the Hub repo `repo_id` (and `base`'s local
+    folders for the placeholders of local base models); returns the image it saves."""
+    from PIL import Image
+
+    snippet = card_snippet(folder)
+    assert f'"{repo_id}"' in snippet
+    for old, new in {repo_id: str(folder), **(base or {})}.items():
+        snippet = snippet.replace(f'"{old}"', repr(new))
+    workdir.mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(workdir)
+    exec(compile(snippet, "model-card-snippet", "exec"), {})
+    return Image.open(workdir / "example.png")
+
+
 def test_the_model_card_carries_the_fields_and_its_snippet_runs(run_dir, tmp_path, monkeypatch):
     from huggingface_hub import ModelCard
 
-    from tscale_train.export.card import CARD_TAGS, SNIPPET_END, SNIPPET_START
+    from tscale_train.export.card import CARD_TAGS
     from tscale_train.export.run import export_run
-    from tscale_train.tiny import generator_settings, tiny_pipeline_dir
 
     export_run(export_args(run_dir, out=str(tmp_path / "export")), api=StandInHub(), log=lambda *_: None)
     folder = tmp_path / "export" / "model"
     card = ModelCard.load(folder / "README.md")
-    assert card.data.base_model == "tiny" and card.data.library_name == "diffusers"
+    # The kit has no Hub page: no base_model (the Hub links it) and no link to one.
+    assert card.data.base_model is None and card.data.library_name == "diffusers"
+    assert "huggingface.co/tiny" not in card.content and "`tiny` (tscale-train's offline" in card.text
     assert set(CARD_TAGS) <= set(card.data.tags)
     widget = card.data.to_dict()["widget"]
     assert widget and all((folder / item["output"]["url"]).is_file() for item in widget)
@@ -148,23 +162,177 @@ def test_the_model_card_carries_the_fields_and_its_snippet_runs(run_dir, tmp_pat
         assert text in card.text, text
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert f"| 1 | {rows[-1]['eval/reward_budget0']:.4f} |" in card.text
-    snippet = card.text.split(SNIPPET_START, 1)[1].split(SNIPPET_END, 1)[0]
-    # The snippet as a user runs it, with the tiny model and the folder standing in for the Hub ids.
-    snippet = snippet.replace('"tiny"', repr(str(tiny_pipeline_dir()))).replace(
-        '"me/klein-cat-dpo"', repr(str(folder))
+    # The snippet as a user runs it: only the repo id is swapped (for the folder); the kit comes from
+    # tscale-train, and the call carries what its 2-layer text encoder needs (not klein's layers 9, 18, 27).
+    snippet = card_snippet(folder)
+    assert 'kit_pipeline_dir("tiny")' in snippet and "text_encoder_out_layers=[1, 2]" in snippet
+    image = run_card_snippet(folder, "me/klein-cat-dpo", tmp_path / "user", monkeypatch)
+    assert image.size == (64, 64)  # the kit's resolution, as the run sampled
+
+
+def test_the_card_of_a_hub_model_links_it_and_calls_the_pipeline_with_its_defaults(
+    run_dir, tiny_pipe, tmp_path
+):
+    """A run of a real checkpoint: `base_model` and the link name its Hub page, and the snippet leaves the
+    text-encoding settings that equal the pipeline's own defaults out (what the generator records for klein)."""
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    from tscale_train.export.adapter import find_adapter
+    from tscale_train.export.card import write_model_card
+    from tscale_train.generation import generator_class
+
+    model = "black-forest-labs/FLUX.2-klein-4B"
+    other = tmp_path / "run"
+    shutil.copytree(
+        run_dir, other, ignore=shutil.ignore_patterns("checkpoints", "pairs", "hub_export", ".tscale*")
     )
-    # The tiny text encoder has 2 layers, not klein's 36: pass the kit's settings the real model needs none of.
-    settings = generator_settings(tiny_pipeline_dir())
-    snippet = snippet.replace(
-        "num_inference_steps=",
-        (
-            f"text_encoder_out_layers={settings['text_encoder_out_layers']}, max_sequence_length={settings['max_sequence_length']}, "
-            f"height={settings['default_resolution']}, width={settings['default_resolution']}, num_inference_steps="
-        ),
+    (other / "config.yaml").write_text(
+        (other / "config.yaml").read_text().replace("model: tiny", f"model: {model}")
     )
-    monkeypatch.chdir(tmp_path)
-    exec(compile(snippet, "model-card-snippet", "exec"), {})
-    assert (tmp_path / "example.png").is_file()
+    # What a run of the real model records: klein's own generator settings, at klein's size.
+    generator = generator_class("Flux2KleinPipeline")(tiny_pipe, height=1024, width=1024)
+    info = json.loads((other / "pipeline.json").read_text())
+    info.update(height=1024, width=1024, prompt_call_kwargs=generator.prompt_call_kwargs())
+    (other / "pipeline.json").write_text(json.dumps(info))
+    assert info["prompt_call_kwargs"]["text_encoder_out_layers"] == [9, 18, 27]
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    write_model_card(
+        folder, find_adapter(other), [], repo_id="me/klein-cat-dpo", examples=[], has_curve=False
+    )
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.base_model == model
+    assert f"[`{model}`](https://huggingface.co/{model})" in card.text
+    snippet = card_snippet(folder)
+    compile(snippet, "model-card-snippet", "exec")
+    assert f'Flux2KleinPipeline.from_pretrained("{model}", dtype=dtype)' in snippet
+    assert "height=1024" in snippet and "guidance_scale=1.0" in snippet and "num_inference_steps=4" in snippet
+    assert "text_encoder_out_layers" not in snippet and "max_sequence_length" not in snippet
+    assert "tscale_train" not in snippet  # a hub model needs nothing of tscale-train
+    assert f"tscale ses --model {model} --lora me/klein-cat-dpo" in card.text
+
+
+def test_the_card_of_a_local_base_model_names_no_local_path_and_its_snippet_runs(
+    run_dir, tmp_path, monkeypatch
+):
+    """A run of a local pipeline folder: the card names the folder, not its path (a placeholder in the snippet,
+    which runs once the reader's copy of the folder stands in for it)."""
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    from tscale_train.export.run import export_run
+    from tscale_train.tiny import tiny_pipeline_dir
+
+    local = tiny_pipeline_dir()
+    other = tmp_path / "run"
+    shutil.copytree(
+        run_dir, other, ignore=shutil.ignore_patterns("checkpoints", "pairs", "hub_export", ".tscale*")
+    )
+    (other / "config.yaml").write_text(
+        (other / "config.yaml").read_text().replace("model: tiny", f"model: {local}")
+    )
+    export_run(
+        export_args(other, out=str(tmp_path / "export"), examples=False),
+        api=StandInHub(),
+        log=lambda *_: None,
+    )
+    folder = tmp_path / "export" / "model"
+    card = ModelCard.load(folder / "README.md")
+    assert str(local) not in card.content and "huggingface.co/" + local.name not in card.content
+    assert card.data.base_model is None
+    placeholder = f"path/to/{local.name}"
+    assert f'from_pretrained("{placeholder}"' in card_snippet(folder)
+    image = run_card_snippet(
+        folder, "me/klein-cat-dpo", tmp_path / "user", monkeypatch, base={placeholder: str(local)}
+    )
+    assert image.size == (64, 64)
+
+
+@pytest.mark.parametrize("pipeline_json", ["without prompt_call_kwargs", "absent"])
+def test_the_snippet_of_an_older_run_takes_the_kits_settings_from_its_folder(
+    pipeline_json, run_dir, tmp_path, monkeypatch
+):
+    """A run from before pipeline.json recorded the call's settings (or before pipeline.json): the kit's
+    `tscale_tiny.json` still says what its text encoder needs."""
+    import shutil
+
+    from tscale_train.export.adapter import find_adapter
+    from tscale_train.export.card import write_model_card
+    from tscale_train.lora import LORA_WEIGHT_NAME
+
+    other = tmp_path / "run"
+    shutil.copytree(
+        run_dir, other, ignore=shutil.ignore_patterns("checkpoints", "pairs", "hub_export", ".tscale*")
+    )
+    info = json.loads((other / "pipeline.json").read_text())
+    del info["prompt_call_kwargs"]
+    (other / "pipeline.json").write_text(json.dumps(info))
+    if pipeline_json == "absent":
+        (other / "pipeline.json").unlink()
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copyfile(other / LORA_WEIGHT_NAME, folder / LORA_WEIGHT_NAME)
+    write_model_card(
+        folder, find_adapter(other), [], repo_id="me/klein-cat-dpo", examples=[], has_curve=False
+    )
+    snippet = card_snippet(folder)
+    assert "text_encoder_out_layers=[1, 2]" in snippet and "max_sequence_length=64" in snippet
+    image = run_card_snippet(folder, "me/klein-cat-dpo", tmp_path / "user", monkeypatch)
+    # Without pipeline.json (nor a size in config.yaml) the pipeline picks the size.
+    if pipeline_json != "absent":
+        assert image.size == (info["width"], info["height"])
+
+
+def _kit_run(model: str, out: Path) -> Path:
+    """One short round on a kit: enough for an adapter and a pipeline.json."""
+    config = tiny_config(out, model=model, rounds=1, prompts_per_round=2, epochs_per_round=1, eval_every=0)
+    return OnlineDPOTrainer(config).train()
+
+
+# One-round runs of about a second each: klein base (50 steps, CFG) and kits of other families that export.
+@pytest.mark.parametrize("model", ["tiny-z-image", "tiny-base", "tiny-flux1"])
+def test_the_card_snippet_of_another_family_kit_runs(model, tmp_path, monkeypatch, kit_dir):
+    from tscale_train.export.run import export_run
+
+    run = _kit_run(model, tmp_path / "run")
+    export_run(
+        export_args(run, out=str(tmp_path / "export"), examples=False), api=StandInHub(), log=lambda *_: None
+    )
+    info = json.loads((run / "pipeline.json").read_text())
+    image = run_card_snippet(
+        tmp_path / "export" / "model", "me/klein-cat-dpo", tmp_path / "user", monkeypatch
+    )
+    assert image.size == (info["width"], info["height"])
+
+
+@pytest.mark.parametrize("model", ["tiny-qwen-image", "tiny-flux2-dev", "tiny-sd3"])
+def test_the_card_snippet_runs_for_the_families_export_cannot_check_yet(
+    model, tmp_path, monkeypatch, kit_dir
+):
+    """`tscale export` checks an adapter against `tscale plan`'s description of its model, which these
+    families lack so far; the card itself is written the same way, and its snippet (Qwen-Image's true CFG
+    with its " " negative prompt among them) runs."""
+    import shutil
+
+    from tscale_train.export.adapter import find_adapter
+    from tscale_train.export.card import write_model_card
+    from tscale_train.lora import LORA_WEIGHT_NAME
+
+    source = find_adapter(_kit_run(model, tmp_path / "run"))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copyfile(source.lora_file, folder / LORA_WEIGHT_NAME)
+    write_model_card(folder, source, [], repo_id="me/klein-cat-dpo", examples=[], has_curve=False)
+    if model == "tiny-qwen-image":
+        snippet = card_snippet(folder)
+        assert "true_cfg_scale=4.0" in snippet and 'negative_prompt=" "' in snippet
+    image = run_card_snippet(folder, "me/klein-cat-dpo", tmp_path / "user", monkeypatch)
+    info = json.loads((source.run_dir / "pipeline.json").read_text())
+    assert image.size == (info["width"], info["height"])
 
 
 def test_a_checkpoint_and_a_run_still_training_export_the_same_way(tmp_path, kit_dir):

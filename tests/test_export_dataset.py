@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shlex
 import shutil
 from pathlib import Path
 
@@ -106,6 +107,38 @@ def test_card(exported, run_dir):
     ):
         assert expected in text, expected
     assert str(run_dir) not in card.content  # no local paths on the Hub
+
+
+# `train_diffusion_dpo.py`'s `--dataset_split_name` default (diffusers/examples/research_projects/diffusion_dpo).
+DPO_SCRIPT_DEFAULT_SPLIT = "validation"
+
+
+def test_diffusers_dpo_script_reads_the_split_its_card_command_names(exported, tmp_path):
+    """The card's `train_diffusion_dpo.py` command, read as the script's argparse would, names a split that
+    exists, and the rows carry what the script reads: `caption` strings, `jpg_0`/`jpg_1` bytes that
+    `Image.open(io.BytesIO(...)).convert("RGB")` decodes, and a 0/1 `label_0` (0 puts `jpg_1` first)."""
+    card = DatasetCard.load(exported / "README.md")
+    block = card.text.split("```bash\n", 1)[1].split("```", 1)[0]
+    argv = shlex.split(block.replace("\\\n", " "))
+    assert argv[:3] == ["accelerate", "launch", "train_diffusion_dpo.py"]
+    options = dict(argument.removeprefix("--").split("=", 1) for argument in argv[3:])
+    assert options["dataset_name"] == REPO_ID
+    split = options.get("dataset_split_name", DPO_SCRIPT_DEFAULT_SPLIT)
+    # The script's own call, with the export folder standing in for the Hub id.
+    rows = datasets.load_dataset(str(exported), cache_dir=str(tmp_path / "cache"), split=split)
+    assert rows.num_rows == 8
+    assert rows.features["caption"] == datasets.Value("string")
+    assert rows.features["jpg_0"] == rows.features["jpg_1"] == datasets.Value("binary")
+    assert set(rows["label_0"]) <= {0.0, 1.0} and len(set(rows["label_0"])) == 2  # both orders occur
+    for row in rows:
+        assert isinstance(row["caption"], str) and row["caption"]
+        for column in ("jpg_0", "jpg_1"):
+            assert Image.open(io.BytesIO(row[column])).convert("RGB").size == (64, 64)  # preview_size
+    # Without the card's split the script would fail: the export has no split of the script's default name.
+    with pytest.raises(ValueError, match="Unknown split"):
+        datasets.load_dataset(
+            str(exported), cache_dir=str(tmp_path / "cache"), split=DPO_SCRIPT_DEFAULT_SPLIT
+        )
 
 
 def test_card_settings_from_config():

@@ -62,6 +62,8 @@ def test_kits_and_checkpoints_are_read_from_the_registry():
     assert known_models() == (
         "black-forest-labs/FLUX.2-klein-4B",
         "black-forest-labs/FLUX.2-klein-base-4B",
+        "black-forest-labs/FLUX.2-klein-9B",
+        "black-forest-labs/FLUX.2-klein-base-9B",
         "black-forest-labs/FLUX.1-dev",
         "black-forest-labs/FLUX.1-schnell",
         "Tongyi-MAI/Z-Image-Turbo",

@@ -45,9 +45,11 @@ LAYERS = {
     "tscale_train.generation": 2,
     "tscale_train.generators.*": 2,
     "tscale_train.lora": 2,
+    "tscale_train.quantization": 2,  # a float8 frozen base (diffusers' layerwise casting)
     "tscale_train.dpo": 2,
     "tscale_train.pairs.*": 2,
     "tscale_train.prompts": 2,
+    "tscale_train.progress": 2,  # progress bars and console lines, main process only
     "tscale_train.prompt_cache": 2,
     "tscale_train.tiny.*": 2,
     "tscale_train.families.*": 2,  # the model families' registry, read by loading, generation, LoRA, plan, export

@@ -132,8 +132,11 @@ def test_suggestions_combine_levers_for_a_24gb_card():
     assert not plan.fits and plan.suggestion_fits, format_plan_table(plan)
     assert len(plan.suggestions) >= 2 and "--gradient_checkpointing true" in plan.suggestions
     assert plan_training(parse_config(argv + shlex.split(" ".join(plan.suggestions))), gpu_memory_gib=24).fits
-    # Prompt encoding (text encoder + transformer) is a floor no setting lowers: no suggestion fits 14 GiB.
-    floor = plan_training(parse_config(argv), gpu_memory_gib=14)
+    # Prompt encoding (text encoder + transformer) is a floor that only a float8 base lowers: at 14 GiB the
+    # suggestion stores it in float8; at 6 GiB nothing fits.
+    low = plan_training(parse_config(argv), gpu_memory_gib=14)
+    assert low.suggestion_fits and "--quantize_base fp8" in low.suggestions, format_plan_table(low)
+    floor = plan_training(parse_config(argv), gpu_memory_gib=6)
     assert not floor.suggestion_fits and any("prompt encoding" in note for note in floor.notes)
 
 
@@ -410,3 +413,50 @@ def test_weighted_rewards_and_judges_are_counted_on_the_gpu():
     resident = plan_training(OnlineDPOConfig(guard_rewards="hpsv2,clip", offload_reward=False))
     assert resident.breakdown["dpo"]["guard reward models"] == pytest.approx(2 * one_model, rel=1e-3)
     assert judged.cpu_gib > plain.cpu_gib  # and they wait in CPU memory when offloaded
+
+
+# ---- klein 9B and a float8 base -----------------------------------------------------------------------
+KLEIN_9B = "black-forest-labs/FLUX.2-klein-9B"
+KLEIN_BASE_9B = "black-forest-labs/FLUX.2-klein-base-9B"
+# Published: "9B" (the transformer: 9.08 B here), Qwen3-8B "8.2B" (untied embeddings), FLUX.2's VAE (84 M).
+KLEIN_9B_PARAMETERS = {"transformer": 9.08e9, "text_encoder": 8.19e9}
+RECIPE_4B_12GB = ROOT / "recipes" / "configs" / "flux2_klein_base_4b_12gb.yaml"
+RECIPE_9B_24GB = ROOT / "recipes" / "configs" / "flux2_klein_base_9b_24gb.yaml"
+
+
+@pytest.mark.parametrize("model", [KLEIN_9B, KLEIN_BASE_9B])
+def test_klein_9b_configs_build_on_meta_with_the_published_sizes(model):
+    from tscale_train.plan import LoraSpec, resolve_pipeline_spec
+    from tscale_train.plan.components import component_bytes
+
+    spec = resolve_pipeline_spec(model)
+    assert spec.source == "bundled config" and spec.pipeline_class == "Flux2KleinPipeline"
+    assert spec.is_distilled == (model == KLEIN_9B)
+    assert spec.transformer["joint_attention_dim"] == 3 * spec.text_encoder["hidden_size"] == 12288
+    parameters = {name: size / 2 for name, size in component_bytes(spec, torch.bfloat16).items()}
+    for name, published in KLEIN_9B_PARAMETERS.items():
+        assert parameters[name] == pytest.approx(published, rel=0.01), (name, parameters[name])
+    # A float8 base: the block linears at one byte, the rest (norms, embeddings, proj_out) in bf16.
+    lora = LoraSpec(16, "attention")
+    full, fp8 = (component_bytes(spec, torch.bfloat16, lora, quantize) for quantize in ("none", "fp8"))
+    assert 0.49 < fp8["transformer"] / full["transformer"] < 0.52
+    assert 0.55 < fp8["text_encoder"] / full["text_encoder"] < 0.6  # the 1.2 GiB embedding table stays bf16
+    assert fp8["lora"] == full["lora"]
+    # The largest block (a double block, 1/21 of the model) cast up: what a checkpointed backward holds.
+    assert full["transformer"] / 40 < fp8["upcast_block"] < full["transformer"] / 15
+    assert "upcast_block" not in full
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("recipe", "card_gib"), [(RECIPE_4B_12GB, 12), (RECIPE_9B_24GB, 24)])
+def test_float8_base_recipes_fit_their_cards(recipe, card_gib):
+    """The documented configs: klein base 4B under 12 GiB, klein base 9B in 24 GiB; without the float8 base
+    neither fits, and the plan suggests it."""
+    config = parse_config(["--config", str(recipe)])
+    plan = plan_training(config, gpu_memory_gib=card_gib)
+    assert plan.fits and plan.peak_gib < card_gib, format_plan_table(plan)
+    assert any(name.startswith("float8 weights cast up") for name in plan.breakdown["dpo"])
+    argv = ["--config", str(recipe), "--quantize_base", "none"]
+    unquantized = plan_training(parse_config(argv), gpu_memory_gib=card_gib)
+    assert not unquantized.fits and "--quantize_base fp8" in unquantized.suggestions
+    assert unquantized.breakdown["dpo"]["transformer"] > 1.9 * plan.breakdown["dpo"]["transformer"]

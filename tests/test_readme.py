@@ -139,7 +139,8 @@ def _loads_a_hub_model(argv: list[str], root: Path) -> bool:
 def _launches_on_gpus(argv: list[str]) -> bool:
     if argv[:2] == ["accelerate", "launch"]:
         return not any(token.startswith("accelerate_configs/cpu/") for token in argv)
-    return "bench/gpu_klein.py" in argv and "--tiny" not in argv
+    gpu_scripts = ("bench/gpu_klein.py", "bench/gpu_quantized.py")
+    return any(script in argv for script in gpu_scripts) and "--tiny" not in argv
 
 
 # name -> whether a command (its argv, the checkout) is one the rule skips; the first rule that matches names it.
@@ -171,6 +172,7 @@ EXPECTED_SKIPS: dict[str, list[tuple[str, str]]] = {
     ],
     "docs/benchmarks.md": [
         ("python bench/gpu_klein.py # on a GPU machine", "GPU"),
+        ("python bench/gpu_quantized.py --size 9b # on a GPU machine", "GPU"),
     ],
     "docs/export.md": [
         ("tscale export runs/cat --repo-id me/klein-cat-dpo [--private]", "synopsis"),

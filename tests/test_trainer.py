@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_runs import tiny_run_config
 
 from tscale_train.config import OnlineDPOConfig, parse_config
 from tscale_train.trainer import OnlineDPOTrainer
@@ -22,29 +23,16 @@ def half_nan_brightness(images, prompts=None):
 
 
 def tiny_config(tmp_path: Path, **overrides) -> OnlineDPOConfig:
-    values = dict(
-        model="tiny",
-        dtype="float32",
-        reward="rewards.synthetic:brightness",
-        budget=4,
-        popsize=2,
-        k_elites=2,
-        rounds=2,
-        prompts_per_round=4,
+    settings = dict(
         epochs_per_round=2,
-        train_batch_size=2,
-        lora_rank=4,
         eval_every=1,
         eval_ses_every=0,
         eval_budget=2,
         max_eval_prompts=4,
         checkpoint_every=1,
-        output_dir=str(tmp_path / "run"),
         progress=False,
-        seed=0,
     )
-    values.update(overrides)
-    return OnlineDPOConfig(**values)
+    return tiny_run_config(tmp_path / "run", **{**settings, **overrides})
 
 
 def test_reference_pass_runs_with_adapters_disabled(tmp_path, kit_dir):

@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
-
 from .ema import LoraEMA
-from .evaluation import Evaluator
+from .evaluation import GRID_NAME, Evaluator
 from .guards import GuardMonitor, GuardVerdict, embedding_function
 from .io_utils import atomic_directory, atomic_write_json, disk_full_error, remove_tree
 from .lora import LORA_WEIGHT_NAME, save_lora
+from .progress import write
 
 if TYPE_CHECKING:
     from .config import OnlineDPOConfig
@@ -228,6 +227,9 @@ class EvaluationCallback(TrainerCallback):
 
     def on_evaluate(self, trainer, control, round_index, metrics, with_search):
         metrics.update(self.evaluator(round_index, with_search))
+        # The grid eval/round_NNNNN.png holds (main process only) goes to the trackers too, at every eval.
+        if self.evaluator.grid is not None:
+            trainer.log_images({GRID_NAME: self.evaluator.grid}, round_index)
 
 
 class GuardCallback(TrainerCallback):
@@ -330,8 +332,11 @@ class GuardCallback(TrainerCallback):
         verdict = self.verdict
         if verdict is None:
             return
-        if verdict.action == "warn" and trainer.accelerator.is_main_process:
-            tqdm.write(f"guard warning at round {round_index}: " + "; ".join(verdict.failures))
+        if verdict.action == "warn":
+            write(
+                f"guard warning at round {round_index}: " + "; ".join(verdict.failures),
+                main=trainer.accelerator.is_main_process,
+            )
         if verdict.action == "stop":  # the same verdict on every rank: all stop together
             self._stop(trainer, control, verdict)
 
@@ -353,7 +358,7 @@ class GuardCallback(TrainerCallback):
             "guard_tolerance": self.monitor.tolerance,
         }
         atomic_write_json(trainer.output_dir / "guard" / "report.json", report)
-        tqdm.write(self.monitor.stop_message(self.stopped))
+        write(self.monitor.stop_message(self.stopped), main=trainer.accelerator.is_main_process)
 
 
 class CheckpointCallback(TrainerCallback):

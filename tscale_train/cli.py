@@ -81,21 +81,31 @@ def _load_for_ses(model_config: ModelConfig, search_config: SearchConfig, ses_ar
     from .distributed import run_on_cpu, stop_with_launcher
     from .generation import generator_for_pipeline
     from .loading import load_lora, load_pipeline, load_reward_for
+    from .progress import library_bars
+    from .quantization import quantize_pipeline
 
     # cpu=True where there is no CUDA: otherwise 2 CPU processes each think they are rank 0 of 1.
     state = PartialState(cpu=run_on_cpu())
     stop_with_launcher(state)  # a killed `accelerate launch` takes its searching workers with it
     device = torch.device(ses_args.device) if ses_args.device else state.device
-    pipe = load_pipeline(model_config.model, dtype=model_config.torch_dtype(device), device=device)
-    if ses_args.lora:
-        load_lora(pipe, ses_args.lora, scale=ses_args.lora_scale)
-    reward = load_reward_for(
-        search_config.reward,
-        model_config.model,
-        device=device,
-        batch_size=search_config.reward_batch_size or search_config.eval_batch_size,
-        **ses_args.reward_overrides(),
-    )
+    dtype = model_config.torch_dtype(device)
+    quantized = model_config.quantize_base != "none"
+    # Loading bars only where the search's bar is drawn: on the main process, on a terminal.
+    with library_bars(enabled=ses_args.progress, main=state.is_main_process):
+        # A float8 base is stored in float8 (after its LoRA is loaded) before it moves to the GPU.
+        pipe = load_pipeline(model_config.model, dtype=dtype, device="cpu" if quantized else device)
+        if ses_args.lora:
+            load_lora(pipe, ses_args.lora, scale=ses_args.lora_scale)
+        if quantized:
+            quantize_pipeline(pipe, model_config.quantize_base, compute_dtype=dtype)
+            pipe.to(device)
+        reward = load_reward_for(
+            search_config.reward,
+            model_config.model,
+            device=device,
+            batch_size=search_config.reward_batch_size or search_config.eval_batch_size,
+            **ses_args.reward_overrides(),
+        )
     generator = generator_for_pipeline(
         pipe,
         height=model_config.height,
@@ -109,6 +119,7 @@ def _load_for_ses(model_config: ModelConfig, search_config: SearchConfig, ses_ar
 
 def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SESArguments) -> list[dict]:
     from .io_utils import atomic_write_json
+    from .progress import write
     from .ses.driver import search_prompts
     from .ses.scoring import component_summary, describe_nonfinite
 
@@ -167,10 +178,15 @@ def run_ses(model_config: ModelConfig, search_config: SearchConfig, ses_args: SE
         summaries.append(summary)
         if writes_images:
             _write_result(generator, result, summary, ses_args, out)
+            if not shard_prompts:  # one line per image as it is written (by the main process)
+                write(_result_line(summary), main=state.is_main_process)
     if shard_prompts:
         from accelerate.utils import gather_object
 
         summaries = sorted(gather_object(summaries), key=lambda summary: summary["index"])
+        # Every process's results, printed by the main process alone, in prompt order.
+        for summary in summaries:
+            write(_result_line(summary), main=state.is_main_process)
     if state.is_main_process and ses_args.prompts_file:
         atomic_write_json(out / "results.json", summaries)
     return summaries
@@ -198,9 +214,13 @@ def _write_result(generator, result, summary: dict, ses_args: SESArguments, out:
             side_by_side(rendered.base_image, rendered.image, caption=rendered.prompt),
             f"{stem}_base_vs_ses.png",
         )
-    print(
+
+
+def _result_line(summary: dict) -> str:
+    """One search's line: `[0] base -7.2339 -> SES -6.3544 (best candidate #18 of 20) -> runs/ses/cat.png`."""
+    return (
         f"[{summary['index']}] base {summary['base_score']:.4f} -> {summary['method']} {summary['best_score']:.4f} "
-        f"(best candidate #{summary['best_index']} of {summary['budget']}) -> {image_path}"
+        f"(best candidate #{summary['best_index']} of {summary['budget']}) -> {summary['image']}"
     )
 
 
@@ -218,6 +238,7 @@ def run_compare(
         render_comparison,
     )
     from .io_utils import atomic_save_image, atomic_write_json
+    from .progress import write
 
     methods = ses_args.compare_methods()
     comparisons = compare_searches(
@@ -277,8 +298,8 @@ def run_compare(
         comparisons, curves_path, title=comparisons[0].prompt if single else f"{len(prompts)} prompts"
     )
     atomic_write_json(json_path, {"title": title, "table": rows, "prompts": summaries})
-    print(format_table(rows, title))
-    print(f"images: {out}; curves: {curves_path}; scores: {json_path}")
+    write(format_table(rows, title), main=True)
+    write(f"images: {out}; curves: {curves_path}; scores: {json_path}", main=True)
     return summaries
 
 

@@ -18,7 +18,7 @@ from .config import SEARCH_METHODS
 from .generation import FlowGenerator
 from .io_utils import atomic_write
 from .ses.driver import search_prompts
-from .ses.images import to_pil
+from .ses.images import labelled_tiles, to_pil
 from .ses.results import PromptSearch
 from .ses.scoring import Reward, final_scores, weighted_reward
 
@@ -93,19 +93,9 @@ def render_comparison(
 
 
 def comparison_strip(images: Sequence[Image.Image], labels: Sequence[str]) -> Image.Image:
-    """Images next to each other, each with its caption above it."""
-    from PIL import ImageDraw
-
-    strip = max(12, images[0].height // 12)
-    width = sum(image.width for image in images)
-    canvas = Image.new("RGB", (width, max(image.height for image in images) + strip), "white")
-    draw = ImageDraw.Draw(canvas)
-    left = 0
-    for image, label in zip(images, labels, strict=True):
-        canvas.paste(image, (left, strip))
-        draw.text((left + 2, 0), label, fill="black")
-        left += image.width
-    return canvas
+    """Images next to each other at the generated resolution, each with its label (method and reward) above
+    it in a band of its own width (`labelled_tiles`)."""
+    return labelled_tiles(list(images), list(labels))
 
 
 def comparison_rows(comparisons: Sequence[Comparison]) -> list[dict]:

@@ -30,6 +30,7 @@ from typing import Any
 from .dpo import SIGMA_SAMPLING_MODES
 from .lora import LORA_TARGET_PRESETS
 from .parsing import make_parser, parse_args
+from .quantization import QUANTIZE_CHOICES
 
 __all__ = [
     "MAX_BUDGET",
@@ -175,9 +176,18 @@ class ModelConfig:
             "guidance (CFG or embedded, per family); default: the model's, see the README's family table"
         ),
     )
+    quantize_base: str = field(
+        default="none",
+        **_help(
+            "'fp8': store the frozen transformer's and text encoder's linear weights in float8 (e4m3) and compute "
+            "in --dtype (diffusers' layerwise casting); the LoRA stays float32. Halves the weights' memory "
+            "(docs/memory.md); 'none': keep them in --dtype"
+        ),
+    )
 
     def __post_init__(self) -> None:
         _check_choice(self, "dtype", DTYPES)
+        _check_choice(self, "quantize_base", QUANTIZE_CHOICES)
         for name in ("height", "width"):
             value = getattr(self, name)
             if value is not None and (value <= 0 or value % RESOLUTION_MULTIPLE):
@@ -734,6 +744,13 @@ class OnlineDPOConfig(ModelConfig, SearchConfig):
             "checkpoints_total_limit",
         )
         check_seed(self.seed)
+        if self.quantize_base != "none" and not self.gradient_checkpointing:
+            # Without checkpointing, autograd keeps every layer's up-cast weight until the backward: more memory
+            # than not quantising at all (tscale_train/quantization.py).
+            raise ValueError(
+                f"--quantize_base {self.quantize_base} needs --gradient_checkpointing true (without it the DPO "
+                "backward keeps a full-precision copy of every weight); set it, or --quantize_base none."
+            )
         _check_at_most(
             self, MAX_PROMPTS_PER_ROUND, "a round's prompt slots are listed up front", "prompts_per_round"
         )

@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
+from PIL import Image
 
 from rewards.weighted import WeightedReward, short_reward_names
 from search import SESConfig
 
-from .config import OnlineDPOConfig
+from .config import SEARCH_METHODS, OnlineDPOConfig
 from .distributed import derive_seed, gather_by_slot, shard_evenly
 from .generation import FlowGenerator
 from .guards import IMAGE_STATISTICS, drift_metrics, image_statistics, mean_pairwise_distance
@@ -26,6 +26,9 @@ from .run_dir import read_metrics
 from .ses.driver import search_prompts
 from .ses.images import labelled_grid, to_pil
 from .ses.scoring import raw_scorer, weighted_reward, weighted_scores
+
+# The eval grid's name in the trackers (`eval/round_NNNNN.png` on disk).
+GRID_NAME = "eval/grid"
 
 
 def split_eval_prompts(prompts: list[str], config: OnlineDPOConfig) -> tuple[list[str], list[str]]:
@@ -95,6 +98,8 @@ class Evaluator:
         # Round -1's metrics: the denominator of `eval/amortisation_ratio`, the reference of every guard,
         # and a weighted eval reward's statistics.
         self.before: dict[str, float] | None = None
+        # The latest eval's grid (main process; None elsewhere and without eval prompts), for the trackers.
+        self.grid: Image.Image | None = None
 
     @property
     def seeds_per_prompt(self) -> int:
@@ -113,6 +118,7 @@ class Evaluator:
         Both rewards are scored at the search's preview steps, so `eval/reward_ses - eval/reward_budget0` is
         what the search adds (for a base model, 12-step previews against 50-step images would not be).
         """
+        self.grid = None
         if not self.prompts:
             return {}
         config, accelerator = self.config, self.accelerator
@@ -134,6 +140,17 @@ class Evaluator:
             gathered["reward"], "eval/reward_budget0", None if round_index == -1 else self.before
         )
         metrics["eval/prompts"] = len(slots)
+        # The grid: this process's first eval prompts, each image with its reward and prompt under it.
+        count = grid_images.shape[0]
+        # The scale of the logged means (a weighted reward's, standardised with round -1's statistics).
+        reference = metrics if round_index == -1 else self.before
+        grid_rows = [
+            (
+                f"round {round_index}: budget 0",
+                grid_images,
+                self._scores_to_show(per_prompt["reward"][:count], reference),
+            )
+        ]
         if with_search:
             self.reward.to(accelerator.device)
             results = self.search(
@@ -153,7 +170,6 @@ class Evaluator:
                 result.best_components.tolist() if self.weighted else result.search.best_score
                 for result in results
             ]
-            reference = metrics if round_index == -1 else self.before
             searched = self._reward_metrics(
                 gather_by_slot(accelerator, local_slots, best), "eval/reward_ses", reference
             )
@@ -161,7 +177,6 @@ class Evaluator:
             metrics["eval/reward_ses"] = searched["eval/reward_ses"]
             metrics["eval/reward_ses_std"] = searched["eval/reward_ses_std"]
             if accelerator.is_main_process:
-                count = grid_images.shape[0]
                 best_noises = torch.cat(
                     [result.search.best_noise.float().cpu() for result in results[:count]]
                 )
@@ -171,9 +186,17 @@ class Evaluator:
                         for _, output in self.generator.iter_batches(best_noises, embeds[:count], steps)
                     ]
                 )
-                self._save_grid(round_index, grid_images, ses_images, prompts)
+                grid_rows.append(
+                    (
+                        f"{SEARCH_METHODS[config.search]}, budget {config.eval_budget or config.budget}",
+                        ses_images,
+                        self._scores_to_show(best[:count], reference),
+                    )
+                )
             if config.offload_reward:
                 self.reward.to("cpu")
+        if accelerator.is_main_process:
+            self.grid = self._save_grid(round_index, grid_rows, prompts[:count])
         metrics.update(self._guard_metrics(gathered))
         if round_index == -1:
             self.before = metrics
@@ -267,7 +290,15 @@ class Evaluator:
                 for k, name in enumerate(names)
             }
         )
-        reference = metrics if reference is None else reference
+        combined = self._combined(components, metrics if reference is None else reference)
+        metrics[key] = float(combined.mean())
+        metrics[f"{key}_std"] = float(combined.std()) if len(combined) > 1 else 0.0
+        return metrics
+
+    def _combined(self, components: torch.Tensor, reference: dict[str, float]) -> torch.Tensor:
+        """A weighted reward's raw scores `[N, K]` -> its combined scores `[N]`, each reward standardised with
+        the budget-0 mean and spread of `reference` (a metrics row)."""
+        names = short_reward_names(self.weighted.names)
         mean = torch.tensor(
             [_reference(reference, f"eval/reward_budget0/{name}", "eval_reward") for name in names],
             dtype=torch.float64,
@@ -280,9 +311,14 @@ class Evaluator:
             dtype=torch.float64,
         )
         combined, _ = weighted_scores(self.weighted, components, (mean, spread), dtype=torch.float64)
-        metrics[key] = float(combined.mean())
-        metrics[f"{key}_std"] = float(combined.std()) if len(combined) > 1 else 0.0
-        return metrics
+        return combined
+
+    def _scores_to_show(self, values: list, reference: dict[str, float] | None) -> list[float]:
+        """Per-image scores on the scale of the logged eval reward: a single reward's own, a weighted
+        reward's combined with `reference`'s statistics (as `_reward_metrics` combines them)."""
+        if not self.weighted or not values:
+            return [float(value) for value in values]
+        return self._combined(torch.tensor(values, dtype=torch.float64), reference).tolist()
 
     def _guard_metrics(self, gathered: dict[str, list]) -> dict[str, float]:
         metrics = {
@@ -308,32 +344,19 @@ class Evaluator:
         return metrics
 
     def _save_grid(
-        self, round_index: int, budget0_images: torch.Tensor, ses_images: torch.Tensor, prompts: list[str]
-    ) -> None:
-        """`eval/round_NNNNN.png` (top: budget 0, bottom: SES, the prompt under each column), also sent to
-        tensorboard/wandb if tracking."""
-        count = min(budget0_images.shape[0], ses_images.shape[0])
-        rows = [to_pil(budget0_images[:count]), to_pil(ses_images[:count])]
+        self, round_index: int, rows: list[tuple[str, torch.Tensor, list[float]]], prompts: list[str]
+    ) -> Image.Image:
+        """`eval/round_NNNNN.png`: one row per (label, images, scores) of `rows` (budget 0; SES on evals with a
+        search), one column per prompt, each image's reward and prompt under it. Returns the image."""
+        count = min(len(prompts), *(images.shape[0] for _, images, _ in rows))
         image = labelled_grid(
-            rows,
+            [to_pil(images[:count]) for _, images, _ in rows],
             prompts[:count],
-            [
-                f"round {round_index}: budget 0",
-                f"SES, budget {self.config.eval_budget or self.config.budget}",
-            ],
+            [label for label, _, _ in rows],
+            cell_labels=[[f"reward {score:.4f}" for score in scores[:count]] for _, _, scores in rows],
         )
-        grid = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float().div(255)
         atomic_save_image(image, self.output_dir / "eval" / f"round_{round_index:05d}.png")
-        for tracker in self.accelerator.trackers:
-            if tracker.name == "tensorboard":
-                tracker.writer.add_image("eval/budget0_vs_ses", grid.clamp(0, 1), round_index)
-            elif tracker.name == "wandb":
-                import wandb
-
-                tracker.log(
-                    {"eval/budget0_vs_ses": wandb.Image(image, caption="top: budget 0, bottom: SES")},
-                    step=round_index,
-                )
+        return image
 
 
 def _reference(before: dict, key: str, setting: str) -> float:

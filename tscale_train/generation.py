@@ -113,6 +113,8 @@ class FlowGenerator(ABC):
     lora_targets: ClassVar[dict[str, str]]
     # The pipeline's own negative prompt under CFG (an instance may set another).
     negative_prompt: str = ""
+    # The pipeline call's argument that `guidance_scale` is (Qwen-Image's true CFG is `true_cfg_scale`).
+    guidance_argument: ClassVar[str] = "guidance_scale"
 
     def __init__(
         self,
@@ -201,6 +203,19 @@ class FlowGenerator(ABC):
     def from_pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """The latents the pipeline hands `callback_on_step_end` -> `[N, C, h, w]` (inverse of `to_pipeline_latents`)."""
         return latents
+
+    def prompt_call_kwargs(self) -> dict[str, Any]:
+        """What `pipe(prompt=..., height=, width=, num_inference_steps=)` also needs to sample as this generator
+        does: its guidance, its negative prompt where that is not the pipeline's own "", and how it encodes text
+        (`max_sequence_length`, which every family's generator sets; a family adds its own). JSON values: a run
+        records them in `pipeline.json`, and the exported model card's usage snippet passes them."""
+        kwargs: dict[str, Any] = {self.guidance_argument: self.guidance_scale}
+        if self.uses_cfg and self.negative_prompt:
+            kwargs["negative_prompt"] = self.negative_prompt
+        max_sequence_length = getattr(self, "max_sequence_length", None)
+        if max_sequence_length is not None:
+            kwargs["max_sequence_length"] = int(max_sequence_length)
+        return kwargs
 
     @abstractmethod
     def pipeline_kwargs(self, embeds: list[PromptEmbeds]) -> dict[str, Any]:

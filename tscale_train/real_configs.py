@@ -24,6 +24,8 @@ from typing import Any
 
 FLUX2_KLEIN_4B = "black-forest-labs/FLUX.2-klein-4B"
 FLUX2_KLEIN_BASE_4B = "black-forest-labs/FLUX.2-klein-base-4B"
+FLUX2_KLEIN_9B = "black-forest-labs/FLUX.2-klein-9B"
+FLUX2_KLEIN_BASE_9B = "black-forest-labs/FLUX.2-klein-base-9B"
 
 # diffusers `Flux2Transformer2DModel` of FLUX.2-klein-4B (and the klein base 4B: same transformer).
 FLUX2_KLEIN_4B_TRANSFORMER: dict[str, Any] = {
@@ -59,7 +61,26 @@ QWEN3_4B_TEXT_ENCODER: dict[str, Any] = {
     "tie_word_embeddings": True,
     "attention_bias": False,
 }
-# The text encoder's hidden states that klein concatenates into `joint_attention_dim` (3 x 2560).
+# diffusers `Flux2Transformer2DModel` of FLUX.2-klein-9B (and the klein base 9B: same transformer): 8 double
+# + 24 single blocks, 32 heads of 128 (4096 wide), text input 3 x 4096 (Qwen3-8B hidden states).
+FLUX2_KLEIN_9B_TRANSFORMER: dict[str, Any] = {
+    **FLUX2_KLEIN_4B_TRANSFORMER,
+    "num_layers": 8,
+    "num_single_layers": 24,
+    "num_attention_heads": 32,
+    "joint_attention_dim": 12288,
+}
+
+# transformers `Qwen3Config` of Qwen3-8B, the klein 9B text encoder (about 8.2 B parameters, 16 GB bf16; its
+# input and output embeddings are not tied, unlike Qwen3-4B's).
+QWEN3_8B_TEXT_ENCODER: dict[str, Any] = {
+    **QWEN3_4B_TEXT_ENCODER,
+    "hidden_size": 4096,
+    "intermediate_size": 12288,
+    "tie_word_embeddings": False,
+}
+
+# The text encoder's hidden states that klein concatenates into `joint_attention_dim` (3 x 2560 for 4B, 3 x 4096 for 9B).
 FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS = (9, 18, 27)
 FLUX2_KLEIN_MAX_SEQUENCE_LENGTH = 512
 

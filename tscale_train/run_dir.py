@@ -259,7 +259,8 @@ class RunDirectory:
 
     # ---- files -----------------------------------------------------------------------------------
     def write_pipeline_info(self, generator) -> None:
-        """`pipeline.json`: the pipeline class, family, and the steps and guidance the run sampled with."""
+        """`pipeline.json`: the pipeline class, family, and the steps, guidance and size the run sampled with, and
+        the other arguments a `pipe(prompt=...)` call needs to sample alike (`FlowGenerator.prompt_call_kwargs`)."""
         info = {
             "pipeline_class": type(generator.pipe).__name__,
             "family": generator.family,
@@ -268,6 +269,7 @@ class RunDirectory:
             "guidance_scale": generator.guidance_scale,
             "height": generator.height,
             "width": generator.width,
+            "prompt_call_kwargs": generator.prompt_call_kwargs(),
         }
         atomic_write_text(self.path / PIPELINE_INFO_NAME, dumps_json(info, indent=2) + "\n")
 

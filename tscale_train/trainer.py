@@ -25,8 +25,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+import numpy as np
 import torch
-from tqdm.auto import tqdm
+from PIL import Image
 
 from rewards import short_reward_names
 
@@ -51,8 +52,10 @@ from .loading import load_pipeline, load_reward_for
 from .lora import LORA_WEIGHT_NAME, add_lora, save_lora
 from .optimization import make_optimizer
 from .pairs import PairRecord, PairStore, records_from_search
+from .progress import library_bars, progress_bar, write
 from .prompt_cache import PromptEmbeddingCache
 from .prompts import BUNDLED_PROMPTS, load_prompts
+from .quantization import quantize_text_encoder, quantize_transformer, text_encoder_names
 from .run_dir import FINAL_STATE_NAME, METRICS_NAME, RunDirectory, read_metrics
 from .ses.driver import search_prompts
 from .ses.scoring import score_counts, unusable_scores_reason
@@ -120,7 +123,9 @@ class OnlineDPOTrainer:
                 if config.resume_from_checkpoint
                 else None
             )
-            self._setup_models()
+            # Loading bars (diffusers, transformers) only where ours are drawn: one terminal, one process.
+            with library_bars(enabled=config.progress, main=self.accelerator.is_main_process):
+                self._setup_models()
             self.callbacks.call("on_init_end", self, self.control)
 
     # ---- set-up ------------------------------------------------------------------------------
@@ -153,11 +158,20 @@ class OnlineDPOTrainer:
         from accelerate.utils import set_seed
 
         config, accelerator = self.config, self.accelerator
+        if config.quantize_base != "none" and accelerator.state.deepspeed_plugin is not None:
+            # DeepSpeed's engine casts the whole module to its precision, float8 weights included.
+            raise ValueError(
+                f"--quantize_base {config.quantize_base} does not run under DeepSpeed (its engine casts every "
+                "weight back to its precision); launch with a DDP or single-GPU config, or --quantize_base none."
+            )
         self.pipe = load_pipeline(config.model, dtype=self.weight_dtype)
+        # A float8 base reaches the GPU only once stored in float8, after its LoRA is added (see below).
+        quantized = config.quantize_base != "none"
+        for name in text_encoder_names(self.pipe):
+            quantize_text_encoder(getattr(self.pipe, name), config.quantize_base, self.weight_dtype)
         # The text encoder (8 GB for klein-4B) goes to the GPU only to encode, when offloaded.
-        for name in (
-            ("transformer", "vae") if config.offload_text_encoder else ("transformer", "vae", "text_encoder")
-        ):
+        resident = ("vae",) if quantized else ("transformer", "vae")
+        for name in resident if config.offload_text_encoder else (*resident, "text_encoder"):
             getattr(self.pipe, name).to(accelerator.device)
         self.pipe.set_progress_bar_config(disable=True)
         self.generator: FlowGenerator = generator_for_pipeline(
@@ -208,6 +222,18 @@ class OnlineDPOTrainer:
         )
         if config.gradient_checkpointing:
             self.pipe.transformer.enable_gradient_checkpointing()
+        if quantized:  # after the LoRA: peft's layers would otherwise be made in float8 too
+            quantize_transformer(self.pipe.transformer, config.quantize_base, self.weight_dtype)
+            self.pipe.transformer.to(accelerator.device)
+            if accelerator.num_processes > 1:
+                # DDP broadcasts every parameter from rank 0 at start-up, and gloo cannot send float8. The frozen
+                # base is the same on every process (loaded from the same files), so only the LoRA is synced.
+                from torch.nn.parallel import DistributedDataParallel
+
+                DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                    self.pipe.transformer,
+                    [name for name, p in self.pipe.transformer.named_parameters() if not p.requires_grad],
+                )
         optimizer, scheduler = make_optimizer(config, self.lora_parameters, accelerator.num_processes)
         if accelerator.state.deepspeed_plugin is not None:
             accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (
@@ -323,7 +349,8 @@ class OnlineDPOTrainer:
                 min_margin=config.min_margin,
             )
         ]
-        self.store.write_shard(records, round_index, self.accelerator.process_index)
+        with library_bars(enabled=False):  # datasets' "Saving the dataset" bar, every round on every process
+            self.store.write_shard(records, round_index, self.accelerator.process_index)
         self._record_shards(round_index, len(records))
         finite = [result.search.scores[torch.isfinite(result.search.scores)] for result in results]
         accelerator = self.accelerator
@@ -426,11 +453,13 @@ class OnlineDPOTrainer:
         self.model.train()
         totals: dict[str, float] = {}
         steps = 0
-        bar = tqdm(
+        bar = progress_bar(
             total=micro_batches * config.epochs_per_round,
             desc=f"DPO round {round_index}",
-            disable=not self._show_progress,
+            unit="step",
             leave=False,
+            enabled=self._show_progress,
+            main=accelerator.is_main_process,
         )
         for epoch in range(config.epochs_per_round):
             generator = torch.Generator().manual_seed(
@@ -519,6 +548,19 @@ class OnlineDPOTrainer:
         if self.accelerator.is_main_process:
             self.run_dir.append_metrics(metrics)
 
+    def log_images(self, images: dict[str, Image.Image], round_index: int) -> None:
+        """Send images (the eval grid) to the trackers of `report_to` with the round as the step, as `log` sends
+        the metrics: TensorBoard and Weights & Biases through accelerate's `log_images` (other trackers get none).
+        Main process only: the trackers live there."""
+        if not self.accelerator.is_main_process:
+            return
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                arrays = {name: np.asarray(image.convert("RGB"))[None] for name, image in images.items()}
+                tracker.log_images(arrays, step=round_index, dataformats="NHWC")
+            elif tracker.name == "wandb":  # accelerate wraps each in a `wandb.Image`
+                tracker.log_images({name: [image] for name, image in images.items()}, step=round_index)
+
     def train(self, stop_after_rounds: int | None = None) -> Path:
         """Run the rounds (from the checkpoint if resuming); returns the output dir with the final LoRA.
 
@@ -552,8 +594,12 @@ class OnlineDPOTrainer:
         )
         if control.should_stop:
             last_round = self.start_round
-        for round_index in tqdm(
-            range(self.start_round, last_round), desc="rounds", disable=not self._show_progress
+        for round_index in progress_bar(
+            range(self.start_round, last_round),
+            desc="rounds",
+            unit="round",
+            enabled=self._show_progress,
+            main=accelerator.is_main_process,
         ):
             started = time.perf_counter()
             control.new_round()
@@ -585,7 +631,7 @@ class OnlineDPOTrainer:
                 final_round=control.final_lora_round if control.should_stop else None,
             )
             if summary:
-                tqdm.write(summary)
+                write(summary, main=True)
         self.callbacks.call("on_train_end", self, control)
         accelerator.wait_for_everyone()
         accelerator.end_training()
@@ -608,4 +654,4 @@ class OnlineDPOTrainer:
             k: v for k, v in metrics.items() if isinstance(v, float) and not k.startswith(RAW_GUARD_METRICS)
         }
         summary = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in shown.items())
-        tqdm.write(f"round {round_index}: {summary}")
+        write(f"round {round_index}: {summary}", main=True)

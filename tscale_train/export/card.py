@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import math
+import re
 from pathlib import Path
+from typing import Any
 
 CARD_TAGS = ["lora", "text-to-image", "diffusers", "dpo", "inference-time-scaling", "tscale-train"]
 
@@ -16,8 +20,41 @@ def family_tag(family: str) -> str:
     return tags.get(family, family.lower())
 
 
-# Placeholders of the usage snippet; tests swap them for the tiny model and a local folder and run it.
+# Where the usage snippet starts and ends in the card; tests cut it out, swap the repo id for the export
+# folder, and run it.
 SNIPPET_START, SNIPPET_END = "```python\n", "```\n"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` is a Hub repo id (`namespace/name`) rather than an offline kit's name or a local folder."""
+    return bool(_HUB_ID.match(name)) and not Path(name).expanduser().exists()
+
+
+def model_markdown(model: str) -> str:
+    """How a card names a base model: a link to its Hub page, or (a kit, a local folder: no Hub page) its name."""
+    from ..loading import is_offline_kit
+
+    if is_hub_id(model):
+        return f"[`{model}`](https://huggingface.co/{model})"
+    if is_offline_kit(model):
+        return f"`{_local_name(model)}` (tscale-train's offline random-weight test model)"
+    return f"a local pipeline `{_local_name(model)}`"
+
+
+def _local_name(model: str) -> str:
+    """A kit's name as it is, a local folder's last part: no local path goes on the Hub."""
+    from ..loading import kit_names
+
+    return model if model in kit_names() else (Path(model).name or model)
+
+
+def _model_argument(model: str) -> str:
+    """A base model as `--model` or `from_pretrained` take it: a hub id or kit name as it is, a local folder as
+    the placeholder `path/to/<folder name>` (its path is the exporter's, not the reader's)."""
+    from ..loading import kit_names
+
+    return model if is_hub_id(model) or model in kit_names() else f"path/to/{_local_name(model)}"
 
 
 def plot_eval_curve(rows: list[dict], path: Path) -> bool:
@@ -70,20 +107,96 @@ def usage_snippet(
     base_model: str,
     repo_id: str,
     prompt: str,
-    steps: int,
-    guidance_scale: float,
+    call_kwargs: dict[str, Any],
     pipeline_class: str = "Flux2KleinPipeline",
 ) -> str:
+    """Python that loads the base model and this LoRA and renders `prompt` with `call_kwargs` (size, steps, guidance,
+    what else the pipeline needs: `prompt_call_arguments`).
+
+    The base model is its hub id; an offline kit comes from tscale-train (`kit_pipeline_dir`, built on first
+    use), and a local folder is a placeholder path, `path/to/<folder name>`, the user points at their copy.
+    """
+    from ..loading import kit_names
+
+    imports = f"import torch\nfrom diffusers import {pipeline_class}\n"
+    if base_model in kit_names():
+        imports += "from tscale_train.loading import kit_pipeline_dir\n"
+        source = f"str(kit_pipeline_dir({json.dumps(base_model)}))"
+    else:
+        source = json.dumps(_model_argument(base_model))
+    arguments = "".join(
+        f"    {name}={_literal(value)},\n" for name, value in {"prompt": prompt, **call_kwargs}.items()
+    )
     return (
-        "import torch\n"
-        f"from diffusers import {pipeline_class}\n\n"
+        f"{imports}\n"
         'device = "cuda" if torch.cuda.is_available() else "cpu"\n'
         'dtype = torch.bfloat16 if device == "cuda" else torch.float32\n'
-        f'pipe = {pipeline_class}.from_pretrained("{base_model}", dtype=dtype).to(device)\n'
-        f'pipe.load_lora_weights("{repo_id}")\n'
-        f'image = pipe(prompt="{prompt}", num_inference_steps={steps}, guidance_scale={guidance_scale}).images[0]\n'
+        f"pipe = {pipeline_class}.from_pretrained({source}, dtype=dtype).to(device)\n"
+        f"pipe.load_lora_weights({json.dumps(repo_id)})\n"
+        f"image = pipe(\n{arguments}).images[0]\n"
         'image.save("example.png")\n'
     )
+
+
+def _literal(value: Any) -> str:
+    """A Python literal of a JSON value (strings in double quotes, as the rest of the snippet)."""
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def prompt_call_arguments(info: dict | None, config: dict, pipeline_class: str) -> dict[str, Any]:
+    """The keyword arguments of the snippet's `pipe(...)` call besides the prompt: the run's size, steps and
+    guidance, and the other settings its generator sampled with (`pipeline.json`'s `prompt_call_kwargs`: a kit's
+    text-encoder layers and text length, Qwen-Image's true CFG and negative prompt).
+
+    A setting equal to the pipeline's own default is left out, the guidance and steps excepted, as is one the
+    pipeline does not take. `info` is the run's `pipeline.json` (None: a run from before it, which trained klein).
+    """
+    import diffusers
+
+    from ..generation import generator_class
+
+    model = str(config.get("model", ""))
+    if info:
+        arguments: dict[str, Any] = {"height": info.get("height"), "width": info.get("width")}
+        arguments["num_inference_steps"] = info["num_inference_steps"]
+        recorded = info.get("prompt_call_kwargs")
+        if recorded is None:  # a run from before pipeline.json recorded them
+            guidance_argument = generator_class(pipeline_class).guidance_argument
+            recorded = {guidance_argument: info["guidance_scale"], **_model_text_settings(model)}
+    else:  # a run from before pipeline.json: the only family then was klein
+        distilled = "base" not in model
+        arguments = {"height": config.get("height"), "width": config.get("width")}
+        arguments["num_inference_steps"] = 4 if distilled else 50
+        guidance = config.get("guidance_scale") or (1.0 if distilled else 4.0)
+        recorded = {"guidance_scale": guidance, **_model_text_settings(model)}
+    arguments = {name: value for name, value in arguments.items() if value is not None}
+    parameters = inspect.signature(getattr(diffusers, pipeline_class).__call__).parameters
+    # The guidance is shown even at the pipeline's default, as the steps are: they say how the card's images and
+    # eval were sampled.
+    always = {"guidance_scale", "true_cfg_scale"}
+    for name, value in recorded.items():
+        if name not in parameters:
+            continue
+        default = parameters[name].default
+        if name in always or _jsonable(default) != value:
+            arguments[name] = value
+    return arguments
+
+
+def _model_text_settings(model: str) -> dict[str, Any]:
+    """A model's own text-encoding settings (a kit's `tscale_tiny.json`), for runs whose pipeline.json lacks them."""
+    from ..loading import generator_defaults
+
+    settings = generator_defaults(model) if model else {}
+    return {
+        name: _jsonable(settings[name])
+        for name in ("max_sequence_length", "text_encoder_out_layers")
+        if name in settings
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def write_model_card(
@@ -93,20 +206,17 @@ def write_model_card(
     from huggingface_hub import ModelCard, ModelCardData
 
     config = source.config
-    base_model = config.get("model", "")
+    base_model = str(config.get("model", ""))
     info = pipeline_info(source.run_dir)
-    if info:
-        pipeline_class, family = info["pipeline_class"], info["family"]
-        steps, guidance = info["num_inference_steps"], info["guidance_scale"]
-    else:  # a run from before pipeline.json: the only family then was klein
-        pipeline_class, family = "Flux2KleinPipeline", "FLUX.2-klein"
-        distilled = "base" not in base_model
-        steps = 4 if distilled else 50
-        guidance = config.get("guidance_scale") or (1.0 if distilled else 4.0)
+    # A run from before pipeline.json: the only family then was klein.
+    pipeline_class, family = (
+        (info["pipeline_class"], info["family"]) if info else ("Flux2KleinPipeline", "FLUX.2-klein")
+    )
     tags = [*CARD_TAGS[:3], family_tag(family), *CARD_TAGS[3:]]
     widget = [{"text": item["prompt"], "output": {"url": item["lora"]}} for item in examples]
     data = ModelCardData(
-        base_model=base_model,
+        # The Hub links `base_model` to that model's page: a kit or a local folder has none.
+        base_model=base_model if is_hub_id(base_model) else None,
         library_name="diffusers",
         tags=tags,
         pipeline_tag="text-to-image",
@@ -122,7 +232,7 @@ def write_model_card(
     trained_rounds = max((row["round"] for row in rows), default=-1) + 1
     sections = [
         f"# {repo_id.split('/')[-1]}",
-        f"A LoRA for [{base_model}](https://huggingface.co/{base_model}) trained with "
+        f"A LoRA for {model_markdown(base_model)} trained with "
         "tscale-train, online: each round, Spectral Evolution Search over the initial "
         "noise made chosen/rejected pairs by reward, and flow-matching Diffusion-DPO trained the LoRA on them, "
         "so the model learns to produce at budget 0 what it used to need a search for.",
@@ -164,16 +274,20 @@ def write_model_card(
     sections.append(
         "## Use it\n\n"
         + SNIPPET_START
-        + usage_snippet(base_model, repo_id, prompt, steps, guidance, pipeline_class)
+        + usage_snippet(
+            base_model, repo_id, prompt, prompt_call_arguments(info, config, pipeline_class), pipeline_class
+        )
         + SNIPPET_END
         + "\nOr search on top of it: `tscale ses --model "
-        + base_model
+        + _model_argument(base_model)
         + " --lora "
         + repo_id
         + ' --prompt "..."`.'
         + (
-            "\n`pytorch_lora_weights_comfyui.safetensors`, when present, is the same adapter in the original FLUX.2 layout "
-            "for ComfyUI."
+            "\n`pytorch_lora_weights_comfyui.safetensors`, when present, is the same adapter in the original FLUX.2 "
+            "layout, for ComfyUI. With diffusers load the default file: diffusers' reader of the original layout "
+            "keeps the final norm's modulation (`norm_out.linear`) in the original (shift, scale) order, so a LoRA "
+            "that trained it (`lora_target_modules: all_linear`) reads back with those halves swapped."
             if family.startswith("FLUX.2")
             else ""
         )

@@ -2,10 +2,22 @@
 
 `save_lora` writes diffusers' layout (`transformer.transformer_blocks.0.attn.to_q.lora_A.weight`, alpha in the
 safetensors metadata). ComfyUI patches the weights of the original BFL model, whose names and fusions differ:
-`diffusion_model.double_blocks.0.img_attn.qkv` is diffusers' to_q/to_k/to_v in one matrix. This module is the
-inverse of diffusers' own reader of that layout, `_convert_non_diffusers_flux2_lora_to_diffusers`
-(`diffusers/loaders/lora_conversion_utils.py`), so `pipe.load_lora_weights(dir, weight_name=COMFYUI_WEIGHT_NAME)`
-reads the file back, and ComfyUI applies it to the same weights.
+`diffusion_model.double_blocks.0.img_attn.qkv` is diffusers' to_q/to_k/to_v in one matrix. The file is exact for
+that layout: the delta it puts on each original weight (`lora_B @ lora_A` on the weight of the same name, which is
+how ComfyUI's loader reads `diffusion_model.` keys), mapped through diffusers' converter of the original base
+checkpoint (`convert_flux2_transformer_checkpoint_to_diffusers`), is the adapter's own on every diffusers weight, to
+float rounding (tests/test_comfyui.py; ComfyUI itself is not run there).
+
+Read back by diffusers (`pipe.load_lora_weights(dir, weight_name=COMFYUI_WEIGHT_NAME)`, through
+`_convert_non_diffusers_flux2_lora_to_diffusers` in `diffusers/loaders/lora_conversion_utils.py`), the file gives
+the same predictions as the diffusers-format file, to float rounding, with one exception:
+`norm_out.linear`, trained only with `lora_target_modules: all_linear` (or a target list naming it). The original
+final layer orders its modulation (shift, scale), diffusers' (scale, shift); diffusers' base-model converter swaps
+the two halves of that weight, but its LoRA reader renames final_layer.adaLN_modulation.1 to norm_out.linear without
+swapping lora_B's rows. Written with the rows swapped (right for the original layout), that module reads back into
+diffusers with its scale and shift deltas exchanged, and the image differs. One file cannot be exact for both: the
+two readers take the same key with opposite row orders, and diffusers refuses a file with any key it does not map.
+For diffusers, load `pytorch_lora_weights.safetensors`.
 
 Key mapping (diffusers module -> original module, both without their prefix), as the FLUX.2 families declare it
 (`families.flux2_klein.FLUX2_COMFYUI_KEYS`, `ModelFamily.comfyui`):
@@ -20,11 +32,11 @@ Key mapping (diffusers module -> original module, both without their prefix), as
     single_transformer_blocks.N.attn.to_out                    -> single_blocks.N.linear2
     x_embedder / context_embedder                              -> img_in / txt_in
     proj_out                                                   -> final_layer.linear
-    norm_out.linear                                            -> final_layer.adaLN_modulation.1  (halves swapped)
+    norm_out.linear                                            -> final_layer.adaLN_modulation.1  (lora_B halves swapped)
     time_guidance_embed.{timestep,guidance}_embedder.linear_1/2 -> {time,guidance}_in.in_layer/out_layer
     {single_stream,double_stream_modulation_img,_txt}...linear -> ....lin
 
-Scale: the diffusers reader ignores `.alpha` keys of this layout (it raises on any key it does not consume), and
+Scale: the diffusers reader takes no `.alpha` keys of this layout (it raises on any key it does not consume), and
 ComfyUI applies `lora_B @ lora_A` at scale 1 when a module has no `.alpha`. So the file has no alpha keys and each
 module's peft scaling (alpha / r, or alpha / sqrt(r) for rsLoRA) is folded into its lora_B. Loaded without
 metadata, diffusers likewise sets alpha = rank per module (scale 1), also where the fused modules' rank differs.

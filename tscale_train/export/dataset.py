@@ -10,13 +10,17 @@ a folder that ``huggingface_hub.upload_folder(..., repo_type="dataset")`` pushes
 
 ``datasets.load_dataset(str(out_dir), split="train")`` (or ``load_dataset(repo_id)`` once pushed)
 reads it back, and the Hub's dataset viewer reads the same files.
+
+The pairs are one ``train`` split, and the card gives diffusers' ``train_diffusion_dpo.py`` command with
+``--dataset_split_name=train``: the script reads the ``validation`` split by default (Pick-a-Pic's small one),
+and a ``validation`` split holding the training rows would have anyone who evaluates on it evaluate on the
+training data.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +33,15 @@ from ..io_utils import atomic_directory, disk_full_error
 from ..loading import is_offline_kit  # the offline kit's models: random weights, so their pairs are test data
 from ..pairs import PairStore, to_pickapic
 from ..prompts import PROMPT_FILE_SUFFIXES
+from .card import is_hub_id, model_markdown
 
-__all__ = ["EXPORT_MARKER", "MAX_SHARD_BYTES", "export_pair_dataset"]
+__all__ = [
+    "DPO_SCRIPT_URL",
+    "EXPORT_MARKER",
+    "MAX_SHARD_BYTES",
+    "dpo_training_command",
+    "export_pair_dataset",
+]
 
 # The file that marks a folder as written by this exporter, so re-exporting may replace it.
 EXPORT_MARKER = ".tscale_export"
@@ -39,7 +50,8 @@ _MARKER_KIND = "pair_dataset"
 MAX_SHARD_BYTES = 500 * 2**20
 _SPLIT = "train"
 _TAGS = ["dpo", "preference", "pick-a-pic", "inference-time-scaling", "diffusion-dpo", "synthetic"]
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# diffusers' Diffusion-DPO training script, which reads this layout as it is (jpg_0, jpg_1, label_0, caption).
+DPO_SCRIPT_URL = "https://github.com/huggingface/diffusers/tree/main/examples/research_projects/diffusion_dpo"
 
 # The columns of the Pick-a-Pic layout, as the card explains them.
 _COLUMN_DOCS = {
@@ -212,24 +224,27 @@ def _size_category(num_rows: int) -> str:
     return "n>1T" if num_rows > 10**12 else "1B<n<10B"
 
 
-def _is_hub_id(name: str) -> bool:
-    return bool(_HUB_ID.match(name)) and not Path(name).expanduser().exists()
-
-
 def _model_name(model: str) -> str:
-    if _is_hub_id(model):
+    if is_hub_id(model):
         return model.split("/")[-1]
     if is_offline_kit(model):
-        return f"{model} (offline test model)"
+        return f"{Path(model).name or model} (offline test model)"
     return Path(model).name or model
 
 
-def _model_text(model: str) -> str:
-    if _is_hub_id(model):
-        return f"[`{model}`](https://huggingface.co/{model})"
-    if is_offline_kit(model):
-        return f"`{model}` (tscale-train's offline random-weight test model)"
-    return f"a local pipeline `{Path(model).name or model}`"
+def dpo_training_command(dataset: str) -> str:
+    """diffusers' `train_diffusion_dpo.py` on `dataset` (a Hub id or this export's folder), as the card gives it.
+
+    `--dataset_split_name=train`: the script's default split is `validation`, which this export does not have.
+    The base model is the script's own example (it trains a Stable Diffusion 1.5 UNet LoRA).
+    """
+    return (
+        "accelerate launch train_diffusion_dpo.py \\\n"
+        "  --pretrained_model_name_or_path=stable-diffusion-v1-5/stable-diffusion-v1-5 \\\n"
+        f"  --dataset_name={dataset} \\\n"
+        f"  --dataset_split_name={_SPLIT} \\\n"
+        "  --output_dir=diffusion-dpo-lora"
+    )
 
 
 def _prompt_source(config: dict[str, Any]) -> str:
@@ -240,7 +255,7 @@ def _prompt_source(config: dict[str, Any]) -> str:
     if Path(source).suffix.lower() in PROMPT_FILE_SUFFIXES:
         return f"the prompt file `{Path(source).name}`"
     column = config.get("prompt_column") or "prompt"
-    link = f"[`{source}`](https://huggingface.co/datasets/{source})" if _is_hub_id(source) else f"`{source}`"
+    link = f"[`{source}`](https://huggingface.co/datasets/{source})" if is_hub_id(source) else f"`{source}`"
     return f"the dataset {link} (column `{column}`)"
 
 
@@ -297,7 +312,7 @@ existing Diffusion-DPO training code reads.
 
 | setting | value |
 | --- | --- |
-| base model | {_model_text(model)} |
+| base model | {model_markdown(model)} |
 | prompts | {_prompt_source(config)} |
 | reward model | `{reward}` |
 | search budget | {_setting(config, "budget", "?")} candidates per prompt (the unsearched base noise included), population {_setting(config, "popsize")}, {_setting(config, "k_elites", "?")} elites |
@@ -326,6 +341,19 @@ row = pairs[0]
 preferred = row["jpg_0"] if row["label_0"] == 1.0 else row["jpg_1"]
 Image.open(io.BytesIO(preferred)).show()
 ```
+
+## Train on it with diffusers' Diffusion-DPO script
+
+[`train_diffusion_dpo.py`]({DPO_SCRIPT_URL}) reads this layout as it is, but its default split is
+`validation` (Pick-a-Pic's small one) and these pairs are one `{_SPLIT}` split, so name it:
+
+```bash
+{dpo_training_command(load_id)}
+```
+
+The script trains a LoRA of a Stable Diffusion UNet (SD 1.5 here, as in its own example), not of the model
+that made the pairs, and resizes the images ({_setting(config, "preview_size", "?")} px previews) to
+`--resolution` (default 512).
 
 ## Columns
 

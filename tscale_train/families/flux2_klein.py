@@ -1,4 +1,9 @@
-"""FLUX.2-klein (`Flux2KleinPipeline`): the distilled klein models and the undistilled klein base models.
+"""FLUX.2-klein (`Flux2KleinPipeline`): the distilled klein models and the undistilled klein base models, 4B and 9B.
+
+Train the base models, sample the distilled ones: the base checkpoints (`FLUX.2-klein-base-4B`/`-9B`) are the
+recommended start for DPO (`recipes/configs/flux2_klein_base_*.yaml`); a LoRA trained on a base loads into the
+distilled model of the same size (the same layout). Distilled klein blurs under RL-style fine-tuning, as Flow-Factory's
+maintainers report.
 
 The first-class family. Its offline kits (`tiny`, `tiny-base`, `dims-klein-4b`, `shapes`) are the base kit
 of `tscale_train.tiny`, not per-family kits, so `kits` is empty here.
@@ -11,11 +16,15 @@ import torch
 from ..real_configs import (
     FLUX2_KLEIN_4B,
     FLUX2_KLEIN_4B_TRANSFORMER,
+    FLUX2_KLEIN_9B,
+    FLUX2_KLEIN_9B_TRANSFORMER,
     FLUX2_KLEIN_BASE_4B,
+    FLUX2_KLEIN_BASE_9B,
     FLUX2_KLEIN_MAX_SEQUENCE_LENGTH,
     FLUX2_KLEIN_TEXT_ENCODER_OUT_LAYERS,
     FLUX2_VAE,
     QWEN3_4B_TEXT_ENCODER,
+    QWEN3_8B_TEXT_ENCODER,
 )
 from .plan import FAKE_DEVICE, Inputs, PlanFamily, PlanSpec, fake_randn, first_output, latent_tokens
 from .registry import Checkpoint, ComfyUIKeys, ModelFamily, register_family
@@ -139,6 +148,12 @@ _KLEIN_4B_CONFIGS = {
     "text_encoder": QWEN3_4B_TEXT_ENCODER,
     "vae": FLUX2_VAE,
 }
+# klein 9B: the same pipeline, layout and VAE, wider and deeper (9.1 B transformer, Qwen3-8B text encoder).
+_KLEIN_9B_CONFIGS = {
+    "transformer": FLUX2_KLEIN_9B_TRANSFORMER,
+    "text_encoder": QWEN3_8B_TEXT_ENCODER,
+    "vae": FLUX2_VAE,
+}
 
 FLUX2_KLEIN = register_family(
     ModelFamily(
@@ -152,6 +167,8 @@ FLUX2_KLEIN = register_family(
         checkpoints={
             FLUX2_KLEIN_4B: Checkpoint(configs={**_KLEIN_4B_CONFIGS, "is_distilled": True}),
             FLUX2_KLEIN_BASE_4B: Checkpoint(configs={**_KLEIN_4B_CONFIGS, "is_distilled": False}),
+            FLUX2_KLEIN_9B: Checkpoint(configs={**_KLEIN_9B_CONFIGS, "is_distilled": True}),
+            FLUX2_KLEIN_BASE_9B: Checkpoint(configs={**_KLEIN_9B_CONFIGS, "is_distilled": False}),
         },
         plan=FLUX2_KLEIN_PLAN,
         comfyui=FLUX2_COMFYUI_KEYS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -56,6 +57,11 @@ class Flux2LatentsGenerator(FlowGenerator):
             max_sequence_length=self.max_sequence_length,
             text_encoder_out_layers=self.text_encoder_out_layers,
         )
+
+    def prompt_call_kwargs(self) -> dict[str, Any]:
+        # Which hidden layers of the text encoder make the prompt embedding: a model with fewer layers than the
+        # pipeline's default (a kit's 2-layer encoder) cannot be called without them.
+        return {**super().prompt_call_kwargs(), "text_encoder_out_layers": list(self.text_encoder_out_layers)}
 
     def from_pipeline_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """[N, h*w, C] (the sampler's tokens) -> [N, C, h, w] (the `latents=` layout)."""

@@ -68,6 +68,7 @@ class QwenImageGenerator(FlowGenerator):
     family = QWEN_IMAGE.name
     pipeline_class = QWEN_IMAGE.pipeline_class
     lora_targets = QWEN_IMAGE.lora_targets
+    guidance_argument = "true_cfg_scale"  # the pipeline's `guidance_scale` is for guidance-distilled variants
 
     def __init__(
         self,

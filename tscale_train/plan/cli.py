@@ -136,6 +136,7 @@ def run_plan(argv: list[str]) -> int:
                 reward=search.reward,
                 reward_batch_size=search.reward_batch_size,
                 dtype=model.dtype,
+                quantize_base=model.quantize_base,
                 num_processes=options.num_processes,
                 gpu_memory_gib=options.gpu_memory,
                 suggest=not options.no_suggest,

@@ -307,16 +307,50 @@ def _meta_clip(clip_json: str, dtype: torch.dtype = torch.float32):
 
 
 @functools.lru_cache(maxsize=64)
-def component_bytes(spec: PipelineSpec, dtype: torch.dtype, lora: LoraSpec | None = None) -> dict[str, int]:
-    """Weights of each component: transformer, lora (fp32), vae, text_encoder (all of them; in `dtype`)."""
+def component_bytes(
+    spec: PipelineSpec, dtype: torch.dtype, lora: LoraSpec | None = None, quantize: str = "none"
+) -> dict[str, int]:
+    """Weights of each component: transformer, lora (fp32), vae, text_encoder (all of them; in `dtype`).
+
+    With `quantize` ("fp8"), the transformer's and text encoders' weights as `tscale_train.quantization` stores
+    them (float8 linears, the rest in `dtype`), and `upcast_block` / `upcast_all`: the bytes of the largest
+    transformer block's float8 weights, and of all of them, cast up to `dtype` (what a forward holds on top)."""
+    from ..quantization import quantize_text_encoder, quantize_transformer
+
     transformer = meta_transformer(spec, dtype, lora)
+    quantize_transformer(transformer, quantize, dtype)
+    encoders = meta_text_encoders(spec, dtype)
+    for encoder in encoders.values():
+        quantize_text_encoder(encoder, quantize, dtype)
     sizes = {
         "transformer": module_bytes(transformer, lambda name: "lora_" not in name),
         "lora": module_bytes(transformer, lambda name: "lora_" in name),
         "vae": module_bytes(_meta_vae(spec, dtype)),
-        "text_encoder": sum(module_bytes(encoder) for encoder in meta_text_encoders(spec, dtype).values()),
+        "text_encoder": sum(module_bytes(encoder) for encoder in encoders.values()),
     }
+    if quantize != "none":
+        sizes["upcast_block"], sizes["upcast_all"] = _upcast_bytes(transformer, dtype)
     return sizes
+
+
+def _upcast_bytes(transformer: torch.nn.Module, dtype: torch.dtype) -> tuple[int, int]:
+    """(largest block's, all) bytes of the layerwise-cast weights in `dtype`; a block is an entry of one of the
+    transformer's ModuleLists (FLUX.2: its double and single blocks)."""
+    size = torch.empty((), dtype=dtype).element_size()
+
+    def cast_bytes(module: torch.nn.Module) -> int:
+        return sum(
+            parameter.numel() * size
+            for child in module.modules()
+            if getattr(child, "_diffusers_hook", None) is not None
+            and child._diffusers_hook.get_hook("layerwise_casting") is not None
+            for parameter in child.parameters(recurse=False)
+        )
+
+    blocks = [
+        block for child in transformer.children() if isinstance(child, torch.nn.ModuleList) for block in child
+    ]
+    return max((cast_bytes(block) for block in blocks), default=0), cast_bytes(transformer)
 
 
 @functools.lru_cache(maxsize=16)

@@ -57,6 +57,17 @@ def _reward_models(reward: str, spec: PipelineSpec) -> tuple[str | None, int]:
     return (sized[-1][1] if sized else None), sum(size for size, _ in sized)
 
 
+def _upcast(sizes: dict[str, int], checkpointing: bool) -> dict[str, int]:
+    """What a float8 base holds on top of its float8 weights (`component_bytes`'s upcast entries): a forward casts
+    one layer up at a time, and the DPO backward keeps the up-cast copies of the block it recomputes, or of every
+    layer without checkpointing. Counted in every phase, as the largest of them (a slight over-estimate outside DPO)."""
+    if "upcast_block" not in sizes:
+        return {}
+    if checkpointing:
+        return {"float8 weights cast up (one block)": sizes["upcast_block"]}
+    return {"float8 weights cast up (every layer, no checkpointing)": sizes["upcast_all"]}
+
+
 def _largest(parts: dict[str, int]) -> dict[str, int]:
     name = max(parts, key=parts.get)
     return {name: parts[name]}
@@ -85,7 +96,7 @@ def plan_training(
     guidance = config.guidance_scale if config.guidance_scale is not None else spec.default_guidance_scale
     cfg = spec.uses_cfg(guidance)
     lora = LoraSpec(config.lora_rank, config.lora_target_modules)
-    sizes = component_bytes(spec, dtype, lora)
+    sizes = component_bytes(spec, dtype, lora, config.quantize_base)
     reward_clip, reward_gpu = _reward_models(config.reward, spec)
     eval_name = config.eval_reward or config.reward
     eval_clip, eval_gpu = _reward_models(eval_name, spec)
@@ -101,6 +112,7 @@ def plan_training(
         "text encoder (not offloaded)": text_encoder_resident,
         # From the second round on, the optimizer's states stay on the GPU through search and eval.
         "AdamW states": 2 * sizes["lora"],
+        **_upcast(sizes, config.gradient_checkpointing),
     }
     phases: dict[str, float] = {}
     breakdown: dict[str, dict[str, float]] = {}
@@ -114,7 +126,11 @@ def plan_training(
     rewards_resident = {} if config.offload_reward else rewards_on_gpu
     phases["encode"], breakdown["encode"] = _phase(
         {
-            **{name: size for name, size in base.items() if name != "text encoder (not offloaded)"},
+            **{
+                name: size
+                for name, size in base.items()
+                if name != "text encoder (not offloaded)" and not name.startswith("float8")
+            },
             **rewards_resident,
             "text encoder": sizes["text_encoder"],
             f"text encoder forward ({spec.max_sequence_length} tokens)": measure_encode(spec, dtype),
@@ -179,6 +195,7 @@ def plan_training(
                 "lora_rank",
                 "reward",
                 "guidance_scale",
+                "quantize_base",
             )
         },
         notes=_notes(spec, autocast),
@@ -259,6 +276,7 @@ def plan_ses(
     reward_batch_size: int | None = None,
     dtype: str = "auto",
     lora: str | None = None,
+    quantize_base: str = "none",
     num_processes: int = 1,
     gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
     suggest: bool = True,
@@ -278,7 +296,7 @@ def plan_ses(
     torch_dtype = torch.bfloat16 if dtype == "auto" else parse_dtype(dtype)
     guidance = guidance_scale if guidance_scale is not None else spec.default_guidance_scale
     cfg = spec.uses_cfg(guidance)
-    sizes = component_bytes(spec, torch_dtype, None)
+    sizes = component_bytes(spec, torch_dtype, None, quantize_base)
     clip_json, reward_gpu = _reward_models(reward, spec)
     lora_bytes = 0
     if lora is not None and Path(lora).expanduser().exists():
@@ -291,6 +309,7 @@ def plan_ses(
         "VAE": sizes["vae"],
         "reward model": reward_gpu,
         "LoRA file": lora_bytes,
+        **_upcast(sizes, True),
     }
     phases: dict[str, float] = {}
     breakdown: dict[str, dict[str, float]] = {}
@@ -327,7 +346,12 @@ def plan_ses(
         breakdown=breakdown,
         cpu_gib=_gib(sum(cpu_parts.values())),
         cpu_breakdown={name: _gib(value) for name, value in cpu_parts.items()},
-        settings={"eval_batch_size": eval_batch_size, "reward": reward, "guidance_scale": guidance},
+        settings={
+            "eval_batch_size": eval_batch_size,
+            "reward": reward,
+            "guidance_scale": guidance,
+            "quantize_base": quantize_base,
+        },
         notes=_notes(spec, False),
     )
     if suggest and not plan.fits:
@@ -341,6 +365,7 @@ def plan_ses(
             reward_batch_size=reward_batch_size,
             dtype=dtype,
             lora=lora,
+            quantize_base=quantize_base,
             num_processes=num_processes,
             gpu_memory_gib=gpu_memory_gib,
             suggest=False,

@@ -27,6 +27,7 @@ _LEVER_PHASES = {
     "offload_reward": {"dpo"},
     "reward_batch_size": {"search", "eval"},
     "height": {"search", "dpo", "eval"},
+    "quantize_base": {"encode", "search", "dpo", "eval"},
 }
 
 
@@ -48,6 +49,9 @@ def _training_levers(config, plan: MemoryPlan) -> Iterator[dict[str, Any]]:
     while reward_batch > 1:
         reward_batch //= 2
         yield {"reward_batch_size": reward_batch}
+    if config.quantize_base == "none":
+        # A float8 base needs checkpointing (quantization.py): one lever, so neither is dropped alone.
+        yield {"quantize_base": "fp8", "gradient_checkpointing": True}
     for side in (768, 512):
         if side < min(plan.height, plan.width):
             yield {"height": side, "width": side}
@@ -67,8 +71,8 @@ def _suggest_training(plan: MemoryPlan, config, replan: Callable[[dict[str, Any]
     current = plan
     for change in _training_levers(config, plan):
         over = _over(current)
-        if not over or "encode" in over:
-            break  # fits, or prompt encoding does not fit, which no setting changes
+        if not over:
+            break
         targets = _LEVER_PHASES[next(iter(change))] & over
         if not targets:
             continue
@@ -78,6 +82,8 @@ def _suggest_training(plan: MemoryPlan, config, replan: Callable[[dict[str, Any]
             current = candidate
     if current.fits:
         for name in [key for key in overrides if key != "width"]:
+            if name == "gradient_checkpointing" and "quantize_base" in overrides:
+                continue  # a float8 base needs it
             trial = {
                 key: value
                 for key, value in overrides.items()
@@ -88,7 +94,7 @@ def _suggest_training(plan: MemoryPlan, config, replan: Callable[[dict[str, Any]
                 overrides, current = trial, candidate
     elif "encode" in _over(current):
         plan.notes.append(
-            "prompt encoding needs the text encoder and the transformer on the GPU together; no setting lowers it"
+            "prompt encoding needs the text encoder and the transformer on the GPU together; no other setting lowers it"
         )
     plan.suggestions = [_flag(name, value) for name, value in overrides.items()]
     plan.suggested_peak_gib = current.peak_gib
@@ -96,13 +102,15 @@ def _suggest_training(plan: MemoryPlan, config, replan: Callable[[dict[str, Any]
 
 
 def _suggest_ses(plan: MemoryPlan, replan: Callable[[dict[str, Any]], MemoryPlan]) -> None:
-    """`tscale ses` keeps everything on the GPU: halve the eval batch, then lower the resolution,
-    until the plan fits."""
+    """`tscale ses` keeps everything on the GPU: halve the eval batch, then store the base in float8, then lower
+    the resolution, until the plan fits."""
     changes: list[dict[str, Any]] = []
     batch = plan.settings["eval_batch_size"]
     while batch > 1:
         batch //= 2
         changes.append({"eval_batch_size": batch})
+    if plan.settings.get("quantize_base", "none") == "none":
+        changes.append({"quantize_base": "fp8"})
     changes += [{"height": side, "width": side} for side in (768, 512) if side < min(plan.height, plan.width)]
     current, overrides = plan, {}
     for change in changes:

@@ -11,7 +11,7 @@ The public names are re-exported here: `from tscale_train.ses import search_prom
 """
 
 from .driver import DEFAULT_SEARCH_GROUP_SIZE, render_result, search_prompts, ses_generate, start_search
-from .images import labelled_grid, side_by_side, to_pil
+from .images import labelled_grid, labelled_tiles, side_by_side, to_pil
 from .plots import plot_trace
 from .results import PromptSearch, SESOutput
 from .scoring import (
@@ -36,6 +36,7 @@ __all__ = [
     "describe_nonfinite",
     "final_scores",
     "labelled_grid",
+    "labelled_tiles",
     "plot_trace",
     "raw_scorer",
     "render_result",

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from search import RandomSearch, SESConfig, SpectralEvolutionSearch, published_variant
 
 from ..config import DEFAULT_POPSIZE, SEARCH_METHODS, check_search_budget
 from ..distributed import derive_seed
 from ..generation import FlowGenerator, PromptEmbeds, generator_for_pipeline
+from ..progress import Progress, progress_bar
 from .images import to_pil
 from .results import PromptSearch, SESOutput
 from .scoring import (
@@ -177,12 +177,16 @@ def search_prompts(
         keep_latents=keep_latents,
         preview_size=preview_size,
     )
-    is_main = split_across is None or split_across.is_main_process
-    bar = tqdm(
-        total=budget * len(prompts),
-        desc=SEARCH_METHODS[method],
-        unit="cand",
-        disable=not (progress and is_main),
+    bar = SearchProgress(
+        progress_bar(
+            total=budget * len(prompts),
+            desc=SEARCH_METHODS[method],
+            unit="cand",
+            enabled=progress,
+            # Candidates split over processes: one bar, the main process's. Without `split_across` (one process,
+            # or prompts sharded over processes): the launch's main process shows its own searches.
+            main=None if split_across is None else split_across.is_main_process,
+        )
     )
     step = group_size or max(1, len(prompts))
     results: list[PromptSearch] = []
@@ -212,6 +216,31 @@ def search_prompts(
     return results
 
 
+def best_so_far(previous: float, scores: Sequence[float]) -> float:
+    """The best score seen: the larger of `previous` and `scores`, NaN scores left out (NaN while no score
+    is a number). Never falls, whichever prompts' searches `scores` come from."""
+    numbers = [score for score in (previous, *scores) if not math.isnan(score)]
+    return max(numbers) if numbers else math.nan
+
+
+class SearchProgress:
+    """The search bar: candidates scored, and the best score of any search so far (over every group of
+    prompts, so the number a person watches only rises)."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.best = math.nan
+
+    def update(self, candidates: int, best_scores: Sequence[float]) -> None:
+        """`candidates` more were scored; `best_scores` are the current group's searches' bests."""
+        self.best = best_so_far(self.best, best_scores)
+        self.bar.update(candidates)
+        self.bar.set_postfix(best=f"{self.best:.4f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def start_search(
     generator: FlowGenerator, seed: int, budget: int, config: SESConfig, method: str = "ses"
 ) -> RandomSearch | SpectralEvolutionSearch:
@@ -238,7 +267,7 @@ def _search_group(
     embeds: list[PromptEmbeds],
     budget: int,
     config: SESConfig,
-    bar,
+    bar: SearchProgress,
     method: str,
     statistics: list[Statistics | None],
 ) -> list[PromptSearch]:
@@ -277,12 +306,7 @@ def _search_group(
             for name, values in extras.items():
                 kept[index].setdefault(name, []).append(values[offset : offset + size])
             offset += size
-        best = max(
-            (search.result().best_score for search in searches),
-            key=lambda score: -math.inf if math.isnan(score) else score,
-        )
-        bar.update(sum(sizes))
-        bar.set_postfix(best=f"{best:.4f}")
+        bar.update(sum(sizes), [search.best_score for search in searches])
     results = [
         PromptSearch(
             prompt=prompt,

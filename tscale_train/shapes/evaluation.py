@@ -87,12 +87,12 @@ def score_generator(
     generator, items: list[tuple[str, str, int]], judge, proxy=None, progress: bool = True
 ) -> ShapesScores:
     """Generate one budget-0 image per item with `generator` and score it with `judge` (and `proxy`)."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     scores = ShapesScores()
     embeds = {prompt: generator.encode_prompt(prompt) for _, prompt, _ in items}
     noises = torch.cat([generator.initial_noise(seed) for _, _, seed in items])
-    bar = tqdm(total=len(items), desc="shapes eval", disable=not progress, leave=False)
+    bar = progress_bar(total=len(items), desc="shapes eval", unit="image", leave=False, enabled=progress)
     for batch, output in generator.iter_batches(noises, [embeds[prompt] for _, prompt, _ in items]):
         prompts = [prompt for _, prompt, _ in items[batch]]
         scores.families.extend(family for family, _, _ in items[batch])
