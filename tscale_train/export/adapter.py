@@ -148,9 +148,9 @@ def check_adapter_matches_model(lora_file: Path, model: str) -> int:
     import torch
     from safetensors import safe_open
 
-    from ..plan.components import meta_transformer, resolve_pipeline_spec
+    from ..plan.components import base_transformer_on_meta
 
-    transformer = meta_transformer(resolve_pipeline_spec(model), torch.bfloat16, None)
+    transformer = base_transformer_on_meta(model)
     linears = {
         name: module for name, module in transformer.named_modules() if isinstance(module, torch.nn.Linear)
     }

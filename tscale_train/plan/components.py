@@ -297,6 +297,33 @@ def meta_text_encoders(spec: PipelineSpec, dtype: torch.dtype) -> dict[str, torc
     return encoders
 
 
+def base_transformer_on_meta(model: str) -> torch.nn.Module:
+    """`model`'s transformer on the meta device (shapes only): from `tscale plan`'s description where its family has
+    one, else from the saved pipeline's `transformer/config.json` (a kit, a local dir or the HF cache) and the
+    family's transformer class, so a family `tscale plan` does not describe (Qwen-Image, FLUX.2-dev, SD3) can still
+    be checked against."""
+    import diffusers
+
+    from ..families import get_family
+    from ..loading import DIMS_MODEL, check_model_source, kit_names, kit_pipeline_dir
+
+    try:
+        return meta_transformer(resolve_pipeline_spec(model), torch.bfloat16, None)
+    except ValueError:
+        if model in kit_names() and model != DIMS_MODEL:
+            directory = kit_pipeline_dir(model)
+        else:
+            source = check_model_source(model)
+            directory = Path(source) if Path(source).is_dir() else _hub_cache_dir(source)
+        if directory is None or not (directory / "model_index.json").is_file():
+            raise
+    pipeline_class = json.loads((directory / "model_index.json").read_text()).get("_class_name")
+    transformer_class = getattr(diffusers, get_family(pipeline_class).transformer_class)
+    config = transformer_class.load_config(str(directory), subfolder="transformer")
+    with _quiet_diffusers(), torch.device("meta"):
+        return transformer_class.from_config(config).to(torch.bfloat16)
+
+
 def _meta_clip(clip_json: str, dtype: torch.dtype = torch.float32):
     from transformers import CLIPConfig, CLIPModel
 
