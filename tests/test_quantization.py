@@ -182,3 +182,33 @@ def test_tscale_ses_searches_with_a_float8_base(tmp_path, kit_dir, monkeypatch):
     assert FP8_STORAGE_DTYPE in {p.dtype for p in calls[0][0].transformer.parameters()}
     assert Image.open(out).size == (64, 64)
     assert len(json.loads((tmp_path / "fox_trace.json").read_text())["scores"]) == 4
+
+
+def test_a_float8_base_under_deepspeed_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    """DeepSpeed's engine casts every weight to its precision: the run stops with the fix, nothing loaded."""
+    from accelerate import Accelerator
+    from tiny_runs import tiny_run_config
+
+    from tscale_train.trainer import OnlineDPOTrainer
+
+    class DeepSpeedState:
+        deepspeed_plugin = object()  # what accelerate's state holds under a DeepSpeed config
+
+        def __init__(self, state):
+            self._state = state
+
+        def __getattr__(self, name):
+            return getattr(self._state, name)
+
+    class DeepSpeedLaunch:
+        def __init__(self):
+            self._accelerator = Accelerator(cpu=True)
+            self.state = DeepSpeedState(self._accelerator.state)
+
+        def __getattr__(self, name):
+            return getattr(self._accelerator, name)
+
+    monkeypatch.setattr("tscale_train.trainer.load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
+    config = tiny_run_config(tmp_path / "run", quantize_base="fp8", eval_every=0, eval_fraction=0.0)
+    with pytest.raises(ValueError, match="does not run under DeepSpeed"):
+        OnlineDPOTrainer(config, accelerator=DeepSpeedLaunch())
