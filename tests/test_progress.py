@@ -118,14 +118,20 @@ def test_on_a_terminal_the_bar_is_tqdm():
 def test_library_bars_are_off_off_a_terminal_and_restored_after():
     import diffusers.utils.logging as diffusers_logging
 
-    assert diffusers_logging.is_progress_bar_enabled()
-    # Pytest's captured stderr is no terminal: the libraries' loading bars would pile up in a log.
-    with progress.library_bars(enabled=True, main=True):
-        assert not diffusers_logging.is_progress_bar_enabled()
-    assert diffusers_logging.is_progress_bar_enabled()
-    with progress.library_bars(enabled=True, main=False):
-        assert not diffusers_logging.is_progress_bar_enabled()
-    assert diffusers_logging.is_progress_bar_enabled()
+    # The bench scripts that earlier tests run in this process turn the bars off for good: start from on.
+    was_on = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.enable_progress_bar()
+    try:
+        # Pytest's captured stderr is no terminal: the libraries' loading bars would pile up in a log.
+        with progress.library_bars(enabled=True, main=True):
+            assert not diffusers_logging.is_progress_bar_enabled()
+        assert diffusers_logging.is_progress_bar_enabled()
+        with progress.library_bars(enabled=True, main=False):
+            assert not diffusers_logging.is_progress_bar_enabled()
+        assert diffusers_logging.is_progress_bar_enabled()
+    finally:
+        if not was_on:
+            diffusers_logging.disable_progress_bar()
 
 
 # ---- the search bar's best score ---------------------------------------------------------------------------
