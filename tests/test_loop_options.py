@@ -7,35 +7,25 @@ from pathlib import Path
 import numpy
 import pytest
 import torch
+from tiny_runs import tiny_run_config
 
 from tscale_train.config import OnlineDPOConfig
 from tscale_train.trainer import OnlineDPOTrainer
 
 
 def tiny_config(tmp_path: Path, **overrides) -> OnlineDPOConfig:
-    values = dict(
-        model="tiny",
-        dtype="float32",
-        reward="rewards.synthetic:brightness",
+    settings = dict(
         budget=6,
         popsize=3,
-        k_elites=2,
         rounds=1,
-        prompts_per_round=4,
-        epochs_per_round=1,
-        train_batch_size=2,
-        lora_rank=4,
         eval_every=0,
         eval_budget=3,
         max_eval_prompts=2,
         checkpoint_every=0,
         gradient_checkpointing=False,
-        output_dir=str(tmp_path / "run"),
         progress=False,
-        seed=0,
     )
-    values.update(overrides)
-    return OnlineDPOConfig(**values)
+    return tiny_run_config(tmp_path / "run", **{**settings, **overrides})
 
 
 def metrics(out: Path) -> list[dict]:

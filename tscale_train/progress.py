@@ -57,6 +57,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0") or 0) == 0
 
 
+def _on_main(main: bool | None) -> bool:
+    """`main` when the caller knows (it holds an `Accelerator`), else `is_main_process()`."""
+    return is_main_process() if main is None else main
+
+
 def _in_notebook() -> bool:
     """A Jupyter kernel: its streams are no terminals, yet tqdm.auto draws a widget there (as tqdm.auto decides)."""
     ipython = sys.modules.get("IPython")
@@ -220,7 +225,7 @@ def progress_bar(
     where `file` (default stderr) is a terminal or a notebook, else as whole lines (`LineProgress`, at
     most one every `interval` seconds and one at the end).
     """
-    if not enabled or not (is_main_process() if main is None else main):
+    if not enabled or not _on_main(main):
         return SilentProgress(iterable)
     if interactive(file):
         return _auto_tqdm(
@@ -235,7 +240,7 @@ def write(line: str, *, main: bool | None = None, file: IO | None = None) -> Non
     """Print `line` whole, on the main process only (`main`, default `is_main_process()`), to `file`
     (default stdout): above the bars on a terminal, flushed at once in a log file, so that it lands
     between other processes' and streams' lines rather than inside them."""
-    if not (is_main_process() if main is None else main):
+    if not _on_main(main):
         return
     stream = sys.stdout if file is None else file
     if interactive():  # bars may be drawn on stderr: tqdm clears them, prints, and redraws them
@@ -277,7 +282,7 @@ def library_bars(enabled: bool = True, main: bool | None = None) -> Iterator[Non
     """Within the block, the bars of diffusers, transformers, datasets and huggingface_hub (loading a
     model, saving a dataset) show only where this module's would be drawn as bars: `enabled`, on the main
     process and on a terminal. Elsewhere they are off, and turned back on after the block."""
-    if enabled and (is_main_process() if main is None else main) and interactive():
+    if enabled and _on_main(main) and interactive():
         yield
         return
     turned_off = []

@@ -305,12 +305,12 @@ def base_transformer_on_meta(model: str) -> torch.nn.Module:
     import diffusers
 
     from ..families import get_family
-    from ..loading import DIMS_MODEL, check_model_source, kit_names, kit_pipeline_dir
+    from ..loading import check_model_source, kit_names, kit_pipeline_dir
 
     try:
         return meta_transformer(resolve_pipeline_spec(model), torch.bfloat16, None)
-    except ValueError:
-        if model in kit_names() and model != DIMS_MODEL:
+    except ValueError:  # (the real-dimension kit always has a description: no build here)
+        if model in kit_names():
             directory = kit_pipeline_dir(model)
         else:
             source = check_model_source(model)
